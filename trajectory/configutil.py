@@ -1,0 +1,162 @@
+"""Typed configuration loading: dataclass schema <- YAML file <- command-line overrides.
+
+Every entry point (train, eval, profile, the behaviour-policy trainer, the experiments) parses its
+arguments with :func:`parse_cli` and gets back an instance of its schema dataclass. Two argument
+styles are accepted side by side, as in the trajectory-transformer projects users know:
+
+    --config=configs/eval_base.yaml --device=cpu --seed=42 beam_width=32 model.n_layers=2
+
+``--key=value`` and ``key=value`` mean the same thing; ``--config`` names a YAML file merged first.
+A typo, a wrong type or a missing file raises :class:`ConfigError` with one message that names the
+key and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from typing import Any, Sequence, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says how."""
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if dataclasses.is_dataclass(node):
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name)
+            name = f"{prefix}{field.name}"
+            if dataclasses.is_dataclass(value):
+                keys.extend(_valid_keys(value, name + "."))
+            else:
+                keys.append(name)
+    return keys
+
+
+def _explain_key_error(schema: Any, bad_key: str, origin: str) -> ConfigError:
+    valid = _valid_keys(schema)
+    close = difflib.get_close_matches(bad_key, valid, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(
+        f"unknown config key '{bad_key}' (from {origin}).{hint}\nValid keys: {', '.join(valid)}"
+    )
+
+
+def _flatten_keys(container: Any, prefix: str = "") -> list[str]:
+    if not isinstance(container, dict):
+        return [prefix[:-1]]
+    keys = []
+    for key, value in container.items():
+        if isinstance(value, dict):
+            keys.extend(_flatten_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _merge(base: DictConfig, other: DictConfig, schema: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except ConfigKeyError:
+        # Find which key is unknown, to name it exactly.
+        plain = OmegaConf.to_container(other, resolve=False)
+        valid = set(_valid_keys(schema))
+        sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
+        for key in _flatten_keys(plain):
+            if key not in valid and key not in sections:
+                raise _explain_key_error(schema, key, origin) from None
+        raise
+    except ValidationError as err:
+        key = getattr(err, "full_key", None) or "?"
+        expected = getattr(err, "ref_type", None)
+        raise ConfigError(
+            f"wrong type for config key '{key}' (from {origin}): {err.msg.splitlines()[0]}"
+            + (f" (expected {expected})" if expected else "")
+        ) from None
+
+
+def load_yaml(path: str) -> DictConfig:
+    """Read a YAML config file; missing or unreadable files raise :class:`ConfigError`."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: '{path}'. Pass --config=<path to a .yaml file>, "
+                          f"e.g. one under configs/.")
+    try:
+        loaded = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, Exception) as err:  # yaml errors are not OmegaConf's
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+    return loaded
+
+
+def split_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Split CLI arguments into the --config path and a dot-list of overrides."""
+    config_path = None
+    dotlist: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" not in arg:  # "--key value"
+                if i + 1 >= len(args):
+                    raise ConfigError(f"option --{arg} needs a value: --{arg}=<value>")
+                arg = f"{arg}={args[i + 1]}"
+                i += 1
+        if "=" not in arg:
+            raise ConfigError(f"cannot read argument '{args[i]}': expected key=value or --key=value")
+        key, value = arg.split("=", 1)
+        key = key.replace("-", "_")
+        if key == "config":
+            config_path = value
+        else:
+            dotlist.append(f"{key}={value}")
+        i += 1
+    return config_path, dotlist
+
+
+def build_config(schema_cls: Type[T], config_path: str | None = None,
+                 overrides: Sequence[str] = ()) -> T:
+    """Schema defaults <- YAML file <- dot-list overrides, validated, as a schema instance."""
+    schema = schema_cls()
+    merged = OmegaConf.structured(schema)
+    if config_path is not None:
+        merged = _merge(merged, load_yaml(config_path), schema, f"file '{config_path}'")
+    if overrides:
+        try:
+            cli = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot parse overrides {list(overrides)}: {err}") from None
+        merged = _merge(merged, cli, schema, "the command line")
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid configuration: {err}") from None
+
+
+def parse_cli(schema_cls: Type[T], argv: Sequence[str]) -> T:
+    config_path, dotlist = split_argv(argv)
+    return build_config(schema_cls, config_path, dotlist)
+
+
+def to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Any) -> dict:
+    """Plain nested dict (safe for ``torch.save`` with ``weights_only`` loading and for JSON)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore
+
+
+def from_dict(schema_cls: Type[T], data: dict, origin: str = "a saved config") -> T:
+    schema = schema_cls()
+    merged = _merge(OmegaConf.structured(schema), OmegaConf.create(data), schema, origin)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]

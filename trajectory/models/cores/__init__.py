@@ -1,0 +1,30 @@
+"""Registry of sequence cores: config name -> class. A new core is one file and one line here."""
+from __future__ import annotations
+
+from typing import Any
+
+from trajectory.configutil import ConfigError, from_dict
+from trajectory.models.cores.base import CoreConfig, ResetsUnsupported, SequenceCore
+from trajectory.models.cores.gpt import GPTCore
+from trajectory.models.cores.hyena import HyenaCore
+from trajectory.models.cores.retnet import RetNetCore
+from trajectory.models.cores.s5 import S5Core
+
+CORES: dict[str, type[SequenceCore]] = {
+    "gpt": GPTCore,
+    "hyena": HyenaCore,
+    "retnet": RetNetCore,
+    "s5": S5Core,
+}
+
+
+def build_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None) -> SequenceCore:
+    """Instantiate the core called ``name``; ``options`` are checked against its ``Options``."""
+    if name not in CORES:
+        raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(CORES)}")
+    cls = CORES[name]
+    opts = from_dict(cls.Options, dict(options or {}), origin=f"model.core_options for '{name}'")
+    return cls(cfg, opts)
+
+
+__all__ = ["CORES", "CoreConfig", "ResetsUnsupported", "SequenceCore", "build_core"]

@@ -1,0 +1,88 @@
+"""The SequenceCore contract every sequence model of the package implements.
+
+A core maps embeddings ``x [B, T, D]`` to features ``[B, T, D]`` causally (output t sees inputs <= t).
+It has two forms that compute the same function:
+
+* ``forward(x, resets)``: the parallel form, for training and for prefilling a planner's context;
+* ``step(x, state)``: the incremental form, fed one token or a chunk of tokens at a time, carrying a
+  state between calls; planners decode with it.
+
+``select_state(state, index)`` gathers batch rows of a state (beam reordering and expansion).
+States are nested dicts/tuples/lists of tensors whose leading dimension is the batch, so the default
+``select_state`` works for every core that keeps to that.
+
+``resets`` (bool ``[B, T]``, True where a new episode starts) lets a core run on packed episodes:
+the output at a reset position and after it must not depend on anything before it. A core that
+cannot honour resets sets ``supports_resets = False`` and raises :class:`ResetsUnsupported`.
+
+Cores know nothing of RL: the language-model and vision experiments reuse them unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+State = Any  # nested dict / tuple / list of tensors, batch first
+
+
+@dataclass
+class CoreConfig:
+    """Sizes shared by every core; core-specific knobs live in the core's own ``Options``."""
+
+    d_model: int = 128  # width of the residual stream
+    n_layers: int = 4
+    n_heads: int = 4  # attention / retention heads (cores without heads ignore it)
+    max_len: int = 250  # longest sequence in tokens the core is built for (positions, filter length)
+    dropout: float = 0.1  # residual / attention dropout; inactive in eval mode
+
+
+class ResetsUnsupported(ValueError):
+    pass
+
+
+def map_state(state: State, fn) -> State:
+    """Apply ``fn`` to every tensor of a nested state."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {k: map_state(v, fn) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(v, fn) for v in state)
+    return state  # ints (e.g. a position counter) are shared by all rows
+
+
+class SequenceCore(nn.Module):
+    """Base class: subclasses define ``Options`` (a dataclass), forward, init_state and step."""
+
+    supports_resets: bool = False
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, cfg: CoreConfig, options: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.options = options if options is not None else self.Options()
+
+    def forward(self, x: torch.Tensor, resets: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device | str,
+                   dtype: torch.dtype = torch.float32) -> State:
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def select_state(self, state: State, index: torch.Tensor) -> State:
+        return map_state(state, lambda t: t.index_select(0, index))
+
+    def check_resets(self, resets: torch.Tensor | None) -> None:
+        if resets is not None and not self.supports_resets:
+            raise ResetsUnsupported(
+                f"the '{type(self).__name__}' core cannot run on packed episodes (resets); "
+                f"use padded windows (data.packed=false) or a core with resets: gpt, retnet, s5")
