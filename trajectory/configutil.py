@@ -75,10 +75,8 @@ def _merge(base: DictConfig, other: DictConfig, schema: Any, origin: str) -> Dic
         raise
     except ValidationError as err:
         key = getattr(err, "full_key", None) or "?"
-        expected = getattr(err, "ref_type", None)
         raise ConfigError(
             f"wrong type for config key '{key}' (from {origin}): {err.msg.splitlines()[0]}"
-            + (f" (expected {expected})" if expected else "")
         ) from None
 
 

@@ -1,0 +1,108 @@
+"""Structured configs of the package: one dataclass per component, composed into the CLIs' roots.
+
+Defaults follow the Trajectory Transformer (Janner et al., 2021) for halfcheetah-medium. YAML files
+under ``configs/`` override them, and the command line overrides both (see
+:mod:`trajectory.configutil`). Unknown keys and wrong types are errors at start-up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from trajectory.configutil import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "halfcheetah-medium"  # Minari id, D4RL-layout .hdf5 path, or the local reproduction
+    download: bool = False  # allow Minari to download a missing dataset (needs network)
+    cache_dir: str = "data"  # generated datasets and token caches live here
+    seq_len: int = 10  # transitions per training window
+    n_bins: int = 100  # discretization bins per dimension
+    strategy: str = "quantile"  # uniform | quantile
+    discount: float = 0.99  # for value-to-go targets
+    terminal_penalty: float = -100.0  # reward added on true terminals (not on timeouts)
+    packed: bool = False  # windows across episode boundaries with reset flags instead of padding
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("uniform", "quantile"):
+            raise ConfigError(f"data.strategy must be 'uniform' or 'quantile', got '{self.strategy}'")
+        if not 2 <= self.n_bins <= 256:
+            raise ConfigError(f"data.n_bins must be in [2, 256] (tokens are uint8), got {self.n_bins}")
+
+
+@dataclass
+class ModelConfig:
+    core: str = "gpt"  # gpt | hyena | retnet | s5 (see trajectory.models.cores.CORES)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.1  # residual/attention dropout inside the core
+    embedding_dropout: float = 0.1
+    core_options: Dict[str, Any] = field(default_factory=dict)  # the core's own Options
+    action_weight: float = 5.0  # loss weight of action tokens (TT)
+    reward_weight: float = 1.0
+    value_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256  # global batch (split across DDP ranks)
+    lr: float = 6e-4
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.1  # not applied to norms, embeddings, biases
+    grad_clip: float = 1.0
+    warmup_tokens: int = 0  # 0: 2% of the decay horizon
+    decay_tokens: int = 0  # cosine decay horizon in tokens; 0: the whole run (max_tokens or epochs)
+    min_lr_ratio: float = 0.1
+    epochs: int = 50
+    max_tokens: int = 0  # stop after this many tokens (0: no limit)
+    budget_minutes: float = 0.0  # stop after this wall time (0: no limit)
+    log_every: int = 50  # steps
+    save_every: int = 1000  # steps
+    bf16: bool = True  # autocast to bf16 on CUDA
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0
+
+
+@dataclass
+class TrainRunConfig:
+    """Root config of ``train.py``."""
+
+    name: str = ""  # run name; runs/<name>/ (default: <dataset>-<core>)
+    runs_dir: str = "runs"
+    device: str = "cpu"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Root config of ``eval.py`` and ``profile.py`` (flat keys, as in the TT projects)."""
+
+    checkpoints_path: Optional[str] = None  # a run directory (runs/<name>) or its checkpoint folder
+    device: str = "cpu"
+    seed: int = 42
+    env_id: str = "HalfCheetah-v5"
+    n_episodes: int = 25  # run in parallel, planned in one batch
+    max_episode_steps: int = 1000
+    beam_width: int = 32
+    beam_steps: int = 5  # planning horizon in transitions
+    beam_context: int = 5  # transitions of history fed to the model
+    sample_expand: int = 2
+    k_obs: int = 1  # observation tokens: greedy
+    k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
+    cdf_obs: Optional[float] = None
+    cdf_act: float = 0.6  # keep the smallest set of action tokens holding this probability mass
+    percentile: str = "mean"  # how reward/value tokens are read: mean (expectation)
+    discount: float = 0.99
+    plan_every: int = 1  # re-plan every N env steps, reusing the plan in between
+    quantize: str = "none"  # none | dynamic | static
+    calibration_batches: int = 8  # static quantization
+    render: bool = False
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    out: str = ""  # where the report goes (default: <run>/eval)
+    compare: str = ""  # profile.py: comma-separated cores to profile side by side
+    profile_steps: int = 5  # profile.py: planning steps recorded after warm-up
