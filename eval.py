@@ -1,0 +1,30 @@
+"""Roll out a trained trajectory model with beam-search planning and report normalized scores.
+
+    python eval.py --config=configs/eval_base.yaml --device=cpu --seed=42 \
+        checkpoints_path=runs/halfcheetah-medium-gpt beam_width=32
+"""
+import sys
+
+from trajectory.cli import run
+from trajectory.config import EvalConfig
+
+EXAMPLES = """
+python eval.py --config=configs/eval_base.yaml --device=cpu --seed=42 checkpoints_path=runs/<name> beam_width=32
+python eval.py --config=configs/eval_base.yaml checkpoints_path=runs/<name> quantize=dynamic n_episodes=5
+"""
+
+
+def evaluate(cfg: EvalConfig) -> None:
+    try:
+        from planners.rollout import evaluate as rollout_evaluate
+    except ImportError as err:
+        raise SystemExit(f"error: planning is not available in this installation ({err})") from None
+    rollout_evaluate(cfg)
+
+
+def main(argv=None) -> int:
+    return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, evaluate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

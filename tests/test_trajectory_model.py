@@ -1,0 +1,81 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trajectory.config import ModelConfig
+from trajectory.configutil import ConfigError
+from trajectory.models.cores import CORES
+from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+
+LAYOUT = TokenLayout(obs_dim=3, act_dim=2, vocab=11, seq_len=4)  # transition_dim 7, 28 tokens
+
+
+def make_model(core: str, **overrides) -> TrajectoryModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(core=core, d_model=16, n_layers=2, n_heads=2, dropout=0.0,
+                      embedding_dropout=0.0, **overrides)
+    return TrajectoryModel(cfg, LAYOUT).eval()
+
+
+def random_tokens(batch: int = 3) -> torch.Tensor:
+    return torch.randint(0, LAYOUT.vocab, (batch, LAYOUT.max_tokens))
+
+
+@pytest.mark.parametrize("core", sorted(CORES))
+@torch.no_grad()
+def test_value_tokens_are_never_visible(core):
+    model = make_model(core)
+    tokens = random_tokens()
+    value_positions = torch.arange(LAYOUT.max_tokens) % LAYOUT.transition_dim == LAYOUT.transition_dim - 1
+    changed = tokens.clone()
+    changed[:, value_positions] = (tokens[:, value_positions] + 5) % LAYOUT.vocab
+    assert not torch.equal(changed, tokens)
+    torch.testing.assert_close(model(changed), model(tokens), atol=1e-5, rtol=0)
+    # while changing an observation token does change later predictions
+    other = tokens.clone()
+    other[:, 0] = (tokens[:, 0] + 5) % LAYOUT.vocab
+    assert not torch.allclose(model(other)[:, 1:], model(tokens)[:, 1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("core", sorted(CORES))
+@torch.no_grad()
+def test_step_form_equals_forward_with_per_dimension_heads(core):
+    model = make_model(core)
+    tokens = random_tokens()
+    expected = model(tokens)
+    state = model.init_state(tokens.shape[0], tokens.device)
+    outs, t = [], 0
+    for size in (4, 1, 9, 3, 11):  # chunks that straddle transition boundaries
+        logits, state = model.step(tokens[:, t:t + size], state)
+        outs.append(logits)
+        t += size
+    torch.testing.assert_close(torch.cat(outs, 1), expected, atol=1e-4, rtol=0)
+    assert state["pos"] == LAYOUT.max_tokens
+
+
+def test_loss_weights_action_tokens_and_respects_mask():
+    model = make_model("gpt", action_weight=5.0)
+    tokens = random_tokens()
+    logits = model(tokens)[:, :-1]
+    targets, mask = tokens[:, 1:], torch.ones_like(tokens[:, 1:])
+    mask[:, 10:] = 0
+    loss, groups = model.loss(logits, targets, mask)
+    ce = F.cross_entropy(logits.reshape(-1, LAYOUT.vocab), targets.reshape(-1), reduction="none")
+    ce = ce.view_as(targets)
+    dims = (torch.arange(targets.shape[1]) + 1) % LAYOUT.transition_dim
+    is_action = (dims >= LAYOUT.obs_dim) & (dims < LAYOUT.obs_dim + LAYOUT.act_dim)
+    weights = torch.where(is_action, 5.0, 1.0)
+    expected = (ce * weights * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected)
+    obs_sel = (dims < LAYOUT.obs_dim) & (mask[0] > 0)
+    torch.testing.assert_close(groups["obs"], ce[:, obs_sel].mean())
+
+
+def test_unknown_core_names_the_choices():
+    with pytest.raises(ConfigError, match="gpt"):
+        make_model("mamba")
+
+
+def test_unknown_core_option_is_an_error():
+    with pytest.raises(ConfigError, match="no_such_option"):
+        make_model("gpt", core_options={"no_such_option": 1})

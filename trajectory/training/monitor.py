@@ -1,0 +1,38 @@
+"""Progress bar and tensorboard scalars of a training run (main process only)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class TrainLogger:
+    def __init__(self, run_dir: str, active: bool, total_steps: int, initial_step: int = 0):
+        self.active = active
+        self.writer = self.bar = None
+        if not active:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+        self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                        dynamic_ncols=True, mininterval=1.0)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        for name in ("loss", "grad_norm", "lr", "tokens_per_s"):
+            self.writer.add_scalar(f"train/{name}", metrics[name], step)
+        for group in ("obs", "act", "reward", "value"):
+            self.writer.add_scalar(f"loss/{group}", metrics[group], step)
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}",
+                             refresh=False)
+
+    def advance(self, step: int, loss: torch.Tensor) -> None:
+        if self.active:
+            self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.active:
+            self.bar.close()
+            self.writer.close()

@@ -1,0 +1,279 @@
+"""The training loop: one code path for CPU, CUDA and torchrun/DDP, with budgets and exact resume.
+
+Exact resume: batches come from a DistributedSampler permutation that depends only on (seed, epoch),
+and the checkpoint stores the epoch, the batch index inside it, the optimizer and every RNG state,
+so training N steps, saving, and resuming for N more gives the same parameters as 2N in one go.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
+
+from trajectory.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from trajectory.config import TrainRunConfig
+from trajectory.configutil import ConfigError, to_dict
+from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, TrajectoryModel
+from trajectory.training import distributed
+from trajectory.training.optim import lr_at, make_optimizer
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens: int = 0
+    minutes: float = 0.0  # training wall time over all sessions of this run
+    history: list = field(default_factory=list)
+
+
+def resume_argv(argv: list[str]) -> tuple[list[str], str | None]:
+    """Take ``--resume <dir>`` / ``--resume=<dir>`` out of the CLI arguments."""
+    out, resume = [], None
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--resume":
+            if i + 1 >= len(argv):
+                raise SystemExit("error: --resume needs a run directory: --resume runs/<name>")
+            resume, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--resume="):
+            resume = argv[i].split("=", 1)[1]
+        else:
+            out.append(argv[i])
+        i += 1
+    return out, resume
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"],
+                         0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def fetch_batch(dataset: Dataset, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch dict (tokens, mask, optional resets) on ``device``; vectorised when the dataset can."""
+    if hasattr(dataset, "get_batch"):
+        batch = dataset.get_batch(np.asarray(indices))
+    else:
+        items = [dataset[i] for i in indices]
+        batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
+    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def default_run_name(cfg: TrainRunConfig) -> str:
+    source = os.path.splitext(os.path.basename(cfg.data.source.rstrip("/")))[0].replace("/", "-")
+    return f"{source}-{cfg.model.core}"
+
+
+class Trainer:
+    """Holds the run's state; :meth:`fit` trains until the epochs or a budget run out."""
+
+    def __init__(self, cfg: TrainRunConfig, dataset: Dataset, discretizer, layout: TokenLayout,
+                 ctx: distributed.DistContext, run_dir: str, data_info: dict | None = None):
+        self.cfg, self.dataset, self.discretizer, self.layout = cfg, dataset, discretizer, layout
+        self.ctx, self.run_dir, self.data_info = ctx, run_dir, data_info or {}
+        tc = cfg.train
+        if tc.batch_size % ctx.world_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the number "
+                              f"of processes ({ctx.world_size})")
+        self.local_batch = tc.batch_size // ctx.world_size
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model = TrajectoryModel(cfg.model, layout).to(ctx.device)
+        self.optimizer = make_optimizer(self.model, tc, ctx.device)
+        self.progress = Progress()
+        self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the dataset has {len(dataset)} windows, fewer than one batch of "
+                              f"{tc.batch_size}; lower train.batch_size")
+        self.tokens_per_step = tc.batch_size * layout.max_tokens
+        self.horizon_tokens = tc.max_tokens or tc.epochs * self.steps_per_epoch * self.tokens_per_step
+        wrapped = self.model
+        if tc.compile:
+            wrapped = torch.compile(wrapped)
+        # The forward must go through the DDP wrapper, or gradients are never all-reduced.
+        self.forward_model = (DistributedDataParallel(wrapped, device_ids=[ctx.device.index]
+                                                      if ctx.device.type == "cuda" else None)
+                              if ctx.enabled else wrapped)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if ctx.device.type == "cuda" and tc.bf16 else torch.autocast("cpu", enabled=False))
+
+    # -- state
+    def trainer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "progress": vars(self.progress).copy(),
+                "rng": rng_state()}
+
+    def restore(self, checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model_state)
+        self.optimizer.load_state_dict(checkpoint.trainer_state["optimizer"])
+        self.progress = Progress(**checkpoint.trainer_state["progress"])
+        set_rng_state(checkpoint.trainer_state["rng"])
+
+    def save(self, metrics: dict) -> None:
+        if self.ctx.is_main:
+            metrics = {**metrics, "data": self.data_info, "progress": vars(self.progress)}
+            save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_DIR), self.cfg, self.model,
+                            self.discretizer, self.trainer_state(), metrics)
+
+    # -- one optimisation step
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
+        tokens, mask = batch["tokens"], batch["mask"]
+        lr = lr_at(self.progress.tokens, self.cfg.train, self.horizon_tokens)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            logits = self.forward_model(tokens, resets=batch.get("resets"))
+        loss, groups = self.model.loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.progress.step += 1
+        self.progress.tokens += self.tokens_per_step
+        return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm.detach(), **groups}
+
+    def batches(self):
+        """Yield (epoch, batch index, batch) from the current position onwards."""
+        while self.progress.epoch < self.cfg.train.epochs:
+            self.sampler.set_epoch(self.progress.epoch)
+            order = list(self.sampler)
+            for b in range(self.progress.batch_in_epoch, self.steps_per_epoch):
+                indices = order[b * self.local_batch:(b + 1) * self.local_batch]
+                yield fetch_batch(self.dataset, indices, self.ctx.device)
+                self.progress.batch_in_epoch = b + 1
+            self.progress.epoch += 1
+            self.progress.batch_in_epoch = 0
+
+    def fit(self, max_steps: int | None = None) -> dict:
+        from trajectory.training.monitor import TrainLogger
+
+        tc = self.cfg.train
+        total_steps = self.cfg.train.epochs * self.steps_per_epoch
+        if tc.max_tokens:
+            total_steps = min(total_steps, -(-tc.max_tokens // self.tokens_per_step))
+        logger = TrainLogger(self.run_dir, self.ctx.is_main, total_steps, self.progress.step)
+        session_start, minutes_before = time.time(), self.progress.minutes
+        metrics: dict = {}
+        window_start, window_tokens = time.time(), 0
+        stop_reason = "epochs"
+        self.model.train()
+        for batch in self.batches():
+            stats = self.train_step(batch)
+            window_tokens += self.tokens_per_step
+            self.progress.minutes = minutes_before + (time.time() - session_start) / 60
+            if self.progress.step % tc.log_every == 0 or self.progress.step == total_steps:
+                tokens_per_s = window_tokens / max(1e-9, time.time() - window_start)
+                metrics = self._reduce(stats, tokens_per_s)
+                logger.log(self.progress.step, metrics)
+                window_start, window_tokens = time.time(), 0
+            logger.advance(self.progress.step, stats["loss"])
+            if tc.save_every and self.progress.step % tc.save_every == 0:
+                self.save(metrics)
+            over_budget = bool(tc.budget_minutes) and self.progress.minutes >= tc.budget_minutes
+            if (tc.max_tokens and self.progress.tokens >= tc.max_tokens):
+                stop_reason = "max_tokens"
+                break
+            if distributed.any_rank(self.ctx, over_budget) if tc.budget_minutes else False:
+                stop_reason = "budget_minutes"
+                break
+            if max_steps is not None and self.progress.step >= max_steps:
+                stop_reason = "max_steps"
+                break
+        if not metrics and self.progress.step:
+            metrics = self._reduce(stats, window_tokens / max(1e-9, time.time() - window_start))
+        metrics["stop_reason"] = stop_reason
+        self.progress.history.append({"step": self.progress.step, "stop": stop_reason})
+        self.save(metrics)
+        logger.close()
+        return metrics
+
+    def _reduce(self, stats: dict, tokens_per_s: float) -> dict:
+        names = ["loss", "grad_norm", *GROUP_NAMES]
+        values = torch.stack([torch.as_tensor(stats[n], dtype=torch.float32).to(self.ctx.device)
+                              for n in names])
+        values = distributed.all_mean(self.ctx, values).tolist()
+        out = dict(zip(names, values))
+        out.update(lr=stats["lr"], tokens_per_s=tokens_per_s * self.ctx.world_size,
+                   tokens=self.progress.tokens, step=self.progress.step, epoch=self.progress.epoch)
+        return out
+
+
+def _install_sigterm_handler() -> None:
+    # torchrun stops workers with SIGTERM: turn it into KeyboardInterrupt so `finally` runs.
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=None) -> dict:
+    """Entry point of train.py: build data and model, fit, save; returns the final metrics."""
+    from trajectory.data.dataset import build_dataset
+
+    checkpoint = None
+    if resume_dir is not None:
+        checkpoint = load_checkpoint(resume_dir, with_trainer_state=True)
+    ctx = distributed.setup(cfg.device)
+    _install_sigterm_handler()
+    try:
+        if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ and ctx.world_size > 1:
+            torch.set_num_threads(1)
+        run_dir = resume_dir or os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
+        if ctx.is_main:  # build or verify the token cache once, then the others read it
+            dataset, discretizer, info = (dataset_builder or build_dataset)(cfg.data)
+        distributed.barrier(ctx)
+        if not ctx.is_main:
+            dataset, discretizer, info = (dataset_builder or build_dataset)(cfg.data)
+        layout = TokenLayout(info["obs_dim"], info["act_dim"], cfg.data.n_bins, cfg.data.seq_len)
+        trainer = Trainer(cfg, dataset, discretizer, layout, ctx, run_dir, _plain(info))
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        if ctx.is_main:
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+                from omegaconf import OmegaConf
+                f.write(OmegaConf.to_yaml(to_dict(cfg)))
+            print(f"run: {run_dir}  model: {trainer.model.num_parameters():,} parameters "
+                  f"({cfg.model.core}), {len(dataset):,} windows, {ctx.world_size} process(es)")
+        metrics = trainer.fit()
+        if ctx.is_main:
+            print(json.dumps({k: metrics[k] for k in ("step", "loss", "tokens", "stop_reason")
+                              if k in metrics}))
+        return metrics
+    finally:
+        distributed.cleanup()
+
+
+def _plain(info: dict) -> dict:
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, list, dict))}
