@@ -165,14 +165,15 @@ class Trainer:
         return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm.detach(), **groups}
 
     def batches(self):
-        """Yield (epoch, batch index, batch) from the current position onwards."""
+        """Yield batches from the current position on; the position counts batches handed out."""
         while self.progress.epoch < self.cfg.train.epochs:
             self.sampler.set_epoch(self.progress.epoch)
             order = list(self.sampler)
-            for b in range(self.progress.batch_in_epoch, self.steps_per_epoch):
-                indices = order[b * self.local_batch:(b + 1) * self.local_batch]
-                yield fetch_batch(self.dataset, indices, self.ctx.device)
-                self.progress.batch_in_epoch = b + 1
+            while self.progress.batch_in_epoch < self.steps_per_epoch:
+                b = self.progress.batch_in_epoch
+                self.progress.batch_in_epoch += 1  # before the yield: a stop after it saves this
+                yield fetch_batch(self.dataset, order[b * self.local_batch:(b + 1) * self.local_batch],
+                                  self.ctx.device)
             self.progress.epoch += 1
             self.progress.batch_in_epoch = 0
 

@@ -1,0 +1,128 @@
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _synthetic import LAYOUT, TokenWindows, discretizer, tiny_config
+from trajectory.checkpoint import CheckpointError, load_checkpoint
+from trajectory.config import TrainConfig
+from trajectory.models.trajectory_model import TrajectoryModel
+from trajectory.training import distributed
+from trajectory.training.optim import lr_at, param_groups
+from trajectory.training.trainer import Trainer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def make_trainer(run_dir, **kwargs) -> Trainer:
+    cfg = tiny_config(run_dir, **kwargs)
+    return Trainer(cfg, TokenWindows(), discretizer(), LAYOUT, distributed.DistContext(), str(run_dir))
+
+
+def assert_same_parameters(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
+def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+    steps = 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(HERE, "_ddp_worker.py"), str(tmp_path / "ddp"), str(steps), "gpt"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp" / "ddp_params.pt")
+    single = make_trainer(tmp_path / "single")
+    initial = {k: v.clone() for k, v in single.model.state_dict().items()}
+    single.fit(max_steps=steps)
+    assert_same_parameters(ddp, single.model.state_dict(), atol=2e-5)
+    moved = max((ddp[k] - initial[k]).abs().max().item() for k in ddp)
+    assert moved > 1e-3  # training actually changed the parameters
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = make_trainer(tmp_path / "straight", dropout=0.1)  # dropout: RNG state must resume too
+    straight.fit(max_steps=8)
+    first = make_trainer(tmp_path / "resumed", dropout=0.1)
+    first.fit(max_steps=4)
+    second = make_trainer(tmp_path / "resumed", dropout=0.1)
+    torch.manual_seed(1234)  # scramble the RNG: restore must bring back the saved state
+    second.restore(load_checkpoint(str(tmp_path / "resumed"), with_trainer_state=True))
+    assert second.progress.step == 4
+    second.fit(max_steps=8)
+    assert_same_parameters(straight.model.state_dict(), second.model.state_dict(), atol=0)
+
+
+def test_token_budget_stops_and_saves(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.cfg.train.max_tokens = 3 * trainer.tokens_per_step
+    metrics = trainer.fit()
+    assert metrics["stop_reason"] == "max_tokens" and trainer.progress.step == 3
+    saved = load_checkpoint(trainer.run_dir)
+    assert saved.metrics["progress"]["step"] == 3
+    model = saved.build_model()
+    assert_same_parameters(model.state_dict(), trainer.model.state_dict(), atol=0)
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.cfg.train.budget_minutes = 1e-9  # spent after the first step
+    assert trainer.fit()["stop_reason"] == "budget_minutes"
+    assert trainer.progress.step == 1
+    assert load_checkpoint(trainer.run_dir).metrics["stop_reason"] == "budget_minutes"
+
+
+def test_loss_falls_on_a_learnable_pattern(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.cfg.train.log_every = 1
+    first = trainer.fit(max_steps=1)["loss"]
+    last = trainer.fit(max_steps=60)["loss"]
+    assert last < 0.7 * first
+
+
+def test_corrupt_missing_and_incompatible_checkpoints(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.fit(max_steps=1)
+    ckpt = tmp_path / "checkpoint"
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(str(tmp_path / "nowhere"))
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    (broken / "model.pt").write_bytes((ckpt / "model.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(str(broken))
+    (broken / "model.pt").unlink()
+    with pytest.raises(CheckpointError, match="missing model.pt"):
+        load_checkpoint(str(broken))
+    shutil.copy(ckpt / "model.pt", broken / "model.pt")
+    text = (broken / "config.yaml").read_text().replace("d_model: 16", "d_model: 32")
+    (broken / "config.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(str(broken)).build_model()
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        (broken / "trainer.pt").unlink()
+        load_checkpoint(str(broken), with_trainer_state=True)
+
+
+def test_weight_decay_only_on_weight_matrices():
+    cfg = tiny_config("unused").model
+    model = TrajectoryModel(cfg, LAYOUT)
+    decay, no_decay = param_groups(model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "heads.weight" in names
+    assert not any(n.endswith("bias") or "norm" in n or n.startswith("embedding") for n in names)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_lr_warmup_then_cosine_on_tokens():
+    cfg = TrainConfig(lr=1.0, warmup_tokens=100, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 1100) == pytest.approx(0.01)
+    assert lr_at(99, cfg, 1100) == pytest.approx(1.0)
+    assert lr_at(600, cfg, 1100) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(5000, cfg, 1100) == pytest.approx(0.1)
