@@ -1,0 +1,131 @@
+"""Beam-search planning over a trajectory model (Janner et al., 2021, Alg. 1), batched over envs.
+
+Per environment step, for E environments at once:
+
+1. prefill the context (the last transitions and the current observation) in one parallel call;
+2. for each of ``beam_steps`` transitions: expand every beam ``sample_expand`` times (``beam_width *
+   sample_expand`` copies of the single root at the first step), sample the action tokens, read the
+   reward and the value-to-go as expectations over bin centres, score each beam by its discounted
+   rewards plus the discounted value, keep the best ``beam_width`` beams per environment, then
+   decode the next observation greedily (``k_obs=1``);
+3. return the first action of every environment's best beam.
+
+Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
+top-k and every reordering goes through ``model.select_state``. The model is used only through
+``init_state`` / ``step`` / ``select_state``: a cached core decodes a token in O(1) or O(L) work;
+:class:`RecomputingModel` gives the same interface by re-running the whole sequence (the way the
+original projects decoded), for tests and benchmarks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from planners.sampling import sample
+from trajectory.config import EvalConfig
+from trajectory.models.trajectory_model import TokenLayout
+
+
+class RecomputingModel:
+    """The planner interface without caches: every step re-runs the parallel form on all tokens."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def init_state(self, batch_size: int, device, dtype=torch.float32) -> torch.Tensor:
+        return torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+
+    def step(self, tokens: torch.Tensor, state: torch.Tensor):
+        seq = torch.cat([state, tokens.long()], dim=1)
+        return self.model(seq)[:, -tokens.shape[1]:], seq
+
+    def select_state(self, state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return state.index_select(0, index)
+
+
+@dataclass
+class Plan:
+    actions: torch.Tensor  # [E, beam_steps, act_dim] action tokens of each env's best beam
+    rewards: torch.Tensor  # [E, beam_steps] predicted rewards along it
+    value: torch.Tensor  # [E] predicted value-to-go at its end
+    score: torch.Tensor  # [E] discounted return estimate the beam was ranked by
+
+
+def max_context_transitions(layout: TokenLayout, beam_steps: int) -> int:
+    """How many past transitions fit in the model's window next to the current observation and a
+    ``beam_steps`` plan (the last planned observation is never decoded)."""
+    o, a, td = layout.obs_dim, layout.act_dim, layout.transition_dim
+    planned = beam_steps * (a + 1) + (beam_steps - 1) * (o + 1)  # tokens fed while planning
+    free = layout.max_tokens - o - planned
+    if free < 0:
+        raise ValueError(f"beam_steps={beam_steps} does not fit the model's window of "
+                         f"{layout.seq_len} transitions; lower beam_steps or train with a longer "
+                         f"data.seq_len")
+    return free // td
+
+
+class BeamPlanner:
+    def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
+                 generator: torch.Generator | None = None):
+        self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
+        self.generator = generator
+        self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
+
+    def _feed(self, tokens: torch.Tensor, state):
+        """Feed tokens [R] or [R, t]; return the logits of the next token [R, V] and the state."""
+        if tokens.dim() == 1:
+            tokens = tokens[:, None]
+        logits, state = self.model.step(tokens, state)
+        return logits[:, -1].float(), state
+
+    def _expectation(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
+        return self.discretizer.expectation(logits.softmax(dim=-1), dim).float()
+
+    @torch.no_grad()
+    def plan(self, context: torch.Tensor) -> Plan:
+        """context: [E, n * transition_dim + obs_dim] tokens, whole transitions then the current
+        observation. Returns every environment's best plan."""
+        cfg, lay = self.cfg, self.layout
+        o, a = lay.obs_dim, lay.act_dim
+        envs, device = context.shape[0], context.device
+        state = self.model.init_state(envs, device)
+        logits, state = self._feed(context, state)  # prefill: one parallel call
+        discounts = cfg.discount ** torch.arange(cfg.beam_steps + 1, device=device, dtype=torch.float32)
+        actions = torch.zeros(envs, 0, a, dtype=torch.long, device=device)
+        rewards = torch.zeros(envs, 0, device=device)
+        per_env = 1
+        for t in range(cfg.beam_steps):
+            expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
+            index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
+            state = self.model.select_state(state, index)
+            logits, actions, rewards = logits[index], actions[index], rewards[index]
+            per_env *= expand
+
+            step_actions = []
+            for _ in range(a):
+                token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
+                step_actions.append(token)
+                logits, state = self._feed(token, state)
+            reward = self._expectation(logits, o + a)
+            logits, state = self._feed(logits.argmax(-1), state)  # the reward token, greedily
+            value = self._expectation(logits, o + a + 1)
+            actions = torch.cat([actions, torch.stack(step_actions, dim=1)[:, None]], dim=1)
+            rewards = torch.cat([rewards, reward[:, None]], dim=1)
+            score = (rewards * discounts[:t + 1]).sum(-1) + value * discounts[t + 1]
+
+            keep = min(cfg.beam_width, per_env)
+            top = score.view(envs, per_env).topk(keep, dim=-1).indices  # sorted: best first
+            index = (top + torch.arange(envs, device=device)[:, None] * per_env).reshape(-1)
+            state = self.model.select_state(state, index)
+            logits, actions, rewards = logits[index], actions[index], rewards[index]
+            score, value = score[index], value[index]
+            per_env = keep
+
+            if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
+                logits, state = self._feed(logits.argmax(-1), state)  # value token (never seen)
+                for _ in range(o):
+                    token = sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs)
+                    logits, state = self._feed(token, state)
+        best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
+        return Plan(actions[best], rewards[best], value[best], score[best])

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import torch
+
+from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions
+from planners.rollout import check_env_matches, rollout
+from planners.sampling import filter_cdf, sample
+from trajectory.checkpoint import CheckpointError, load_checkpoint
+from trajectory.config import EvalConfig, ModelConfig
+from trajectory.data.discretizer import Discretizer
+from trajectory.envs import make_env
+from trajectory.models.cores import CORES
+from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+
+SMALL = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=6)
+
+
+def fitted_discretizer(layout: TokenLayout, low=-1.0, high=1.0, seed=0) -> Discretizer:
+    rows = np.random.default_rng(seed).uniform(low, high, size=(500, layout.transition_dim))
+    return Discretizer(n_bins=layout.vocab, strategy="uniform").fit(rows)
+
+
+def tiny_model(core: str, layout: TokenLayout) -> TrajectoryModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(core=core, d_model=16, n_layers=2, n_heads=2, dropout=0.0, embedding_dropout=0.0)
+    return TrajectoryModel(cfg, layout).eval()
+
+
+def eval_cfg(**overrides) -> EvalConfig:
+    base = dict(beam_width=4, sample_expand=2, beam_steps=2, beam_context=2, cdf_act=0.3)
+    return EvalConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("core", sorted(CORES))
+def test_cached_planning_equals_recomputing_planning(core):
+    """Same seed, same actions: the step form's caches reproduce the parallel form exactly."""
+    model, disc = tiny_model(core, SMALL), fitted_discretizer(SMALL)
+    cfg = eval_cfg()
+    n_ctx = max_context_transitions(SMALL, cfg.beam_steps)
+    context = torch.randint(0, SMALL.vocab, (3, min(cfg.beam_context, n_ctx) * SMALL.transition_dim
+                                             + SMALL.obs_dim))
+    plans = []
+    for adapter in (model, RecomputingModel(model)):
+        planner = BeamPlanner(adapter, disc, SMALL, cfg, torch.Generator().manual_seed(5))
+        plans.append(planner.plan(context))
+    cached, recomputed = plans
+    assert torch.equal(cached.actions, recomputed.actions)
+    torch.testing.assert_close(cached.score, recomputed.score, atol=1e-4, rtol=0)
+    assert cached.actions.shape == (3, cfg.beam_steps, SMALL.act_dim)
+
+
+class RewardOracle:
+    """A hand-built model: action tokens uniform; the reward and value of a transition depend on its
+    first action token through known tables; observations predicted as token 0."""
+
+    def __init__(self, layout: TokenLayout, reward_token: dict, value_token: dict, default: tuple):
+        self.layout, self.reward_token, self.value_token = layout, reward_token, value_token
+        self.default = default
+
+    def init_state(self, batch, device, dtype=torch.float32):
+        return torch.zeros(batch, 0, dtype=torch.long)
+
+    def select_state(self, state, index):
+        return state.index_select(0, index)
+
+    def step(self, tokens, state):
+        seq = torch.cat([state, tokens.long()], 1)
+        lay, vocab = self.layout, self.layout.vocab
+        logits = torch.zeros(seq.shape[0], tokens.shape[1], vocab)
+        for j, p in enumerate(range(state.shape[1], seq.shape[1])):
+            next_dim = (p + 1) % lay.transition_dim
+            first_action = seq[:, p - lay.act_dim + 1] if next_dim == lay.obs_dim + lay.act_dim else \
+                seq[:, p - lay.act_dim] if next_dim == lay.obs_dim + lay.act_dim + 1 else None
+            if first_action is None:
+                if next_dim < lay.obs_dim:
+                    logits[:, j, 0] = 50.0
+                continue
+            table = self.reward_token if next_dim == lay.obs_dim + lay.act_dim else self.value_token
+            fallback = self.default[0 if table is self.reward_token else 1]
+            for r, act in enumerate(first_action.tolist()):
+                logits[r, j, table.get(act, fallback)] = 50.0
+        return logits, seq
+
+
+def test_planner_picks_the_action_with_the_best_return_estimate():
+    layout = TokenLayout(obs_dim=2, act_dim=2, vocab=8, seq_len=6)
+    disc = fitted_discretizer(layout, low=-10, high=10)
+    r_dim, v_dim = layout.obs_dim + layout.act_dim, layout.obs_dim + layout.act_dim + 1
+    tok = lambda value, dim: int(disc.encode(np.array([value]), dims=dim)[0])  # noqa: E731
+    # action 5: immediate reward +9 but value -9; action 2: reward 0 and value +9 (the best);
+    # every other action: reward 0, value 0.
+    oracle = RewardOracle(layout, reward_token={5: tok(9, r_dim)},
+                          value_token={5: tok(-9, v_dim), 2: tok(9, v_dim)},
+                          default=(tok(0, r_dim), tok(0, v_dim)))
+    cfg = eval_cfg(beam_width=8, sample_expand=4, beam_steps=1, cdf_act=None)
+    planner = BeamPlanner(oracle, disc, layout, cfg, torch.Generator().manual_seed(0))
+    plan = planner.plan(torch.zeros(4, layout.obs_dim, dtype=torch.long))
+    assert plan.actions[:, 0, 0].tolist() == [2, 2, 2, 2]
+    # and with the value ignored (discount 0) the immediate reward wins
+    cfg = eval_cfg(beam_width=8, sample_expand=4, beam_steps=1, cdf_act=None, discount=0.0)
+    planner = BeamPlanner(oracle, disc, layout, cfg, torch.Generator().manual_seed(0))
+    assert planner.plan(torch.zeros(4, layout.obs_dim, dtype=torch.long)).actions[:, 0, 0].tolist() == [5] * 4
+
+
+def test_cdf_filter_keeps_the_likely_head():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_cdf(logits, 0.6))
+    assert kept.tolist() == [[True, False, False, False]]  # the tail 0.05+0.15+0.3 = 0.5 < 0.6
+    kept = torch.isfinite(filter_cdf(logits, 0.1))
+    assert kept.tolist() == [[True, True, True, False]]
+    draws = torch.stack([sample(logits, torch.Generator().manual_seed(s), cdf=0.6) for s in range(20)])
+    assert (draws == 0).all()
+
+
+def test_rollout_actions_stay_in_the_action_space(monkeypatch):
+    import gymnasium as gym
+    import planners.rollout as rollout_module
+
+    recorded = []
+
+    class Recorder(gym.Wrapper):
+        def step(self, action):
+            recorded.append((self.action_space.contains(np.asarray(action, dtype=np.float32)), action))
+            return self.env.step(action)
+
+    monkeypatch.setattr(rollout_module, "make_env", lambda *a, **k: Recorder(make_env(*a, **k)))
+    layout = TokenLayout(obs_dim=17, act_dim=6, vocab=10, seq_len=4)
+    disc = fitted_discretizer(layout, low=-1.0, high=1.0)
+    cfg = eval_cfg(n_episodes=2, max_episode_steps=4, beam_steps=1, beam_context=1)
+    result = rollout(tiny_model("s5", layout), disc, layout, cfg, torch.device("cpu"), progress=False)
+    assert result["lengths"].tolist() == [4, 4]
+    assert len(recorded) == 8 and all(ok for ok, _ in recorded)
+    assert len({tuple(np.round(a, 6)) for _, a in recorded}) > 1  # the planner did choose
+
+
+def test_mismatched_env_and_missing_checkpoint_are_clear_errors(tmp_path):
+    env = make_env("HalfCheetah-v5")
+    with pytest.raises(ValueError, match="trained on 3 and 2"):
+        check_env_matches(env, SMALL, "HalfCheetah-v5", "runs/x")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_window_too_short_for_the_plan_is_a_clear_error():
+    with pytest.raises(ValueError, match="beam_steps"):
+        max_context_transitions(TokenLayout(obs_dim=3, act_dim=2, vocab=8, seq_len=2), beam_steps=5)
