@@ -2,16 +2,12 @@
 
     python profile.py --config=configs/eval_base.yaml --device=cpu checkpoints_path=runs/<name>
 """
-import os
 import sys
 
-# This file shares its name with the standard library's `profile`, which `cProfile` (and through it
-# torch.compile) imports. Running it as a script puts its folder first on sys.path, so the import
-# would find this file instead; move the folder to the end: the standard library wins, and the
-# package next to this file stays importable.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
-
+# This file shares its name with the standard library's `profile` (imported by cProfile and
+# torch.compile). Importing the package first moves the repository root behind the standard
+# library on sys.path (see trajectory/__init__.py), before anything imports torch.
+import trajectory  # noqa: F401,E402  (must come first)
 from trajectory.cli import run  # noqa: E402
 from trajectory.config import EvalConfig  # noqa: E402
 

@@ -122,6 +122,12 @@ def save_animation(frames: list, path: str) -> str | None:
     return path
 
 
+def behaviour_stats(data_info: dict) -> dict:
+    """The dataset's episode-return statistics, saved with the checkpoint, for comparison."""
+    keys = ("return_mean", "return_std", "return_count", "normalized_mean", "source")
+    return {k: data_info[k] for k in keys if k in data_info}
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -149,7 +155,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "returns": returns.round(2).tolist(), "return_mean": float(returns.mean()),
         "return_std": float(returns.std()), "normalized_scores": scores.round(2).tolist(),
         "normalized_mean": float(scores.mean()), "normalized_std": float(scores.std()),
-        "behaviour": checkpoint.metrics.get("data", {}).get("behaviour"),
+        "behaviour": behaviour_stats(checkpoint.metrics.get("data", {})),
         "episode_lengths": result["lengths"].tolist(), "wall_seconds": wall,
         "ms_per_env_step": 1e3 * wall / max(1, env_steps),
         "planning_ms_per_plan": 1e3 * result["planning_seconds"] / max(1, result["plans"]),

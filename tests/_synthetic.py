@@ -22,8 +22,8 @@ class TokenWindows(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.tokens)
 
-    def __getitem__(self, i):
-        return {"tokens": self.tokens[i], "mask": self.mask[i]}
+    def __getitem__(self, i):  # the WindowDataset format: inputs, next-token targets, loss mask
+        return {"x": self.tokens[i, :-1], "y": self.tokens[i, 1:], "mask": self.mask[i, 1:]}
 
 
 def discretizer() -> Discretizer:

@@ -101,9 +101,12 @@ class TrajectoryModel(nn.Module):
         """Features [B, t, D] at absolute positions start.. -> logits [B, t, vocab]."""
         td = self.layout.transition_dim
         dims = (torch.arange(h.shape[1], device=h.device) + start) % td  # [t]
-        if start == 0 and h.shape[1] % td == 0:  # the training path: one batched einsum
+        if start == 0:  # the training path: pad to whole transitions, one batched einsum
             b, t, d = h.shape
-            return self.heads(h.view(b, t // td, td, d)).reshape(b, t, -1)
+            pad = -t % td
+            if pad:
+                h = torch.cat([h, h.new_zeros(b, pad, d)], dim=1)
+            return self.heads(h.view(b, -1, td, d)).reshape(b, t + pad, -1)[:, :t]
         return self.heads(h, slots=dims)
 
     def forward(self, tokens: torch.Tensor, resets: torch.Tensor | None = None) -> torch.Tensor:

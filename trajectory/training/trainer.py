@@ -82,9 +82,9 @@ def _as_tuple(value):
 
 
 def fetch_batch(dataset: Dataset, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch dict (tokens, mask, optional resets) on ``device``; vectorised when the dataset can."""
-    if hasattr(dataset, "get_batch"):
-        batch = dataset.get_batch(np.asarray(indices))
+    """A batch dict (x, y, mask, optional resets) on ``device``; vectorised when the dataset can."""
+    if hasattr(dataset, "batch"):
+        batch = dataset.batch(np.asarray(indices))
     else:
         items = [dataset[i] for i in indices]
         batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
@@ -118,7 +118,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"the dataset has {len(dataset)} windows, fewer than one batch of "
                               f"{tc.batch_size}; lower train.batch_size")
-        self.tokens_per_step = tc.batch_size * layout.max_tokens
+        self.tokens_per_step = tc.batch_size * (layout.max_tokens - 1)  # inputs per window
         self.horizon_tokens = tc.max_tokens or tc.epochs * self.steps_per_epoch * self.tokens_per_step
         wrapped = self.model
         if tc.compile:
@@ -149,13 +149,13 @@ class Trainer:
 
     # -- one optimisation step
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
-        tokens, mask = batch["tokens"], batch["mask"]
+        x, y, mask = batch["x"], batch["y"], batch["mask"]
         lr = lr_at(self.progress.tokens, self.cfg.train, self.horizon_tokens)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
-            logits = self.forward_model(tokens, resets=batch.get("resets"))
-        loss, groups = self.model.loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])
+            logits = self.forward_model(x, resets=batch.get("resets"))
+        loss, groups = self.model.loss(logits, y, mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)

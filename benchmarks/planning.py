@@ -1,0 +1,89 @@
+"""Planning cost per environment step for every core: cached step form vs re-running the sequence.
+
+At the halfcheetah defaults (25 envs, beam 32, 5 steps, 5 transitions of context, expand 2) on a
+TT-sized model (4 layers, 128 wide, 10-transition window, 100 bins) with random weights (cost does
+not depend on the weights), one planning call = one env step. The baseline is the way the original
+projects decoded: every new token re-runs the model on the whole sequence so far. Both run in this
+process, on the same inputs, so the ratio is measured side by side.
+
+    python benchmarks/planning.py [--cores gpt,s5] [--envs 25] [--repeats 2] [--threads 2]
+
+Prints a table and writes benchmarks/results/planning.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions
+from trajectory.config import EvalConfig, ModelConfig
+from trajectory.data.discretizer import Discretizer
+from trajectory.models.cores import CORES
+from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)
+
+
+def plan_seconds(planner: BeamPlanner, context: torch.Tensor, repeats: int) -> float:
+    planner.plan(context)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        planner.plan(context)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cores", default=",".join(CORES))
+    parser.add_argument("--envs", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--baseline-repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(RESULTS, "planning.json"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = EvalConfig(n_episodes=args.envs)
+    rows = np.random.default_rng(0).normal(size=(1000, LAYOUT.transition_dim))
+    disc = Discretizer(n_bins=LAYOUT.vocab, strategy="quantile").fit(rows)
+    n_ctx = min(cfg.beam_context, max_context_transitions(LAYOUT, cfg.beam_steps))
+    context = torch.randint(0, LAYOUT.vocab, (args.envs, n_ctx * LAYOUT.transition_dim + LAYOUT.obs_dim))
+    results = {}
+    for name in args.cores.split(","):
+        torch.manual_seed(0)
+        model = TrajectoryModel(ModelConfig(core=name), LAYOUT).eval()
+        cached = plan_seconds(BeamPlanner(model, disc, LAYOUT, cfg, torch.Generator().manual_seed(0)),
+                              context, args.repeats)
+        naive = plan_seconds(BeamPlanner(RecomputingModel(model), disc, LAYOUT, cfg,
+                                         torch.Generator().manual_seed(0)), context,
+                             args.baseline_repeats)
+        results[name] = {"ms_per_env_step_cached": cached * 1e3, "ms_per_env_step_recompute": naive * 1e3,
+                         "speedup": naive / cached,
+                         "ms_per_env_step_per_env_cached": cached * 1e3 / args.envs}
+        print(f"{name:7s} cached {cached * 1e3:9.1f} ms/env step   recompute {naive * 1e3:9.1f} ms   "
+              f"x{naive / cached:5.1f}", flush=True)
+    out = {"settings": {"envs": args.envs, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
+                        "context_transitions": n_ctx, "sample_expand": cfg.sample_expand,
+                        "d_model": 128, "n_layers": 4, "vocab": LAYOUT.vocab,
+                        "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "cpu": platform.processor() or platform.machine()},
+           "cores": results}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""train.py then eval.py as subprocesses, the way users run them, on a tiny D4RL-layout file."""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from trajectory.envs import make_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_halfcheetah_hdf5(path, episodes=3, steps=40, seed=0):
+    env = make_env("HalfCheetah-v5")
+    rng = np.random.default_rng(seed)
+    data = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        for t in range(steps):
+            action = rng.uniform(-1, 1, size=6).astype(np.float32)
+            next_obs, reward, terminated, _, _ = env.step(action)
+            for key, value in zip(data, (obs, action, reward, terminated, t == steps - 1)):
+                data[key].append(value)
+            obs = next_obs
+    with h5py.File(path, "w") as f:
+        for key, values in data.items():
+            f[key] = np.asarray(values)
+        f.attrs["env_id"] = "HalfCheetah-v5"
+
+
+def cli(args, cwd):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.parametrize("core", ["gpt", "s5"])
+def test_train_then_eval_from_the_command_line(tmp_path, core):
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source)
+    common = [f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", "data.seq_len=4",
+              "data.n_bins=16", f"model.core={core}", "model.d_model=16", "model.n_layers=1",
+              "model.n_heads=2", "train.batch_size=8", "train.max_tokens=2000",
+              f"runs_dir={tmp_path / 'runs'}", "name=tiny"]
+    cli([os.path.join(ROOT, "train.py"), *common], cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert (run_dir / "checkpoint" / "model.pt").exists() and (run_dir / "tb").is_dir()
+    cli([os.path.join(ROOT, "train.py"), "--resume", str(run_dir), "train.max_tokens=4000"], cwd=tmp_path)
+    metrics = json.loads((run_dir / "checkpoint" / "metrics.json").read_text())
+    assert metrics["tokens"] >= 4000 and metrics["stop_reason"] == "max_tokens"
+    cli([os.path.join(ROOT, "eval.py"), f"--config={ROOT}/configs/eval_base.yaml", "--device=cpu",
+         "--seed=3", f"checkpoints_path={run_dir}", "n_episodes=2", "max_episode_steps=3",
+         "beam_width=2", "beam_steps=1", "beam_context=1"], cwd=tmp_path)
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert len(report["returns"]) == 2 and report["episode_lengths"] == [3, 3]
+    assert report["behaviour"]["return_count"] == 3
+    assert np.isfinite(report["normalized_mean"])
