@@ -23,6 +23,7 @@ class DataConfig:
     discount: float = 0.99  # for value-to-go targets
     terminal_penalty: float = -100.0  # reward added on true terminals (not on timeouts)
     packed: bool = False  # windows across episode boundaries with reset flags instead of padding
+    env_id: str = ""  # env of an HDF5 source that names none ('': its env_id attribute or file name)
 
     def __post_init__(self) -> None:
         if self.strategy not in ("uniform", "quantile"):
