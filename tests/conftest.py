@@ -6,6 +6,10 @@ torch._dynamo). Importing the package first moves the root behind the standard l
 """
 import os
 
-import trajectory  # noqa: F401  (must precede any torch import)
+# Tests use tiny tensors: one thread avoids OpenMP start-up and spin costs that grow sharply when the
+# two cores are shared, and subprocesses (CLI tests, torchrun workers) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import trajectory  # noqa: E402,F401  (must precede any torch import)
 
 os.environ.setdefault("MUJOCO_GL", "egl")

@@ -37,9 +37,14 @@ def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path)
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp" / "ddp_params.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: same kernels, same summation order
     single = make_trainer(tmp_path / "single")
     initial = {k: v.clone() for k, v in single.model.state_dict().items()}
-    single.fit(max_steps=steps)
+    try:
+        single.fit(max_steps=steps)
+    finally:
+        torch.set_num_threads(threads)
     assert_same_parameters(ddp, single.model.state_dict(), atol=2e-5)
     moved = max((ddp[k] - initial[k]).abs().max().item() for k in ddp)
     assert moved > 1e-3  # training actually changed the parameters

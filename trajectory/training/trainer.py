@@ -26,6 +26,9 @@ from trajectory.training import distributed
 from trajectory.training.optim import lr_at, make_optimizer
 
 
+HORIZON_PROBE_STEPS = 10  # steps timed to turn a time budget into a token horizon
+
+
 @dataclass
 class Progress:
     step: int = 0
@@ -33,6 +36,7 @@ class Progress:
     batch_in_epoch: int = 0
     tokens: int = 0
     minutes: float = 0.0  # training wall time over all sessions of this run
+    horizon_tokens: int = 0  # learning-rate schedule length, fixed once known (saved for resume)
     history: list = field(default_factory=list)
 
 
@@ -119,7 +123,9 @@ class Trainer:
             raise ConfigError(f"the dataset has {len(dataset)} windows, fewer than one batch of "
                               f"{tc.batch_size}; lower train.batch_size")
         self.tokens_per_step = tc.batch_size * (layout.max_tokens - 1)  # inputs per window
-        self.horizon_tokens = tc.max_tokens or tc.epochs * self.steps_per_epoch * self.tokens_per_step
+        self.epoch_tokens = tc.epochs * self.steps_per_epoch * self.tokens_per_step
+        if tc.max_tokens or not tc.budget_minutes:
+            self.progress.horizon_tokens = min(tc.max_tokens or self.epoch_tokens, self.epoch_tokens)
         wrapped = self.model
         if tc.compile:
             wrapped = torch.compile(wrapped)
@@ -150,7 +156,8 @@ class Trainer:
     # -- one optimisation step
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
         x, y, mask = batch["x"], batch["y"], batch["mask"]
-        lr = lr_at(self.progress.tokens, self.cfg.train, self.horizon_tokens)
+        lr = lr_at(self.progress.tokens, self.cfg.train,
+                   self.progress.horizon_tokens or self.epoch_tokens)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
@@ -200,6 +207,8 @@ class Trainer:
                 logger.log(self.progress.step, metrics)
                 window_start, window_tokens = time.time(), 0
             logger.advance(self.progress.step, stats["loss"])
+            if not self.progress.horizon_tokens and self.progress.step >= HORIZON_PROBE_STEPS:
+                self._fix_time_horizon(session_start, minutes_before)
             if tc.save_every and self.progress.step % tc.save_every == 0:
                 self.save(metrics)
             over_budget = bool(tc.budget_minutes) and self.progress.minutes >= tc.budget_minutes
@@ -219,6 +228,17 @@ class Trainer:
         self.save(metrics)
         logger.close()
         return metrics
+
+    def _fix_time_horizon(self, session_start: float, minutes_before: float) -> None:
+        """Time-budgeted runs: stretch the schedule over the tokens the budget will buy, measured
+        on the first steps (all ranks agree: rank 0's estimate is broadcast)."""
+        elapsed = time.time() - session_start
+        rate = self.tokens_per_step * HORIZON_PROBE_STEPS / max(elapsed, 1e-6)
+        remaining = max(0.0, 60 * self.cfg.train.budget_minutes - 60 * minutes_before - elapsed)
+        estimate = torch.tensor([self.progress.tokens + rate * remaining], device=self.ctx.device)
+        if self.ctx.enabled:
+            torch.distributed.broadcast(estimate, src=0)
+        self.progress.horizon_tokens = int(min(estimate.item(), self.epoch_tokens))
 
     def _reduce(self, stats: dict, tokens_per_s: float) -> dict:
         names = ["loss", "grad_norm", *GROUP_NAMES]

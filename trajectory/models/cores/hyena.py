@@ -1,0 +1,239 @@
+"""Hyena core (Poli et al., 2023, "Hyena Hierarchy: Towards Larger Convolutional Language Models").
+
+Order-N Hyena operator (Def. 3.1), N = 2 by default:
+
+    (v, x^1, ..., x^N) = ShortConv(Linear(u))            N + 1 projections of width D
+    z^1 = v,   z^{n+1}_t = x^n_t * (h^n * z^n)_t          long causal convolution, then a gate
+    y = Linear(z^{N+1})
+
+Each long filter is implicit (Sec. 3.3): ``h_t = Window(t) * FFN(PositionalEncoding(t))``, an MLP
+with sine activations over sinusoidal features of t, times an exponential decay that differs per
+channel. Convolutions run by FFT with a skip term ``D * z`` (Alg. 3). The operator sits in a
+pre-norm residual block with an MLP, as in the paper's language models.
+
+Step form: each layer keeps the last ``kernel - 1`` inputs of the short convolution and every input
+``z^n`` of the long convolutions so far. A new output is the dot product of that history with the
+filter, O(L * D) per token; the filter comes from a cache built once while gradients are off.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.ops.fftconv import fft_conv
+
+Tensor = torch.Tensor
+
+
+class Sine(nn.Module):
+    """``sin(w * x)`` with a learnable frequency per unit (the paper's filter activation)."""
+
+    def __init__(self, width: int, freq: float):
+        super().__init__()
+        self.freq = nn.Parameter(torch.full((width,), float(freq)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.freq * x)
+
+
+class ImplicitFilter(nn.Module):
+    """The long filters of one operator: ``h^n_t = exp(-alpha_c t / L) * FFN(z_t)`` for t < L.
+
+    Features ``z_t = [t / L, cos(2 pi k t / L), sin(2 pi k t / L)]`` for k = 1..K are the truncated
+    complex exponential basis of Sec. 3.3. Positions are scaled by the filter length ``L``, not by
+    the sequence length, so a prefix of a sequence sees the same filter taps as the whole.
+    Decay rates ``alpha_c`` are fixed, spread over channels from slow to fast so that the window
+    falls to ``target`` at the end of the filter for the slowest and early for the fastest.
+    """
+
+    def __init__(self, channels: int, length: int, emb_dim: int, width: int, sine_freq: float,
+                 fast_pct: float, slow_pct: float, target: float):
+        super().__init__()
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise ValueError(f"filter_emb_dim must be odd and >= 3, got {emb_dim}")
+        self.length = length
+        t = torch.arange(length, dtype=torch.float32) / length  # [L] in [0, 1)
+        k = torch.arange(1, (emb_dim - 1) // 2 + 1, dtype=torch.float32)  # [K]
+        phase = 2 * math.pi * k[None, :] * t[:, None]  # [L, K]: 2 pi k t' / L at position t'
+        self.register_buffer("z", torch.cat([t[:, None], phase.cos(), phase.sin()], dim=1),
+                             persistent=False)  # [L, emb_dim]
+        self.mlp = nn.Sequential(
+            nn.Linear(emb_dim, width), Sine(width, sine_freq),
+            nn.Linear(width, width), Sine(width, sine_freq),
+            nn.Linear(width, channels, bias=False),
+        )
+        rates = torch.linspace(math.log(1 / target) / slow_pct, math.log(1 / target) / fast_pct,
+                               channels)  # [C], slow to fast
+        self.register_buffer("window", torch.exp(-rates[:, None] * t[None, :]),
+                             persistent=False)  # [C, L]
+
+    def forward(self) -> Tensor:
+        return self.mlp(self.z).transpose(0, 1) * self.window  # [C, L]
+
+
+class HyenaOperator(nn.Module):
+    """Order-N Hyena operator over ``[B, T, D]`` (Def. 3.1), with a step form over cached inputs."""
+
+    def __init__(self, d: int, max_len: int, opt: HyenaCore.Options):
+        super().__init__()
+        self.d, self.order, self.max_len, self.kernel = d, opt.order, max_len, opt.short_kernel
+        n_streams = (opt.order + 1) * d
+        self.in_proj = nn.Linear(d, n_streams)
+        self.short_conv = nn.Conv1d(n_streams, n_streams, opt.short_kernel, groups=n_streams,
+                                    padding=opt.short_kernel - 1)
+        self.filter = ImplicitFilter(opt.order * d, max_len, opt.filter_emb_dim, opt.filter_width,
+                                     opt.filter_sine_freq, opt.decay_fast_pct, opt.decay_slow_pct,
+                                     opt.decay_target)
+        self.bias = nn.Parameter(torch.randn(opt.order, d))  # skip term D of each long conv
+        self.out_proj = nn.Linear(d, d)
+        self._cache: tuple | None = None
+
+    # -- filters -------------------------------------------------------------------------------
+    def _cache_key(self) -> tuple:
+        # _version counts in-place updates (optimizer steps, load_state_dict); data_ptr catches
+        # replaced or moved tensors. Either change makes the cached filter stale.
+        return tuple((p.data_ptr(), p._version) for p in self.filter.parameters())
+
+    def filters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Filters ``h [N, D, L]``, their reversal and their spectrum ``rfft(h, 2L) [N, D, L + 1]``.
+
+        With gradients on they are rebuilt (and differentiable) on every call; with gradients off
+        they are computed once and reused until the filter's parameters change.
+        """
+        if torch.is_grad_enabled():
+            self._cache = None
+            return self._make_filters()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, *self._make_filters())
+        return self._cache[1:]
+
+    def _make_filters(self) -> tuple[Tensor, Tensor, Tensor]:
+        h = self.filter().view(self.order, self.d, self.max_len)  # [N, D, L]
+        return h, h.flip(-1), torch.fft.rfft(h, n=2 * self.max_len)
+
+    def train(self, mode: bool = True) -> HyenaOperator:
+        self._cache = None
+        return super().train(mode)
+
+    # -- parallel form -------------------------------------------------------------------------
+    def forward(self, u: Tensor) -> Tensor:
+        T = u.shape[1]  # u: [B, T, D]
+        z = self.short_conv(self.in_proj(u).transpose(1, 2))[..., :T]  # [B, (N+1)D, T], causal
+        v, *gates = z.split(self.d, dim=1)  # each [B, D, T]
+        h, _, _ = self.filters()
+        for n, x in enumerate(gates):  # z^{n+1} = x^n * (h^n * z^n + D^n z^n)
+            v = x * fft_conv(v, h[n, :, :T], self.bias[n])
+        return self.out_proj(v.transpose(1, 2))  # [B, T, D]
+
+    # -- step form -----------------------------------------------------------------------------
+    def init_state(self, batch: int, device, dtype) -> dict:
+        n_streams = (self.order + 1) * self.d
+        return {
+            "short": torch.zeros(batch, n_streams, self.kernel - 1, device=device, dtype=dtype),
+            "hist": [torch.zeros(batch, self.d, 0, device=device, dtype=dtype)
+                     for _ in range(self.order)],  # long-conv inputs z^n seen so far
+        }
+
+    def step(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
+        t = u.shape[1]  # u: [B, t, D]
+        window = torch.cat([state["short"], self.in_proj(u).transpose(1, 2)], dim=-1)
+        z = F.conv1d(window, self.short_conv.weight, self.short_conv.bias,
+                     groups=self.short_conv.groups)  # [B, (N+1)D, t]
+        short = window[..., window.shape[-1] - (self.kernel - 1):]  # last kernel - 1 inputs
+        v, *gates = z.split(self.d, dim=1)
+        h, h_rev, h_f = self.filters()
+        hist = []
+        for n, x in enumerate(gates):
+            past = torch.cat([state["hist"][n], v], dim=-1)  # [B, D, p + t]
+            v = x * self._conv_tail(past, t, n, h, h_rev, h_f)
+            hist.append(past)
+        return self.out_proj(v.transpose(1, 2)), {"short": short, "hist": hist}
+
+    def _conv_tail(self, past: Tensor, t: int, n: int, h: Tensor, h_rev: Tensor,
+                   h_f: Tensor) -> Tensor:
+        """Outputs of the long conv ``n`` at the last ``t`` positions of ``past [B, D, p + t]``."""
+        end = past.shape[-1]
+        if t == 1:  # y = sum_s h[s] z[end - 1 - s]: one dot product with the reversed filter
+            taps = h_rev[n, :, self.max_len - end:].to(past.dtype)  # [D, end]
+            y = torch.einsum("bds,ds->bd", past, taps).unsqueeze(-1)  # [B, D, 1]
+            return y + self.bias[n, :, None] * past[..., -1:]
+        # a chunk: convolve the whole history with the cached spectrum, keep the new positions
+        return fft_conv(past, h[n], self.bias[n], k_f=h_f[n])[..., end - t:]  # [B, D, t]
+
+
+class HyenaBlock(nn.Module):
+    """Pre-norm residual block: ``x + Hyena(LN(x))``, then ``x + MLP(LN(x))``."""
+
+    def __init__(self, cfg: CoreConfig, opt: HyenaCore.Options):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.mixer = HyenaOperator(d, cfg.max_len, opt)
+        self.mlp = nn.Sequential(nn.Linear(d, opt.mlp_ratio * d), nn.GELU(),
+                                 nn.Linear(opt.mlp_ratio * d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.mixer(self.norm1(x)))  # [B, T, D]
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+    def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
+        y, state = self.mixer.step(self.norm1(x), state)
+        x = x + self.drop(y)
+        return x + self.drop(self.mlp(self.norm2(x))), state
+
+
+class HyenaCore(SequenceCore):
+    """A stack of Hyena blocks. Long filters span ``cfg.max_len``; longer inputs are refused.
+
+    Convolutions mix every earlier position, so packed episodes (resets) are not supported.
+    """
+
+    supports_resets = False
+
+    @dataclass
+    class Options:
+        order: int = 2  # N: gates and long convolutions per operator (Def. 3.1)
+        short_kernel: int = 3  # taps of the causal depthwise conv on the projections
+        filter_emb_dim: int = 17  # positional features of the filter MLP: t + 2K sinusoids (odd)
+        filter_width: int = 64  # hidden width of the filter MLP
+        filter_sine_freq: float = 1.0  # initial frequency w of the sine activations
+        decay_fast_pct: float = 0.3  # fastest window reaches decay_target at this fraction of L
+        decay_slow_pct: float = 1.5  # slowest window reaches decay_target at this multiple of L
+        decay_target: float = 1e-2  # window value that defines the decay rates above
+        mlp_ratio: int = 4  # hidden width of the block MLP, in multiples of d_model
+
+    def __init__(self, cfg: CoreConfig, options: Options | None = None):
+        super().__init__(cfg, options)
+        self.blocks = nn.ModuleList(HyenaBlock(cfg, self.options) for _ in range(cfg.n_layers))
+
+    def _check_length(self, length: int) -> None:
+        if length > self.cfg.max_len:
+            raise ValueError(f"hyena: sequence of {length} tokens is longer than the filters "
+                             f"(max_len={self.cfg.max_len}); raise model max_len or shorten it")
+
+    def forward(self, x: Tensor, resets: Tensor | None = None) -> Tensor:
+        self.check_resets(resets)
+        self._check_length(x.shape[1])  # x: [B, T, D]
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def init_state(self, batch_size: int, device: torch.device | str,
+                   dtype: torch.dtype = torch.float32) -> State:
+        return [block.mixer.init_state(batch_size, device, dtype) for block in self.blocks]
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        seen = state[0]["hist"][0].shape[-1] if state else 0
+        self._check_length(seen + x.shape[1])  # x: [B, t, D]
+        new_state = []
+        for block, layer_state in zip(self.blocks, state):
+            x, layer_state = block.step(x, layer_state)
+            new_state.append(layer_state)
+        return x, new_state
