@@ -1,0 +1,176 @@
+"""GPT core: a pre-norm causal transformer (Radford et al., 2019), as in the Trajectory Transformer.
+
+    x [B, T, D] + learned position embedding -> n_layers x Block -> [B, T, D]
+    Block: x + Attn(LN(x)), then x + MLP(LN(x))      (pre-norm; the final norm is the caller's)
+
+Attention uses a fused QKV projection that is one plain ``nn.Linear`` and a plain ``nn.Linear``
+output projection, so ``torch.ao.quantization.quantize_dynamic`` turns both into int8 kernels; the
+attention itself is ``F.scaled_dot_product_attention``.
+
+Step form: the state caches, per layer, the keys and values ``[B, H, t, hd]`` of the tokens seen so
+far and a position counter shared by all rows. A chunk of ``t > 1`` tokens attends to the cache and
+causally within itself.
+
+Context window. Positions are learned for ``max_len`` tokens, so ``forward`` refuses longer inputs.
+``step`` keeps going past ``max_len`` as a sliding window: a token attends to itself and the
+``max_len - 1`` tokens before it, the cache keeps the last ``max_len`` keys/values, and new tokens
+take the last position ``max_len - 1`` (where the newest token of a full training window sits).
+Cached keys/values keep the positions they were computed with (shifting them would mean recomputing
+the window, which is what the cache avoids), so past ``max_len`` the step form is a documented
+approximation, not equal to any ``forward`` call; up to ``max_len`` tokens it is exact. Feeding the
+same tokens in any chunking gives the same outputs either way. The planner keeps its context within
+``max_len``, so it never reaches the approximation.
+
+Packed episodes: ``resets`` give a block-diagonal causal mask and positions that restart at 0 at each
+reset, so each episode is computed exactly as if it were run alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H, t, hd] each
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused QKV ``nn.Linear`` and SDPA."""
+
+    def __init__(self, cfg: CoreConfig, bias: bool):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(d, 3 * d, bias=bias)  # fused: one plain Linear, so int8 applies
+        self.proj = nn.Linear(d, d, bias=bias)
+        self.attn_dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                past: KV | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D]; mask bool [B or 1, 1, T, S] (True = may attend) or None for plain causal
+        (or, with ``past``, for one query that sees every cached key). Returns y, K, V where K, V
+        [B, H, S, hd] include ``past``."""
+        B, T, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (z.view(B, T, H, D // H).transpose(1, 2) for z in (q, k, v))  # [B, H, T, hd]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # [B, H, S, hd]
+            v = torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and past is None,
+            dropout_p=self.attn_dropout if self.training else 0.0)  # [B, H, T, hd]
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return self.resid_drop(self.proj(y)), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: CoreConfig, ratio: int, bias: bool):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, ratio * cfg.d_model, bias=bias)
+        self.proj = nn.Linear(ratio * cfg.d_model, cfg.d_model, bias=bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: LN -> attention -> residual; LN -> MLP -> residual."""
+
+    def __init__(self, cfg: CoreConfig, options: GPTCore.Options):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=options.bias)
+        self.attn = CausalSelfAttention(cfg, options.bias)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=options.bias)
+        self.mlp = MLP(cfg, options.mlp_ratio, options.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                past: KV | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, k, v = self.attn(self.ln1(x), mask, past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), k, v
+
+
+def segment_positions_and_mask(resets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """resets bool [B, T] -> positions within each episode [B, T] and a block-diagonal causal mask
+    [B, 1, T, T] (True where query i may attend to key j: j <= i, same episode)."""
+    T = resets.shape[1]
+    idx = torch.arange(T, device=resets.device)
+    start = torch.where(resets, idx, 0).cummax(dim=1).values  # [B, T] index of the episode start
+    segment = resets.long().cumsum(dim=1)  # [B, T] episode id
+    same = segment[:, :, None] == segment[:, None, :]  # [B, T, T]
+    causal = idx[:, None] >= idx[None, :]  # [T, T]
+    return idx - start, (same & causal)[:, None]
+
+
+def window_mask(cached: int, t: int, window: int, device: torch.device) -> torch.Tensor:
+    """Mask [t, cached + t] for ``t`` new queries after ``cached`` keys: query i sees key j when
+    j <= cached + i (causal) and cached + i - j < window (sliding window)."""
+    lag = (torch.arange(t, device=device) + cached)[:, None] - torch.arange(cached + t, device=device)
+    return (lag >= 0) & (lag < window)
+
+
+class GPTCore(SequenceCore):
+    """Pre-norm GPT with a learned absolute position embedding and a K/V cache for ``step``."""
+
+    supports_resets = True
+
+    @dataclass
+    class Options:
+        mlp_ratio: int = 4  # MLP hidden width / d_model (GPT-2: 4)
+        bias: bool = True  # biases in the linear layers and LayerNorms
+
+    def __init__(self, cfg: CoreConfig, options: Options | None = None):
+        super().__init__(cfg, options)
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"gpt: d_model ({cfg.d_model}) must be divisible by n_heads ({cfg.n_heads})")
+        # PyTorch's default N(0, 1) rows: positions stay visible next to inputs of unit scale (at
+        # GPT-2's 0.02 they are swamped, and offset-based tasks learn far more slowly).
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, self.options) for _ in range(cfg.n_layers))
+
+    def forward(self, x: torch.Tensor, resets: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] with T <= max_len; resets bool [B, T] or None -> [B, T, D]."""
+        self.check_resets(resets)
+        T = x.shape[1]
+        if T > self.cfg.max_len:
+            raise ValueError(f"gpt: sequence of {T} tokens is longer than max_len={self.cfg.max_len}; "
+                             f"shorten the window or build the core with a larger max_len")
+        if resets is None:
+            positions, mask = torch.arange(T, device=x.device), None  # [T]; plain causal
+        else:
+            positions, mask = segment_positions_and_mask(resets.to(x.device))  # [B, T], [B, 1, T, T]
+        h = self.drop(x + self.pos_emb(positions))
+        for block in self.blocks:
+            h, _, _ = block(h, mask)
+        return h
+
+    def init_state(self, batch_size: int, device: torch.device | str,
+                   dtype: torch.dtype = torch.float32) -> State:
+        H = self.cfg.n_heads
+        empty = torch.zeros(batch_size, H, 0, self.cfg.d_model // H, device=device, dtype=dtype)
+        n = self.cfg.n_layers
+        return {"k": [empty] * n, "v": [empty] * n, "pos": 0}  # pos: tokens seen, shared by all rows
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x [B, t, D] following the state's tokens -> y [B, t, D], state with K/V appended
+        (trimmed to the last max_len entries)."""
+        t, window = x.shape[1], self.cfg.max_len
+        pos, cached = state["pos"], state["k"][0].shape[2]
+        positions = (pos + torch.arange(t, device=x.device)).clamp(max=window - 1)  # [t]
+        mask = None  # one new token within the window sees every cached key
+        if t > 1 or cached + 1 > window:
+            mask = window_mask(cached, t, window, x.device)  # [t, cached + t]
+        h = self.drop(x + self.pos_emb(positions))
+        keys, values = [], []
+        for block, k, v in zip(self.blocks, state["k"], state["v"]):
+            h, k, v = block(h, mask, (k, v))
+            keys.append(k[:, :, -window:])
+            values.append(v[:, :, -window:])
+        return h, {"k": keys, "v": values, "pos": pos + t}
