@@ -35,6 +35,9 @@ def tiny_config(tmp_dir: str, batch_size: int = 16, dropout: float = 0.0) -> Tra
     cfg = TrainRunConfig(name="tiny", runs_dir=str(tmp_dir), device="cpu", seed=3)
     cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads = 16, 2, 2
     cfg.model.dropout = cfg.model.embedding_dropout = dropout
+    # No biases: attention's key bias has an exactly zero gradient, and Adam turns the rounding noise
+    # of a zero gradient into full-size steps, which would make DDP-vs-single comparisons meaningless.
+    cfg.model.core_options = {"bias": False}
     cfg.data.seq_len, cfg.data.n_bins = LAYOUT.seq_len, LAYOUT.vocab
     cfg.train.batch_size, cfg.train.lr, cfg.train.epochs = batch_size, 3e-3, 100
     cfg.train.log_every, cfg.train.save_every = 2, 0
