@@ -80,12 +80,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", default="medium,cpu")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--cpu-batch", type=int, default=16, help="batch for paper sizes on CPU")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     variants = [(False, False)]
     if device.type == "cuda":
-        variants = [(False, False), (True, False), (False, True), (True, True)]
+        variants = [(False, False), (True, False)]
+        if not args.no_compile:
+            variants += [(False, True), (True, True)]
     rows = []
     for size in args.sizes.split(","):
         for core in args.cores.split(","):
@@ -94,7 +97,13 @@ def main(argv=None) -> dict:
             batch = args.cpu_batch if device.type == "cpu" and size == "medium" else None
             base = None
             for bf16, compiled in variants:
-                result = measure(cfg, device, bf16, compiled, args.seconds, batch)
+                try:
+                    result = measure(cfg, device, bf16, compiled, args.seconds, batch)
+                except Exception as err:  # e.g. a core that torch.compile cannot trace
+                    rows.append({"size": size, "core": core, "bf16": bf16, "compile": compiled,
+                                 "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+                    print(f"{size} {core} bf16={bf16} compile={compiled}: {rows[-1]['error']}")
+                    continue
                 base = base or result["tokens_per_s"]
                 row = {"size": size, "core": core, "bf16": bf16, "compile": compiled, **result,
                        "ratio_vs_fp32_eager": result["tokens_per_s"] / base}
