@@ -9,8 +9,9 @@ from trajectory.cli import run
 from trajectory.config import EvalConfig
 
 EXAMPLES = """
-python eval.py --config=configs/eval_base.yaml --device=cpu --seed=42 checkpoints_path=runs/<name> beam_width=32
-python eval.py --config=configs/eval_base.yaml checkpoints_path=runs/<name> quantize=dynamic n_episodes=5
+python eval.py --config=configs/eval_base.yaml --device=cpu --seed=42 \\
+    checkpoints_path=runs/<name> beam_width=32
+python eval.py --config=configs/eval_base.yaml checkpoints_path=runs/<name> n_episodes=5 beam_width=16
 """
 
 

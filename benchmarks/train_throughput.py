@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
     rows = []
     for size in args.sizes.split(","):
         for core in args.cores.split(","):
-            cfg = build_config(TrainRunConfig, os.path.join(ROOT, f"configs/{size}/halfcheetah_medium_{core}.yaml"))
+            path = os.path.join(ROOT, f"configs/{size}/halfcheetah_medium_{core}.yaml")
+            cfg = build_config(TrainRunConfig, path)
             cfg.model.dropout = cfg.model.embedding_dropout = 0.0
             batch = args.cpu_batch if device.type == "cpu" and size == "medium" else None
             base = None

@@ -47,7 +47,11 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
     checkpoint = load_checkpoint(cfg.checkpoints_path)
     model = checkpoint.build_model(device)
     if cfg.quantize != "none":
-        from trajectory.quantize import quantize_model
+        try:
+            from trajectory.quantize import quantize_model
+        except ImportError:
+            raise SystemExit(f"error: quantize={cfg.quantize} is not available in this version; "
+                             f"use quantize=none") from None
         model = quantize_model(model, cfg.quantize, checkpoint, cfg.calibration_batches)
     return checkpoint, model
 

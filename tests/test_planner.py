@@ -114,6 +114,7 @@ def test_cdf_filter_keeps_the_likely_head():
 
 def test_rollout_actions_stay_in_the_action_space(monkeypatch):
     import gymnasium as gym
+
     import planners.rollout as rollout_module
 
     recorded = []

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from _synthetic import LAYOUT, TokenWindows, discretizer, tiny_config
+
 from trajectory.checkpoint import CheckpointError, load_checkpoint
 from trajectory.config import TrainConfig
 from trajectory.models.trajectory_model import TrajectoryModel

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class DemoConfig:
-    core: str = "gpt"  # which CPU config to train: configs/cpu/halfcheetah_medium_<core>.yaml
+    core: str = "s5"  # which CPU config to train (s5 plans fastest on a CPU: benchmarks/results)
     minutes: float = 20.0  # training budget
     retrain: bool = False  # train again even if the run has a checkpoint
     episodes: int = 5  # evaluation episodes, planned in one batch
@@ -43,7 +43,8 @@ def demo(cfg: DemoConfig) -> dict:
     from trajectory.data.dataset import build_dataset, describe
 
     summary: dict = {}
-    train_cfg = build_config(TrainRunConfig, os.path.join(ROOT, f"configs/cpu/halfcheetah_medium_{cfg.core}.yaml"),
+    config_path = os.path.join(ROOT, f"configs/cpu/halfcheetah_medium_{cfg.core}.yaml")
+    train_cfg = build_config(TrainRunConfig, config_path,
                              [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}"])
     stage("1. data: halfcheetah-medium")
     start = time.time()
@@ -90,8 +91,8 @@ def demo(cfg: DemoConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    return run(DemoConfig, argv, __doc__.strip().splitlines()[0], "python -m trajectory.demo core=s5 minutes=5",
-               demo)
+    return run(DemoConfig, argv, __doc__.strip().splitlines()[0],
+               "python -m trajectory.demo core=s5 minutes=5", demo)
 
 
 if __name__ == "__main__":

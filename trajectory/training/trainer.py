@@ -25,7 +25,6 @@ from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, Traject
 from trajectory.training import distributed
 from trajectory.training.optim import lr_at, make_optimizer
 
-
 HORIZON_PROBE_STEPS = 10  # steps timed to turn a time budget into a token horizon
 
 
