@@ -131,3 +131,14 @@ def test_lr_warmup_then_cosine_on_tokens():
     assert lr_at(99, cfg, 1100) == pytest.approx(1.0)
     assert lr_at(600, cfg, 1100) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(5000, cfg, 1100) == pytest.approx(0.1)
+
+
+def test_time_budget_sets_the_schedule_horizon_from_measured_throughput(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.cfg.train.budget_minutes = 0.5
+    assert trainer.progress.horizon_tokens == 0  # unknown until the first steps are timed
+    trainer.fit(max_steps=12)
+    horizon = trainer.progress.horizon_tokens
+    assert 12 * trainer.tokens_per_step < horizon <= trainer.epoch_tokens
+    saved = load_checkpoint(trainer.run_dir, with_trainer_state=True)
+    assert saved.trainer_state["progress"]["horizon_tokens"] == horizon  # resume keeps the schedule

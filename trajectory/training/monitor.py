@@ -28,6 +28,12 @@ class TrainLogger:
         self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}",
                              refresh=False)
 
+    def set_total(self, total_steps: int) -> None:
+        """A time budget became a step estimate: give the bar a meaningful end and ETA."""
+        if self.active:
+            self.bar.total = total_steps
+            self.bar.refresh()
+
     def advance(self, step: int, loss: torch.Tensor) -> None:
         if self.active:
             self.bar.update(step - self.bar.n)

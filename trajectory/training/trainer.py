@@ -123,8 +123,6 @@ class Trainer:
                               f"{tc.batch_size}; lower train.batch_size")
         self.tokens_per_step = tc.batch_size * (layout.max_tokens - 1)  # inputs per window
         self.epoch_tokens = tc.epochs * self.steps_per_epoch * self.tokens_per_step
-        if tc.max_tokens or not tc.budget_minutes:
-            self.progress.horizon_tokens = min(tc.max_tokens or self.epoch_tokens, self.epoch_tokens)
         wrapped = self.model
         if tc.compile:
             wrapped = torch.compile(wrapped)
@@ -187,6 +185,8 @@ class Trainer:
         from trajectory.training.monitor import TrainLogger
 
         tc = self.cfg.train
+        if not self.progress.horizon_tokens and (tc.max_tokens or not tc.budget_minutes):
+            self.progress.horizon_tokens = min(tc.max_tokens or self.epoch_tokens, self.epoch_tokens)
         total_steps = self.cfg.train.epochs * self.steps_per_epoch
         if tc.max_tokens:
             total_steps = min(total_steps, -(-tc.max_tokens // self.tokens_per_step))
@@ -208,13 +208,14 @@ class Trainer:
             logger.advance(self.progress.step, stats["loss"])
             if not self.progress.horizon_tokens and self.progress.step >= HORIZON_PROBE_STEPS:
                 self._fix_time_horizon(session_start, minutes_before)
+                logger.set_total(-(-self.progress.horizon_tokens // self.tokens_per_step))
             if tc.save_every and self.progress.step % tc.save_every == 0:
                 self.save(metrics)
-            over_budget = bool(tc.budget_minutes) and self.progress.minutes >= tc.budget_minutes
-            if (tc.max_tokens and self.progress.tokens >= tc.max_tokens):
+            if tc.max_tokens and self.progress.tokens >= tc.max_tokens:
                 stop_reason = "max_tokens"
                 break
-            if distributed.any_rank(self.ctx, over_budget) if tc.budget_minutes else False:
+            over_budget = self.progress.minutes >= tc.budget_minutes
+            if tc.budget_minutes and distributed.any_rank(self.ctx, over_budget):
                 stop_reason = "budget_minutes"
                 break
             if max_steps is not None and self.progress.step >= max_steps:
