@@ -145,3 +145,18 @@ def test_mismatched_env_and_missing_checkpoint_are_clear_errors(tmp_path):
 def test_window_too_short_for_the_plan_is_a_clear_error():
     with pytest.raises(ValueError, match="beam_steps"):
         max_context_transitions(TokenLayout(obs_dim=3, act_dim=2, vocab=8, seq_len=2), beam_steps=5)
+
+
+def test_render_records_an_animation_of_the_first_episode(tmp_path):
+    from planners.rollout import save_animation
+    layout = TokenLayout(obs_dim=17, act_dim=6, vocab=10, seq_len=4)
+    cfg = eval_cfg(n_episodes=2, max_episode_steps=4, beam_steps=1, beam_context=1, render=True)
+    try:
+        result = rollout(tiny_model("s5", layout), fitted_discretizer(layout), layout, cfg,
+                         torch.device("cpu"), progress=False)
+    except Exception as err:  # a machine without any OpenGL backend
+        pytest.skip(f"no MuJoCo renderer here: {err}")
+    assert len(result["frames"]) == 2  # every other step of episode 0
+    assert result["frames"][0].ndim == 3 and result["frames"][0].shape[2] == 3
+    path = save_animation(result["frames"], str(tmp_path / "episode0.gif"))
+    assert (tmp_path / "episode0.gif").stat().st_size > 0 and path.endswith(".gif")
