@@ -25,6 +25,15 @@ def env_family(env_id: str) -> str:
     raise ValueError(f"no D4RL reference returns for env '{env_id}'; known: {sorted(REF_RETURNS)}")
 
 
+def has_reference_returns(env_id: str) -> bool:
+    """Whether D4RL reference returns (hence normalized scores) exist for ``env_id``."""
+    try:
+        env_family(env_id)
+        return True
+    except ValueError:
+        return False
+
+
 def normalized_score(env_id: str, returns) -> np.ndarray:
     """D4RL normalized score (0 = random policy, 100 = expert) of raw episode returns."""
     low, high = REF_RETURNS[env_family(env_id)]

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from trajectory.envs import REF_RETURNS, env_family, make_env, normalized_score
+from trajectory.envs import REF_RETURNS, env_family, has_reference_returns, make_env, normalized_score
 
 DEFAULT_POLICY = os.path.join(os.path.dirname(__file__), "..", "assets",
                               "halfcheetah_medium_policy.pt")
@@ -116,7 +116,7 @@ def _write_dataset(root: str, dataset_id: str, rounds: Iterator[list], env_id: s
     Returns the episode returns and the number of steps written."""
     import minari
 
-    low_high = REF_RETURNS.get(env_family(env_id)) if _has_ref(env_id) else None
+    low_high = REF_RETURNS.get(env_family(env_id)) if has_reference_returns(env_id) else None
     env = make_env(env_id, max_episode_steps=max_steps)  # its spec (time limit included) is recorded
     dataset, returns, steps = None, [], 0
     with minari_root(root), warnings.catch_warnings():
@@ -138,14 +138,6 @@ def _write_dataset(root: str, dataset_id: str, rounds: Iterator[list], env_id: s
                 dataset.update_dataset_from_buffer(buffers)
     env.close()
     return returns, steps
-
-
-def _has_ref(env_id: str) -> bool:
-    try:
-        env_family(env_id)
-        return True
-    except ValueError:
-        return False
 
 
 def _copy_namespace_metadata(tmp_root: str, root: str, dataset_id: str) -> None:
@@ -200,7 +192,7 @@ def generate_dataset(root: str, dataset_id: str = REPRO_ID, *, episodes: int = R
                "steps": steps, "seed": seed, "num_envs": num_envs,
                "seconds": round(time.time() - start, 1),
                "return_mean": float(returns_arr.mean()), "return_std": float(returns_arr.std())}
-    if _has_ref(env_id):
+    if has_reference_returns(env_id):
         summary["normalized_mean"] = float(normalized_score(env_id, returns_arr).mean())
     return summary
 

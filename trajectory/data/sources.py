@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trajectory.envs import env_family, normalized_score
+from trajectory.envs import has_reference_returns, normalized_score
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 MINARI_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*/)?[-_.\w]+-v\d+$")  # (namespace/)name-v<version>
@@ -78,17 +78,9 @@ class Transitions:
         stats = {"return_mean": float(returns.mean()) if len(returns) else float("nan"),
                  "return_std": float(returns.std()) if len(returns) else float("nan"),
                  "return_count": len(returns), "normalized_mean": None}
-        if self.env_id and len(returns) and _known_family(self.env_id):
+        if self.env_id and len(returns) and has_reference_returns(self.env_id):
             stats["normalized_mean"] = float(normalized_score(self.env_id, returns).mean())
         return stats
-
-
-def _known_family(env_id: str) -> bool:
-    try:
-        env_family(env_id)
-        return True
-    except ValueError:
-        return False
 
 
 def check_arrays(arrays: dict[str, np.ndarray], origin: str) -> dict[str, np.ndarray]:
