@@ -16,11 +16,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
+from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions
 from trajectory.config import EvalConfig, ModelConfig
@@ -30,16 +29,6 @@ from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)
-
-
-def plan_seconds(planner: BeamPlanner, context: torch.Tensor, repeats: int) -> float:
-    planner.plan(context)  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        planner.plan(context)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def main(argv=None) -> dict:
@@ -62,11 +51,11 @@ def main(argv=None) -> dict:
     for name in args.cores.split(","):
         torch.manual_seed(0)
         model = TrajectoryModel(ModelConfig(core=name), LAYOUT).eval()
-        cached = plan_seconds(BeamPlanner(model, disc, LAYOUT, cfg, torch.Generator().manual_seed(0)),
-                              context, args.repeats)
-        naive = plan_seconds(BeamPlanner(RecomputingModel(model), disc, LAYOUT, cfg,
-                                         torch.Generator().manual_seed(0)), context,
-                             args.baseline_repeats)
+        cached_planner = BeamPlanner(model, disc, LAYOUT, cfg, torch.Generator().manual_seed(0))
+        naive_planner = BeamPlanner(RecomputingModel(model), disc, LAYOUT, cfg,
+                                    torch.Generator().manual_seed(0))
+        cached = timed(lambda: cached_planner.plan(context), args.repeats)
+        naive = timed(lambda: naive_planner.plan(context), args.baseline_repeats)
         results[name] = {"ms_per_env_step_cached": cached * 1e3, "ms_per_env_step_recompute": naive * 1e3,
                          "speedup": naive / cached,
                          "ms_per_env_step_per_env_cached": cached * 1e3 / args.envs}

@@ -164,7 +164,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "ms_per_env_step": 1e3 * wall / max(1, env_steps),
         "planning_ms_per_plan": 1e3 * result["planning_seconds"] / max(1, result["plans"]),
         "context_transitions_used": result["context_transitions"],
-        "settings": {k: v for k, v in vars(cfg).items()},
+        "settings": dict(vars(cfg)),
     }
     report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))
     tmp = os.path.join(out, "report.json.tmp")
