@@ -227,6 +227,9 @@ class Trainer:
         self.progress.history.append({"step": self.progress.step, "stop": stop_reason})
         self.save(metrics)
         logger.close()
+        # Ranks leave together: a gloo rank that tears down its group while rank 0 is still
+        # writing the checkpoint can abort the process.
+        distributed.barrier(self.ctx)
         return metrics
 
     def _fix_time_horizon(self, session_start: float, minutes_before: float) -> None:
