@@ -7,7 +7,6 @@ behaviour return for comparison, timing, settings), tensorboard scalars in ``<ou
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -18,6 +17,7 @@ from planners.beam import BeamPlanner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
 from trajectory.envs import make_env, normalized_score
+from trajectory.io import save_json
 
 
 class History:
@@ -167,10 +167,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "settings": dict(vars(cfg)),
     }
     report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))
-    tmp = os.path.join(out, "report.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, os.path.join(out, "report.json"))
+    save_json(report, os.path.join(out, "report.json"))
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(os.path.join(out, "tb")) as writer:
         for i, (ret, score) in enumerate(zip(returns, scores)):

@@ -15,34 +15,22 @@ The fitted state is plain arrays (``edges`` and the strategy name), saved as ``.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from trajectory.io import atomic_write
+
 STRATEGIES = ("uniform", "quantile")
 Dims = int | slice | Sequence[int] | np.ndarray | None
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` (.npz) through a temporary file in the same folder and a rename,
-    so that a crash leaves either the old file or none, never a partial one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-            np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``arrays`` to ``path`` (.npz) atomically (a file object: np.savez would append
+    ".npz" to a name)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 class Discretizer:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from trajectory.configutil import parse_cli
 from trajectory.envs import make_env
+from trajectory.io import save_torch
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -227,9 +228,7 @@ def save_policy(path: str, state: dict, obs_dim: int, act_dim: int, hidden: int,
     """Write a 1-member actor atomically, with plain metadata (loadable with weights_only=True)."""
     payload = {"state_dict": state, "obs_dim": obs_dim, "act_dim": act_dim, "hidden": hidden,
                "meta": meta}
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_torch(payload, path)
 
 
 def load_policy(path: str, device="cpu") -> SquashedGaussianActor:

@@ -19,14 +19,25 @@ class TrainLogger:
                         dynamic_ncols=True, mininterval=1.0)
 
     def log(self, step: int, metrics: dict) -> None:
+        """The trajectory trainer's metrics: train/* scalars, loss per token group, bar postfix."""
         if not self.active:
             return
-        for name in ("loss", "grad_norm", "lr", "tokens_per_s"):
-            self.writer.add_scalar(f"train/{name}", metrics[name], step)
-        for group in ("obs", "act", "reward", "value"):
-            self.writer.add_scalar(f"loss/{group}", metrics[group], step)
+        self.log_scalars(step, {name: metrics[name] for name in
+                                ("loss", "grad_norm", "lr", "tokens_per_s")}, prefix="train")
+        self.log_scalars(step, {g: metrics[g] for g in ("obs", "act", "reward", "value")},
+                         prefix="loss")
         self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}",
                              refresh=False)
+
+    def log_scalars(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
+        """Any scalars as ``<prefix>/<name>`` (other trainers of the package use this directly)."""
+        if self.active:
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"{prefix}/{name}" if prefix else name, value, step)
+
+    def postfix(self, **values: str) -> None:
+        if self.active:
+            self.bar.set_postfix(refresh=False, **values)
 
     def set_total(self, total_steps: int) -> None:
         """A time budget became a step estimate: give the bar a meaningful end and ETA."""
