@@ -42,17 +42,25 @@ class History:
 
 
 def load_for_eval(cfg: EvalConfig, device: torch.device):
+    """The checkpoint and its model, quantized when ``cfg.quantize`` asks (the model's summary of
+    quantization is ``model.quantization_info``)."""
     if not cfg.checkpoints_path:
         raise SystemExit("error: checkpoints_path is required, e.g. checkpoints_path=runs/<name>")
     checkpoint = load_checkpoint(cfg.checkpoints_path)
     model = checkpoint.build_model(device)
+    info = {"mode": "none"}
     if cfg.quantize != "none":
+        from trajectory.quantize import QuantizationError, quantize_checkpoint_model
+        if device.type != "cpu":
+            raise SystemExit(f"error: int8 quantization runs on the CPU; use --device=cpu "
+                             f"with quantize={cfg.quantize}")
+        out = os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), "quantized")
         try:
-            from trajectory.quantize import quantize_model
-        except ImportError:
-            raise SystemExit(f"error: quantize={cfg.quantize} is not available in this version; "
-                             f"use quantize=none") from None
-        model = quantize_model(model, cfg.quantize, checkpoint, cfg.calibration_batches)
+            model, info = quantize_checkpoint_model(checkpoint, model, cfg.quantize,
+                                                    cfg.calibration_batches, out_dir=out)
+        except QuantizationError as err:
+            raise SystemExit(f"error: {err}") from None
+    model.quantization_info = info
     return checkpoint, model
 
 
@@ -137,8 +145,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    if "," in cfg.quantize:
+        raise SystemExit(f"error: eval.py takes one quantize mode, got '{cfg.quantize}' "
+                         f"(profile.py compares several)")
     checkpoint, model = load_for_eval(cfg, device)
-    out = cfg.out or os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), "eval")
+    folder = "eval" if cfg.quantize == "none" else f"eval_{cfg.quantize}"  # precisions side by side
+    out = cfg.out or os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), folder)
     os.makedirs(out, exist_ok=True)
     if cfg.render:
         os.environ.setdefault("MUJOCO_GL", "egl")
@@ -164,6 +176,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "ms_per_env_step": 1e3 * wall / max(1, env_steps),
         "planning_ms_per_plan": 1e3 * result["planning_seconds"] / max(1, result["plans"]),
         "context_transitions_used": result["context_transitions"],
+        "quantization": model.quantization_info,
         "settings": dict(vars(cfg)),
     }
     report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))

@@ -38,8 +38,8 @@ def cli(args, cwd):
     return result
 
 
-@pytest.mark.parametrize("core", ["gpt", "s5"])
-def test_train_then_eval_from_the_command_line(tmp_path, core):
+@pytest.mark.parametrize("core, quantize", [("gpt", "dynamic"), ("s5", "static")])
+def test_train_then_eval_from_the_command_line(tmp_path, core, quantize):
     source = tmp_path / "halfcheetah_tiny.hdf5"
     write_halfcheetah_hdf5(source)
     common = [f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", "data.seq_len=4",
@@ -59,3 +59,10 @@ def test_train_then_eval_from_the_command_line(tmp_path, core):
     assert len(report["returns"]) == 2 and report["episode_lengths"] == [3, 3]
     assert report["behaviour"]["return_count"] == 3
     assert np.isfinite(report["normalized_mean"])
+    # the same checkpoint planned with int8 (static calibrates on the checkpoint's own data)
+    cli([os.path.join(ROOT, "eval.py"), f"--config={ROOT}/configs/eval_base.yaml", "--device=cpu",
+         f"checkpoints_path={run_dir}", "n_episodes=1", "max_episode_steps=2", "beam_width=2",
+         "beam_steps=1", "beam_context=1", f"quantize={quantize}", "calibration_batches=1"], cwd=tmp_path)
+    report = json.loads((run_dir / f"eval_{quantize}" / "report.json").read_text())
+    assert report["quantization"]["mode"] == quantize and report["episode_lengths"] == [2]
+    assert (run_dir / "quantized" / f"model_int8_{quantize}.pt").exists()

@@ -107,3 +107,10 @@ class EvalConfig:
     out: str = ""  # where the report goes (default: <run>/eval)
     compare: str = ""  # profile.py: comma-separated cores to profile side by side
     profile_steps: int = 5  # profile.py: planning steps recorded after warm-up
+
+    def __post_init__(self) -> None:
+        modes = ("none", "dynamic", "static")
+        for mode in self.quantize.split(","):
+            if mode.strip() not in modes:
+                raise ConfigError(f"quantize must be one of {', '.join(modes)} (profile.py takes a "
+                                  f"comma-separated list), got '{self.quantize}'")

@@ -58,6 +58,8 @@ class SequenceCore(nn.Module):
     """Base class: subclasses define ``Options`` (a dataclass), forward, init_state and step."""
 
     supports_resets: bool = False
+    # Ops that int8 quantization leaves in float, with the reason (listed in quantization reports).
+    float_ops: dict[str, str] = {}
 
     @dataclass
     class Options:

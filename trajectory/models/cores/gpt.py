@@ -119,6 +119,10 @@ class GPTCore(SequenceCore):
     """Pre-norm GPT with a learned absolute position embedding and a K/V cache for ``step``."""
 
     supports_resets = True
+    float_ops = {
+        "attention (SDPA: softmax(QK^T)V over the K/V cache)": "no int8 attention kernel on CPU; "
+        "activations on both sides, so it would need a quant/dequant per step",
+    }
 
     @dataclass
     class Options:

@@ -51,6 +51,8 @@ class ImplicitFilter(nn.Module):
     falls to ``target`` at the end of the filter for the slowest and early for the fastest.
     """
 
+    int8_exempt = True  # computed once from positions and cached: int8 would only lose precision
+
     def __init__(self, channels: int, length: int, emb_dim: int, width: int, sine_freq: float,
                  fast_pct: float, slow_pct: float, target: float):
         super().__init__()
@@ -196,6 +198,14 @@ class HyenaCore(SequenceCore):
     """
 
     supports_resets = False
+    float_ops = {
+        "FFT long convolution (and its step form, a dot product with the cached filter)":
+            "no int8 FFT; the filter taps decay over 3 orders of magnitude",
+        "short depthwise causal convolution": "3 taps per channel; its step form reads the "
+            "weights directly, and quant/dequant would cost more than the arithmetic",
+        "implicit filter MLP": "runs once per model on positions, not per token: nothing to gain",
+        "gating products": "activation x activation elementwise",
+    }
 
     @dataclass
     class Options:

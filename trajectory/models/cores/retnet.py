@@ -195,6 +195,11 @@ class RetNetCore(SequenceCore):
     """
 
     supports_resets = True
+    float_ops = {
+        "retention (decayed QK^T V and the recurrent state update)": "activation x activation "
+        "products with per-head decays; no int8 kernel and the state accumulates over time",
+        "xPos rotation, group norm, swish gate": "elementwise on float activations",
+    }
 
     @dataclass
     class Options:

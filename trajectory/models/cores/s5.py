@@ -169,6 +169,12 @@ class S5Core(SequenceCore):
     """A stack of S5 layers; honours resets (packed episodes) by cutting the scan's carry."""
 
     supports_resets = True
+    float_ops = {
+        "complex diagonal scan (x_t = Lambda_bar x_{t-1} + B_bar u_t)": "complex arithmetic; no "
+        "int8 kernel, and the state accumulates rounding error over time",
+        "complex projections B_bar, C": "complex matrices recomputed from the discretization; "
+        "the backend has no complex int8 matmul",
+    }
 
     @dataclass
     class Options:
