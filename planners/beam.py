@@ -24,6 +24,7 @@ import torch
 
 from planners.sampling import sample
 from trajectory.config import EvalConfig
+from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
 
 
@@ -76,7 +77,8 @@ class BeamPlanner:
         """Feed tokens [R] or [R, t]; return the logits of the next token [R, V] and the state."""
         if tokens.dim() == 1:
             tokens = tokens[:, None]
-        logits, state = self.model.step(tokens, state)
+        with op_group("model"):  # inside the planner's scope: the model's ops are grouped by kind
+            logits, state = self.model.step(tokens, state)
         return logits[:, -1].float(), state
 
     def _expectation(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
@@ -86,6 +88,10 @@ class BeamPlanner:
     def plan(self, context: torch.Tensor) -> Plan:
         """context: [E, n * transition_dim + obs_dim] tokens, whole transitions then the current
         observation. Returns every environment's best plan."""
+        with op_group("sampling_beam"):  # what is not the model: sampling, scoring, reordering
+            return self._plan(context)
+
+    def _plan(self, context: torch.Tensor) -> Plan:
         cfg, lay = self.cfg, self.layout
         o, a = lay.obs_dim, lay.act_dim
         envs, device = context.shape[0], context.device

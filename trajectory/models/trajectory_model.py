@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from trajectory.config import ModelConfig
 from trajectory.models.cores import CoreConfig, build_core
+from trajectory.models.ops.scopes import op_group
 
 
 @dataclass
@@ -114,8 +115,11 @@ class TrajectoryModel(nn.Module):
 
         The logits at position p are the model's distribution of token p + 1.
         """
-        h = self.core(self._embed(tokens, 0), resets=resets)
-        return self._heads(self.norm(h), 0)
+        with op_group("embedding_heads"):
+            x = self._embed(tokens, 0)
+        h = self.core(x, resets=resets)
+        with op_group("embedding_heads"):
+            return self._heads(self.norm(h), 0)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -145,8 +149,12 @@ class TrajectoryModel(nn.Module):
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """Feed tokens [B, t] after the ``state['pos']`` tokens already seen -> logits [B, t, V]."""
         start = state["pos"]
-        h, core_state = self.core.step(self._embed(tokens, start), state["core"])
-        return self._heads(self.norm(h), start), {"core": core_state, "pos": start + tokens.shape[1]}
+        with op_group("embedding_heads"):
+            x = self._embed(tokens, start)
+        h, core_state = self.core.step(x, state["core"])
+        with op_group("embedding_heads"):
+            logits = self._heads(self.norm(h), start)
+        return logits, {"core": core_state, "pos": start + tokens.shape[1]}
 
     def select_state(self, state: dict, index: torch.Tensor) -> dict:
         return {"core": self.core.select_state(state["core"], index), "pos": state["pos"]}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.ops.scopes import op_group
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H, t, hd] each
 
@@ -58,12 +59,13 @@ class CausalSelfAttention(nn.Module):
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)
         q, k, v = (z.view(B, T, H, D // H).transpose(1, 2) for z in (q, k, v))  # [B, H, T, hd]
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # [B, H, S, hd]
-            v = torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and past is None,
-            dropout_p=self.attn_dropout if self.training else 0.0)  # [B, H, T, hd]
+        with op_group("attention"):
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)  # [B, H, S, hd]
+                v = torch.cat([past[1], v], dim=2)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and past is None,
+                dropout_p=self.attn_dropout if self.training else 0.0)  # [B, H, T, hd]
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.resid_drop(self.proj(y)), k, v
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
 from trajectory.models.ops.fftconv import fft_conv
+from trajectory.models.ops.scopes import op_group
 
 Tensor = torch.Tensor
 
@@ -130,7 +131,8 @@ class HyenaOperator(nn.Module):
         v, *gates = z.split(self.d, dim=1)  # each [B, D, T]
         h, _, _ = self.filters()
         for n, x in enumerate(gates):  # z^{n+1} = x^n * (h^n * z^n + D^n z^n)
-            v = x * fft_conv(v, h[n, :, :T], self.bias[n])
+            with op_group("fft"):
+                v = x * fft_conv(v, h[n, :, :T], self.bias[n])
         return self.out_proj(v.transpose(1, 2))  # [B, T, D]
 
     # -- step form -----------------------------------------------------------------------------
@@ -162,11 +164,13 @@ class HyenaOperator(nn.Module):
         """Outputs of the long conv ``n`` at the last ``t`` positions of ``past [B, D, p + t]``."""
         end = past.shape[-1]
         if t == 1:  # y = sum_s h[s] z[end - 1 - s]: one dot product with the reversed filter
-            taps = h_rev[n, :, self.max_len - end:].to(past.dtype)  # [D, end]
-            y = torch.einsum("bds,ds->bd", past, taps).unsqueeze(-1)  # [B, D, 1]
-            return y + self.bias[n, :, None] * past[..., -1:]
+            with op_group("convolution"):
+                taps = h_rev[n, :, self.max_len - end:].to(past.dtype)  # [D, end]
+                y = torch.einsum("bds,ds->bd", past, taps).unsqueeze(-1)  # [B, D, 1]
+                return y + self.bias[n, :, None] * past[..., -1:]
         # a chunk: convolve the whole history with the cached spectrum, keep the new positions
-        return fft_conv(past, h[n], self.bias[n], k_f=h_f[n])[..., end - t:]  # [B, D, t]
+        with op_group("fft"):
+            return fft_conv(past, h[n], self.bias[n], k_f=h_f[n])[..., end - t:]  # [B, D, t]
 
 
 class HyenaBlock(nn.Module):

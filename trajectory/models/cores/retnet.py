@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.ops.scopes import op_group
 
 
 def retention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None,
@@ -151,7 +152,8 @@ class MultiScaleRetention(nn.Module):
         q = rotate(self.q(x).view(B, T, H, self.dk).transpose(1, 2), cos, sin)  # [B, H, T, dk]
         k = rotate(self.k(x).view(B, T, H, self.dk).transpose(1, 2), cos, sin)
         v = self.v(x).view(B, T, H, self.dv).transpose(1, 2)  # [B, H, T, dv]
-        o, state = retention(q, k, v, self.log_gamma(x.device), positions, resets, state, chunk_size)
+        with op_group("attention"):
+            o, state = retention(q, k, v, self.log_gamma(x.device), positions, resets, state, chunk_size)
         y = self.norm(o.transpose(1, 2).reshape(B * T, H * self.dv)).view(B, T, H * self.dv)
         return self.out(F.silu(self.g(x)) * y), state
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
 from trajectory.models.ops.scan import linear_scan
+from trajectory.models.ops.scopes import op_group
 
 Tensor = torch.Tensor
 
@@ -105,7 +106,9 @@ class S5SSM(nn.Module):
         u = u.to(self.D.dtype)
         with torch.autocast(u.device.type, enabled=False):  # complex math has no half precision
             lam_bar, B_bar = self.discretize()
-            xs = linear_scan(lam_bar, self._inputs(u, B_bar), resets)  # [B, T, P/2]
+            bu = self._inputs(u, B_bar)
+            with op_group("scan"):
+                xs = linear_scan(lam_bar, bu, resets)  # [B, T, P/2]
             return self._outputs(xs, u)
 
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,10 +117,11 @@ class S5SSM(nn.Module):
         with torch.autocast(u.device.type, enabled=False):
             lam_bar, B_bar = self.discretize()
             bu = self._inputs(u, B_bar)  # [B, t, P/2]
-            if u.shape[1] == 1:
-                xs = (lam_bar * x + bu[:, 0]).unsqueeze(1)  # x_t = Lambda_bar x_{t-1} + B_bar u_t
-            else:
-                xs = linear_scan(lam_bar, bu, h0=x)
+            with op_group("scan"):
+                if u.shape[1] == 1:
+                    xs = (lam_bar * x + bu[:, 0]).unsqueeze(1)  # x_t = Lambda_bar x_{t-1} + B_bar u_t
+                else:
+                    xs = linear_scan(lam_bar, bu, h0=x)
             return self._outputs(xs, u), xs[:, -1]
 
 

@@ -1,0 +1,92 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trajectory.checkpoint import save_checkpoint
+from trajectory.config import EvalConfig, TrainRunConfig
+from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+from trajectory.profiling import GROUPS, group_of_op, profile_planning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYOUT = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=6)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from test_planner import fitted_discretizer
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainRunConfig(name="tiny")
+    cfg.model.core, cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads = "s5", 16, 2, 2
+    cfg.data.seq_len, cfg.data.n_bins = LAYOUT.seq_len, LAYOUT.vocab
+    torch.manual_seed(0)
+    model = TrajectoryModel(cfg.model, LAYOUT)
+    save_checkpoint(str(run / "checkpoint"), cfg, model, fitted_discretizer(LAYOUT), None, {})
+    return run
+
+
+def settings(**overrides) -> EvalConfig:
+    base = dict(n_episodes=2, beam_width=4, sample_expand=2, beam_steps=2, beam_context=2,
+                profile_steps=2, threads=1)
+    return EvalConfig(**{**base, **overrides})
+
+
+def test_report_files_exist_and_op_groups_add_up(checkpoint, tmp_path):
+    out = tmp_path / "profile"
+    report = profile_planning(settings(checkpoints_path=str(checkpoint), out=str(out),
+                                       compare="gpt,hyena,retnet,s5", quantize="none,dynamic"))
+    for name in ("profile.json", "profile.md", "op_groups.png"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "profile.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    assert [(r["core"], r["precision"]) for r in report["results"]] == [
+        (c, p) for c in ("gpt", "hyena", "retnet", "s5") for p in ("none", "dynamic")]
+    weights = {r["core"]: r["weights"] for r in report["results"]}
+    assert weights == {"gpt": "random", "hyena": "random", "retnet": "random", "s5": "checkpoint"}
+    for r in report["results"]:
+        groups = r["groups_ms_per_env_step"]
+        assert set(groups) == set(GROUPS)
+        assert sum(groups.values()) == pytest.approx(r["profiled_ms_per_env_step"], rel=0.05)
+        assert groups["sampling and beam bookkeeping"] > 0 and groups["linear/matmul"] > 0
+        assert groups["embedding and heads"] > 0 and r["peak_tensor_mb"] > 0
+        assert r["ms_per_env_step"] > 0 and r["flops_per_token"] > 0 and r["bytes"] > 0
+        trace = out / f"trace_{r['core']}_{r['precision']}.json"
+        assert json.loads(trace.read_text())["traceEvents"]
+        assert (out / "tb" / f"{r['core']}_{r['precision']}").is_dir()
+    by = {(r["core"], r["precision"]): r["groups_ms_per_env_step"] for r in report["results"]}
+    assert by[("hyena", "none")]["FFT"] + by[("hyena", "none")]["convolution"] > 0
+    assert by[("s5", "none")]["scan"] > 0 and by[("gpt", "none")]["attention/retention"] > 0
+    assert by[("retnet", "none")]["attention/retention"] > 0
+    assert by[("s5", "dynamic")]["linear/matmul"] > 0  # int8 linear ops are still linear
+    md = (out / "profile.md").read_text()
+    assert "| gpt | dynamic | random |" in md and "Top ops: s5 none" in md
+
+
+def test_op_names_fall_into_the_expected_groups():
+    assert group_of_op("aten::addmm") == "linear/matmul"
+    assert group_of_op("quantized::linear_dynamic") == "linear/matmul"
+    assert group_of_op("aten::quantize_per_tensor") == "int8 quant/dequant"
+    assert group_of_op("aten::_fft_r2c") == "FFT"
+    assert group_of_op("aten::conv1d") == "convolution"
+    assert group_of_op("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention/retention"
+    assert group_of_op("aten::layer_norm") == "other"
+
+
+def test_cli_runs_as_a_subprocess_and_says_when_weights_are_random(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "profile.py"), f"--config={ROOT}/configs/eval_base.yaml",
+         "--device=cpu", "n_episodes=1", "beam_width=2", "beam_steps=1", "beam_context=1",
+         "profile_steps=1", f"out={tmp_path}", "compare=s5"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random-weight models" in result.stdout
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert report["results"][0]["weights"] == "random" and report["results"][0]["parameters"] > 500_000
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    with pytest.raises(SystemExit, match="--device=cpu"):
+        profile_planning(settings(device="cuda"))

@@ -1,0 +1,364 @@
+"""profile.py: where the time of CPU planning goes, for one or several cores and precisions.
+
+For each (core, precision) pair, in one process so that ratios are measured side by side:
+
+1. a **timed pass** (no profiler): ``warmup`` plans, then ``profile_steps`` plans timed with
+   ``perf_counter``; the reported ms per env step come from here only, so profiler overhead never
+   enters them;
+2. a **profiled pass** of the same number of plans under ``torch.profiler`` (CPU, memory): op
+   groups, top ops, peak tensor memory, a chrome trace and a tensorboard trace;
+3. FLOPs counted on the fp32 model (``torch.utils.flop_counter``), against this machine's measured
+   fp32 matmul throughput (the ceiling).
+
+Op groups come from named scopes in the model and planner code (``trajectory.models.ops.scopes``)
+and, inside the model, from op names. Every op's self time lands in exactly one group, so the
+groups add up to the profiled total.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from trajectory.config import EvalConfig, ModelConfig
+from trajectory.io import save_json, save_text
+from trajectory.models.ops.scopes import PREFIX, scopes_enabled
+from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+
+GROUPS = ("linear/matmul", "attention/retention", "FFT", "convolution", "scan", "embedding and heads",
+          "int8 quant/dequant", "sampling and beam bookkeeping", "python overhead", "other")
+SCOPE_GROUPS = {"attention": "attention/retention", "fft": "FFT", "convolution": "convolution",
+                "scan": "scan", "embedding_heads": "embedding and heads",
+                "sampling_beam": "sampling and beam bookkeeping"}
+TOP_SCOPE = "profile::planning"
+TT_LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)  # halfcheetah, TT's window
+WARMUP_PLANS = 1
+
+
+# -- op groups -----------------------------------------------------------------------------------
+def group_of_op(name: str) -> str:
+    """The group of an op outside any named scope, from its name."""
+    name = name.lower()
+    if "quantize_per" in name or "dequantize" in name:
+        return "int8 quant/dequant"
+    if "fft" in name:
+        return "FFT"
+    if "scaled_dot_product" in name or "attention" in name:
+        return "attention/retention"
+    if "conv" in name:
+        return "convolution"
+    if "linear" in name or name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
+                                    "aten::baddbmm", "aten::einsum", "aten::_addmm_activation"):
+        return "linear/matmul"
+    return "other"
+
+
+def group_of_event(event) -> str:
+    """Nearest enclosing named scope wins; the planner's ``model`` scope hands back to op names."""
+    node = event
+    while node is not None:
+        if node.name.startswith(PREFIX):
+            label = node.name[len(PREFIX):]
+            if label == "model":
+                break
+            return SCOPE_GROUPS.get(label, "other")
+        node = node.cpu_parent
+    if event.name.startswith(PREFIX) or event.name == TOP_SCOPE:
+        return "python overhead"  # interpreter time between the ops of a model scope
+    return group_of_op(event.name)
+
+
+def _under_top(event) -> bool:
+    node = event
+    while node is not None:
+        if node.name == TOP_SCOPE:
+            return True
+        node = node.cpu_parent
+    return False
+
+
+def breakdown(events) -> dict:
+    """Self CPU time per group (ms), the profiled total, top ops and peak tensor memory."""
+    groups = dict.fromkeys(GROUPS, 0.0)
+    ops: dict[str, list] = {}
+    total_ms = 0.0
+    for event in events:
+        if not _under_top(event):
+            continue
+        if event.name == TOP_SCOPE:
+            total_ms += event.cpu_time_total / 1e3
+        self_ms = event.self_cpu_time_total / 1e3
+        groups[group_of_event(event)] += self_ms
+        entry = ops.setdefault(event.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += self_ms
+    top = sorted(ops.items(), key=lambda kv: -kv[1][1])[:12]
+    return {"groups_ms": groups, "total_ms": total_ms,
+            "top_ops": [{"op": name, "calls": calls, "self_ms": ms} for name, (calls, ms) in top]}
+
+
+def peak_tensor_mb(chrome_trace: str) -> float:
+    """Peak growth of live CPU tensor memory during the profiled plans: the largest running total
+    of the allocator events recorded in the trace (``Total Allocated`` starts at 0)."""
+    import json
+    with open(chrome_trace) as f:
+        events = json.load(f)["traceEvents"]
+    totals = [e["args"].get("Total Allocated", 0) for e in events if e.get("name") == "[memory]"]
+    return max([0, *totals]) / 2 ** 20
+
+
+# -- measurements --------------------------------------------------------------------------------
+def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul FLOP/s at the current thread count (best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def decoded_tokens_per_plan(layout: TokenLayout, cfg: EvalConfig) -> int:
+    """Tokens each beam decodes in one plan: actions and reward per planned transition, then value
+    and the next observation between transitions."""
+    return cfg.beam_steps * (layout.act_dim + 1) + (cfg.beam_steps - 1) * (1 + layout.obs_dim)
+
+
+def count_flops(model: TrajectoryModel, planner, context: torch.Tensor, layout: TokenLayout) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        planner.plan(context)
+    per_plan = counter.get_total_flops()
+    with torch.no_grad():
+        state = model.init_state(1, "cpu")
+        _, state = model.step(context[:1], state)
+        with FlopCounterMode(display=False) as counter:
+            model.step(context[:1, :1], state)
+    return {"flops_per_env_step": per_plan, "flops_per_token": counter.get_total_flops()}
+
+
+def model_bytes(model, scratch: str) -> int:
+    from trajectory.quantize import save_quantized, state_bytes
+    path = os.path.join(scratch, "size.pt")
+    if getattr(model, "quantization", "none") == "none":
+        return state_bytes(model, path)
+    return save_quantized(model, path)
+
+
+# -- models --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Subject:
+    core: str
+    precision: str
+    weights: str
+    model: TrajectoryModel
+    float_model: TrajectoryModel
+    layout: TokenLayout
+    discretizer: object
+
+
+def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
+    """Every (core, precision) to profile, the output folder and a note on the weights."""
+    from trajectory.checkpoint import load_checkpoint
+    from trajectory.data.discretizer import Discretizer
+    from trajectory.quantize import quantize_checkpoint_model, quantize_model
+    checkpoint = load_checkpoint(cfg.checkpoints_path) if cfg.checkpoints_path else None
+    if checkpoint is not None:
+        base, layout, disc = checkpoint.config.model, checkpoint.layout, checkpoint.discretizer
+        out = cfg.out or os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), "profile")
+        note = f"checkpoint {checkpoint.path}"
+    else:
+        base, layout = ModelConfig(), TT_LAYOUT
+        rows = np.random.default_rng(0).normal(size=(1000, layout.transition_dim))
+        disc = Discretizer(n_bins=layout.vocab, strategy="quantile").fit(rows)
+        out = cfg.out or os.path.join("runs", "profile")
+        note = "no checkpoint given: random-weight models at TT's size (planning cost does not " \
+               "depend on the weights; predictions do)"
+    cores = [c.strip() for c in (cfg.compare or (base.core if checkpoint else "gpt")).split(",") if c.strip()]
+    precisions = [p.strip() for p in cfg.quantize.split(",")]
+    found = []
+    for core in cores:
+        if checkpoint is not None and core == base.core:
+            float_model, weights = checkpoint.build_model("cpu").eval(), "checkpoint"
+        else:
+            torch.manual_seed(cfg.seed)
+            float_model = TrajectoryModel(dataclasses.replace(base, core=core), layout).eval()
+            weights = "random"
+        for precision in precisions:
+            if precision == "static" and weights == "checkpoint":
+                model, _ = quantize_checkpoint_model(checkpoint, float_model, precision,
+                                                     cfg.calibration_batches)
+            else:  # random weights calibrate on random windows: the cost is what is measured
+                calibration = [torch.randint(0, layout.vocab, (64, layout.max_tokens - 1))
+                               for _ in range(cfg.calibration_batches)]
+                model = quantize_model(float_model, precision, calibration)
+            found.append(Subject(core, precision, weights, model, float_model, layout, disc))
+    return found, out, note
+
+
+# -- one subject ---------------------------------------------------------------------------------
+def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str) -> dict:
+    from planners.beam import BeamPlanner, max_context_transitions
+    layout = subject.layout
+    n_ctx = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    context = torch.randint(0, layout.vocab, (cfg.n_episodes, n_ctx * layout.transition_dim
+                                              + layout.obs_dim), generator=generator)
+    planner = BeamPlanner(subject.model, subject.discretizer, layout, cfg,
+                          torch.Generator().manual_seed(cfg.seed))
+    for _ in range(WARMUP_PLANS):
+        planner.plan(context)
+    seconds = []
+    for _ in range(cfg.profile_steps):  # the timed pass: no profiler attached
+        start = time.perf_counter()
+        planner.plan(context)
+        seconds.append(time.perf_counter() - start)
+    ms_per_step = 1e3 * statistics.median(seconds)
+
+    name = f"{subject.core}_{subject.precision}"
+    from torch.profiler import ProfilerActivity, profile, record_function
+    with scopes_enabled(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with record_function(TOP_SCOPE):
+            for _ in range(cfg.profile_steps):
+                planner.plan(context)
+    trace = os.path.join(out, f"trace_{name}.json")
+    prof.export_chrome_trace(trace)
+    # the tensorboard profiler plugin reads <logdir>/<run>/<worker>.pt.trace.json
+    tb_run = os.path.join(out, "tb", name)
+    os.makedirs(tb_run, exist_ok=True)
+    shutil.copyfile(trace, os.path.join(tb_run, f"{name}.pt.trace.json"))
+    parts = breakdown(prof.events())
+
+    float_planner = BeamPlanner(subject.float_model, subject.discretizer, layout, cfg,
+                                torch.Generator().manual_seed(cfg.seed))
+    flops = count_flops(subject.float_model, float_planner, context, layout)
+    per_plan = cfg.profile_steps
+    return {
+        "core": subject.core, "precision": subject.precision, "weights": subject.weights,
+        "parameters": subject.float_model.num_parameters(),
+        "bytes": model_bytes(subject.model, scratch),
+        "ms_per_env_step": ms_per_step,
+        "ms_per_env_step_all": [1e3 * s for s in seconds],
+        "ms_per_decoded_token": ms_per_step / decoded_tokens_per_plan(layout, cfg),
+        "profiled_ms_per_env_step": parts["total_ms"] / per_plan,
+        "groups_ms_per_env_step": {g: ms / per_plan for g, ms in parts["groups_ms"].items()},
+        "top_ops": [{**op, "self_ms": op["self_ms"] / per_plan} for op in parts["top_ops"]],
+        "peak_tensor_mb": peak_tensor_mb(trace),
+        **flops,
+        "achieved_flop_s": flops["flops_per_env_step"] / (ms_per_step / 1e3),
+        "trace": trace,
+    }
+
+
+# -- report --------------------------------------------------------------------------------------
+def markdown(report: dict) -> str:
+    rows = report["results"]
+    ceiling = report["machine"]["matmul_flop_s"]
+    base = rows[0]["ms_per_env_step"]
+    lines = [f"# Planning profile ({report['machine']['threads']} threads, {report['machine']['cpu']})",
+             "", report["weights_note"], "",
+             f"Settings: {report['settings']['n_envs']} envs x beam {report['settings']['beam_width']}"
+             f" x expand {report['settings']['sample_expand']}, {report['settings']['beam_steps']} "
+             f"planned transitions, {report['settings']['beam_context']} of context; "
+             f"{report['settings']['profile_steps']} timed and {report['settings']['profile_steps']}"
+             f" profiled plans after {WARMUP_PLANS} warm-up. Matmul ceiling (fp32, measured): "
+             f"{ceiling / 1e9:.1f} GFLOP/s.", "",
+             "| core | precision | weights | ms / env step | vs first | ms / token | size MB | "
+             "MFLOP / token | GFLOP/s | % of ceiling | peak tensor MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['core']} | {r['precision']} | {r['weights']} | {r['ms_per_env_step']:.1f} | "
+                     f"{base / r['ms_per_env_step']:.2f}x | {r['ms_per_decoded_token']:.2f} | "
+                     f"{r['bytes'] / 1e6:.2f} | {r['flops_per_token'] / 1e6:.2f} | "
+                     f"{r['achieved_flop_s'] / 1e9:.2f} | {100 * r['achieved_flop_s'] / ceiling:.1f} | "
+                     f"{r['peak_tensor_mb']:.1f} |")
+    lines += ["", "## Time by op group (ms per env step, profiled pass; % of its total)", "",
+              "| group | " + " | ".join(f"{r['core']} {r['precision']}" for r in rows) + " |",
+              "|---|" + "---:|" * len(rows)]
+    for g in GROUPS:
+        cells = []
+        for r in rows:
+            ms = r["groups_ms_per_env_step"][g]
+            cells.append(f"{ms:.1f} ({100 * ms / max(1e-9, r['profiled_ms_per_env_step']):.0f}%)")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    totals = " | ".join(f"{r['profiled_ms_per_env_step']:.1f}" for r in rows)
+    lines.append(f"| **total (profiled)** | {totals} |")
+    for r in rows:
+        lines += ["", f"## Top ops: {r['core']} {r['precision']} (self time per env step)", "",
+                  "| op | calls | ms | % |", "|---|---:|---:|---:|"]
+        for op in r["top_ops"]:
+            share = 100 * op["self_ms"] / max(1e-9, r["profiled_ms_per_env_step"])
+            lines.append(f"| `{op['op']}` | {op['calls']} | {op['self_ms']:.2f} | {share:.1f} |")
+    lines += ["", "Traces: `trace_<core>_<precision>.json` (chrome://tracing or Perfetto) and "
+              "`tb/` (tensorboard with the torch profiler plugin)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = report["results"]
+    labels = [f"{r['core']}\n{r['precision']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows) + 3), 4.5))
+    bottom = np.zeros(len(rows))
+    colors = plt.get_cmap("tab10").colors
+    for i, g in enumerate(GROUPS):
+        values = np.array([r["groups_ms_per_env_step"][g] for r in rows])
+        ax.bar(labels, values, bottom=bottom, label=g, color=colors[i % len(colors)])
+        bottom += values
+    ax.set_ylabel("ms per env step (profiled)")
+    ax.set_title("Where planning time goes")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def profile_planning(cfg: EvalConfig) -> dict:
+    if cfg.device != "cpu":
+        raise SystemExit("error: profile.py reports CPU inference; use --device=cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.profile_steps < 1:
+        raise SystemExit("error: profile_steps must be >= 1")
+    torch.manual_seed(cfg.seed)
+    found, out, note = subjects(cfg)
+    os.makedirs(out, exist_ok=True)
+    print(note, flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for subject in found:
+            result = profile_subject(subject, cfg, out, scratch)
+            results.append(result)
+            print(f"{result['core']:7s} {result['precision']:8s} {result['ms_per_env_step']:9.1f} ms/env step"
+                  f"  {result['ms_per_decoded_token']:7.2f} ms/token", flush=True)
+    report = {
+        "weights_note": note,
+        "settings": {"n_envs": cfg.n_episodes, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
+                     "beam_context": cfg.beam_context, "sample_expand": cfg.sample_expand,
+                     "profile_steps": cfg.profile_steps, "warmup_plans": WARMUP_PLANS, "seed": cfg.seed},
+        "machine": {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "matmul_flop_s": matmul_ceiling(),
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "results": results,
+    }
+    report["plot"] = plot(report, os.path.join(out, "op_groups.png"))
+    save_json(report, os.path.join(out, "profile.json"))
+    save_text(markdown(report), os.path.join(out, "profile.md"))
+    print(f"report: {os.path.join(out, 'profile.md')}")
+    return report
