@@ -35,15 +35,26 @@ def test_cache_holds_keys_and_values_of_each_layer():
     core = make_core()
     x = torch.randn(B, 10, D)
     _, state = core.step(x, core.init_state(B, "cpu"))
-    assert state["pos"] == 10
+    assert state["pos"] == state["length"] == 10
     assert len(state["k"]) == len(state["v"]) == 2
     for k, v in zip(state["k"], state["v"]):
-        assert k.shape == v.shape == (B, H, 10, D // H)
+        assert k.shape == v.shape == (B, H, core.cfg.max_len, D // H)  # preallocated buffers
     # layer 0's keys/values are the projection of its normed input, not the input itself
     block = core.blocks[0]
     _, k, v = block.attn.qkv(block.ln1(x + core.pos_emb.weight[:10])).split(D, dim=2)
-    torch.testing.assert_close(state["k"][0], k.view(B, 10, H, D // H).transpose(1, 2))
-    torch.testing.assert_close(state["v"][0], v.view(B, 10, H, D // H).transpose(1, 2))
+    torch.testing.assert_close(state["k"][0][:, :, :10], k.view(B, 10, H, D // H).transpose(1, 2))
+    torch.testing.assert_close(state["v"][0][:, :, :10], v.view(B, 10, H, D // H).transpose(1, 2))
+
+
+@torch.no_grad()
+def test_decoding_writes_into_the_cache_without_reallocating_it():
+    core = make_core()
+    state = core.init_state(B, "cpu")
+    buffers = [b.data_ptr() for b in state["k"] + state["v"]]
+    for t in range(5):
+        _, state = core.step(torch.randn(B, 1, D), state)
+    assert [b.data_ptr() for b in state["k"] + state["v"]] == buffers
+    assert state["length"] == 5
 
 
 @torch.no_grad()

@@ -8,6 +8,9 @@ It has two forms that compute the same function:
   state between calls; planners decode with it.
 
 ``select_state(state, index)`` gathers batch rows of a state (beam reordering and expansion).
+``step`` may write into the buffers of the state it is given (GPT's K/V cache and Hyena's history
+are preallocated and filled in place), so a state is consumed by ``step``: to continue one state in
+two ways, branch it with ``select_state`` first, which copies.
 States are nested dicts/tuples/lists of tensors whose leading dimension is the batch, so the default
 ``select_state`` works for every core that keeps to that.
 

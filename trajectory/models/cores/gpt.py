@@ -7,9 +7,12 @@ Attention uses a fused QKV projection that is one plain ``nn.Linear`` and a plai
 output projection, so ``torch.ao.quantization.quantize_dynamic`` turns both into int8 kernels; the
 attention itself is ``F.scaled_dot_product_attention``.
 
-Step form: the state caches, per layer, the keys and values ``[B, H, t, hd]`` of the tokens seen so
-far and a position counter shared by all rows. A chunk of ``t > 1`` tokens attends to the cache and
-causally within itself.
+Step form: the state caches, per layer, the keys and values of the tokens seen so far in buffers
+preallocated for ``max_len`` tokens (``[B, H, max_len, hd]``; the first ``length`` entries are
+valid), and a position counter shared by all rows. New keys/values are written into the buffers in
+place, so decoding a token costs no copy of the cache (appending by concatenation copied the whole
+cache, every layer, every token). A chunk of ``t > 1`` tokens attends to the cache and causally
+within itself. ``select_state`` copies only the valid entries.
 
 Context window. Positions are learned for ``max_len`` tokens, so ``forward`` refuses longer inputs.
 ``step`` keeps going past ``max_len`` as a sliding window: a token attends to itself and the
@@ -35,7 +38,7 @@ from torch import nn
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
 from trajectory.models.ops.scopes import op_group
 
-KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H, t, hd] each
+KV = tuple[torch.Tensor, torch.Tensor, int]  # key and value buffers [B, H, cap, hd], valid length
 
 
 class CausalSelfAttention(nn.Module):
@@ -53,20 +56,29 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 past: KV | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D]; mask bool [B or 1, 1, T, S] (True = may attend) or None for plain causal
-        (or, with ``past``, for one query that sees every cached key). Returns y, K, V where K, V
-        [B, H, S, hd] include ``past``."""
+        (or, with ``past``, for one query that sees every cached key). Returns y and the key and
+        value buffers: with ``past``, its buffers with the new entries written at ``length`` when
+        they fit (in place), else new tensors [B, H, length + T, hd]; without, K and V of x."""
         B, T, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)
         q, k, v = (z.view(B, T, H, D // H).transpose(1, 2) for z in (q, k, v))  # [B, H, T, hd]
         with op_group("attention"):
             if past is not None:
-                k = torch.cat([past[0], k], dim=2)  # [B, H, S, hd]
-                v = torch.cat([past[1], v], dim=2)
+                k_buf, v_buf, length = past
+                if length + T <= k_buf.shape[2]:
+                    k_buf[:, :, length:length + T] = k
+                    v_buf[:, :, length:length + T] = v
+                    k, v = k_buf[:, :, :length + T], v_buf[:, :, :length + T]  # [B, H, S, hd] views
+                else:  # past the buffer (sliding window): the caller trims
+                    k_buf = k = torch.cat([k_buf[:, :, :length], k], dim=2)
+                    v_buf = v = torch.cat([v_buf[:, :, :length], v], dim=2)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None and past is None,
                 dropout_p=self.attn_dropout if self.training else 0.0)  # [B, H, T, hd]
         y = y.transpose(1, 2).reshape(B, T, D)
+        if past is not None:
+            k, v = k_buf, v_buf
         return self.resid_drop(self.proj(y)), k, v
 
 
@@ -159,16 +171,19 @@ class GPTCore(SequenceCore):
 
     def init_state(self, batch_size: int, device: torch.device | str,
                    dtype: torch.dtype = torch.float32) -> State:
-        H = self.cfg.n_heads
-        empty = torch.zeros(batch_size, H, 0, self.cfg.d_model // H, device=device, dtype=dtype)
-        n = self.cfg.n_layers
-        return {"k": [empty] * n, "v": [empty] * n, "pos": 0}  # pos: tokens seen, shared by all rows
+        """Per layer, K and V buffers [B, H, max_len, hd]; ``length`` valid entries; ``pos`` tokens
+        seen (both shared by all rows). ``step`` writes into the buffers: branch with select_state."""
+        H, n = self.cfg.n_heads, self.cfg.n_layers
+        shape = (batch_size, H, self.cfg.max_len, self.cfg.d_model // H)
+        return {"k": [torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
+                "v": [torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
+                "length": 0, "pos": 0}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x [B, t, D] following the state's tokens -> y [B, t, D], state with K/V appended
-        (trimmed to the last max_len entries)."""
+        (the last max_len entries)."""
         t, window = x.shape[1], self.cfg.max_len
-        pos, cached = state["pos"], state["k"][0].shape[2]
+        pos, cached = state["pos"], state["length"]
         positions = (pos + torch.arange(t, device=x.device)).clamp(max=window - 1)  # [t]
         mask = None  # one new token within the window sees every cached key
         if t > 1 or cached + 1 > window:
@@ -176,7 +191,20 @@ class GPTCore(SequenceCore):
         h = self.drop(x + self.pos_emb(positions))
         keys, values = [], []
         for block, k, v in zip(self.blocks, state["k"], state["v"]):
-            h, k, v = block(h, mask, (k, v))
-            keys.append(k[:, :, -window:])
-            values.append(v[:, :, -window:])
-        return h, {"k": keys, "v": values, "pos": pos + t}
+            h, k, v = block(h, mask, (k, v, cached))
+            if k.shape[2] > window:  # slid past max_len: keep the last window, as a new buffer
+                k, v = k[:, :, -window:].contiguous(), v[:, :, -window:].contiguous()
+            keys.append(k)
+            values.append(v)
+        return h, {"k": keys, "v": values, "length": min(cached + t, window), "pos": pos + t}
+
+    def select_state(self, state: State, index: torch.Tensor) -> State:
+        """Gather rows, copying only the valid entries of each buffer into fresh buffers."""
+        length = state["length"]
+
+        def gather(buffer: torch.Tensor) -> torch.Tensor:
+            out = buffer.new_empty((len(index), *buffer.shape[1:]))
+            out[:, :, :length] = buffer[:, :, :length].index_select(0, index)
+            return out
+        return {"k": [gather(b) for b in state["k"]], "v": [gather(b) for b in state["v"]],
+                "length": length, "pos": state["pos"]}

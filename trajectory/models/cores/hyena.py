@@ -12,7 +12,8 @@ channel. Convolutions run by FFT with a skip term ``D * z`` (Alg. 3). The operat
 pre-norm residual block with an MLP, as in the paper's language models.
 
 Step form: each layer keeps the last ``kernel - 1`` inputs of the short convolution and every input
-``z^n`` of the long convolutions so far. A new output is the dot product of that history with the
+``z^n`` of the long convolutions so far, in buffers preallocated for the filter length (written in
+place: no copy of the history per token). A new output is the dot product of that history with the
 filter, O(L * D) per token; the filter comes from a cache built once while gradients are off.
 """
 from __future__ import annotations
@@ -140,8 +141,9 @@ class HyenaOperator(nn.Module):
         n_streams = (self.order + 1) * self.d
         return {
             "short": torch.zeros(batch, n_streams, self.kernel - 1, device=device, dtype=dtype),
-            "hist": [torch.zeros(batch, self.d, 0, device=device, dtype=dtype)
-                     for _ in range(self.order)],  # long-conv inputs z^n seen so far
+            "hist": [torch.empty(batch, self.d, self.max_len, device=device, dtype=dtype)
+                     for _ in range(self.order)],  # long-conv inputs z^n; the first `length` valid
+            "length": 0,
         }
 
     def step(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
@@ -152,12 +154,13 @@ class HyenaOperator(nn.Module):
         short = window[..., window.shape[-1] - (self.kernel - 1):]  # last kernel - 1 inputs
         v, *gates = z.split(self.d, dim=1)
         h, h_rev, h_f = self.filters()
-        hist = []
+        length = state["length"]
         for n, x in enumerate(gates):
-            past = torch.cat([state["hist"][n], v], dim=-1)  # [B, D, p + t]
-            v = x * self._conv_tail(past, t, n, h, h_rev, h_f)
-            hist.append(past)
-        return self.out_proj(v.transpose(1, 2)), {"short": short, "hist": hist}
+            buffer = state["hist"][n]
+            buffer[..., length:length + t] = v  # in place: branch states with select_state
+            v = x * self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # past [B, D, p + t]
+        return self.out_proj(v.transpose(1, 2)), {"short": short, "hist": state["hist"],
+                                                  "length": length + t}
 
     def _conv_tail(self, past: Tensor, t: int, n: int, h: Tensor, h_rev: Tensor,
                    h_f: Tensor) -> Tensor:
@@ -243,8 +246,22 @@ class HyenaCore(SequenceCore):
                    dtype: torch.dtype = torch.float32) -> State:
         return [block.mixer.init_state(batch_size, device, dtype) for block in self.blocks]
 
+    def select_state(self, state: State, index: torch.Tensor) -> State:
+        """Gather rows, copying only the valid part of each history buffer."""
+        selected = []
+        for layer in state:
+            length = layer["length"]
+            hist = []
+            for buffer in layer["hist"]:
+                out = buffer.new_empty((len(index), *buffer.shape[1:]))
+                out[..., :length] = buffer[..., :length].index_select(0, index)
+                hist.append(out)
+            selected.append({"short": layer["short"].index_select(0, index), "hist": hist,
+                             "length": length})
+        return selected
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        seen = state[0]["hist"][0].shape[-1] if state else 0
+        seen = state[0]["length"] if state else 0
         self._check_length(seen + x.shape[1])  # x: [B, t, D]
         new_state = []
         for block, layer_state in zip(self.blocks, state):
