@@ -26,8 +26,8 @@ import tempfile
 
 import numpy as np
 import torch
-
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
+
 from planners.beam import BeamPlanner, max_context_transitions
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
@@ -116,7 +116,8 @@ def measure_core(core: str, checkpoint_path: str | None, args, scratch: str) -> 
     for mode in ("dynamic", "static"):
         rows[mode]["size_ratio"] = rows[mode]["bytes"] / base["bytes"]
         rows[mode]["decode_speedup"] = base["decode_ms_per_token"] / rows[mode]["decode_ms_per_token"]
-        rows[mode]["planning_speedup"] = base["planning_ms_per_env_step"] / rows[mode]["planning_ms_per_env_step"]
+        rows[mode]["planning_speedup"] = (base["planning_ms_per_env_step"]
+                                          / rows[mode]["planning_ms_per_env_step"])
     return {"model": description, "parameters": model.num_parameters(), "precisions": rows}
 
 
