@@ -215,7 +215,8 @@ def quantize_checkpoint_model(checkpoint, model: TrajectoryModel, mode: str,
         calibration = calibration_windows(dataset, calibration_batches, batch_size, seed)
     quantized = quantize_model(model, mode, calibration)
     info = {"mode": mode, "backend": f"torch.ao eager ({torch.backends.quantized.engine})",
-            "int8_linear_layers": len(int8_targets(_with_linear_heads(model))),
+            "int8_linear_layers": sum(hasattr(m, "weight") and type(m).__module__.startswith(
+                "torch.ao.nn.quantized") for m in quantized.modules()),
             "calibration_batches": calibration_batches if mode == "static" else 0,
             "stays_float": float_ops(model)}
     if out_dir is not None:
