@@ -10,7 +10,7 @@ from trajectory.config import TrainConfig
 
 # Only the weight matrices of these layers decay (as in TT / minGPT); norms, embeddings, biases, and
 # SSM / filter parameters that are not plain linear weights do not.
-DECAYED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d)
+DECAYED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def _decays(module: nn.Module, name: str) -> bool:
@@ -39,12 +39,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                              betas=tuple(cfg.betas), **extra)
 
 
+def warmup_cosine(position: int, lr: float, warmup: int, horizon: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` units, then cosine decay to ``min_ratio * lr`` at ``horizon``
+    (units are whatever the caller counts: tokens here, steps in the experiments)."""
+    if position < warmup:
+        return lr * (position + 1) / warmup
+    progress = min(1.0, (position - warmup) / max(1, horizon - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def lr_at(tokens: int, cfg: TrainConfig, horizon_tokens: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``, both measured in tokens seen."""
+    """TT's schedule, measured in tokens seen."""
     decay_tokens = cfg.decay_tokens or horizon_tokens
     warmup = cfg.warmup_tokens or max(1, int(0.02 * decay_tokens))
-    if tokens < warmup:
-        return cfg.lr * (tokens + 1) / warmup
-    progress = min(1.0, (tokens - warmup) / max(1, decay_tokens - warmup))
-    ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * ratio
+    return warmup_cosine(tokens, cfg.lr, warmup, decay_tokens, cfg.min_lr_ratio)

@@ -1,0 +1,65 @@
+"""Checkpoint folders that rebuild their model: resolved config, weights, image spec, metrics.
+
+    <run>/checkpoint/
+        config.yaml     the resolved RunConfig
+        model.pt        {"state_dict": tensors, "spec": ImageSpec fields}  (loads with weights_only)
+        metrics.json    per-epoch history and parameter counts
+
+Each file is written atomically (temporary name, then rename).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+from omegaconf import OmegaConf
+
+from experiments.vit_moe.config import RunConfig
+from experiments.vit_moe.data import ImageSpec
+from experiments.vit_moe.model import ViT
+from trajectory.configutil import ConfigError, from_dict, to_dict
+from trajectory.io import save_json, save_text, save_torch
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A missing or unreadable checkpoint; the message names the file."""
+
+
+def checkpoint_dir(path: str) -> str:
+    """Accept a run folder (runs/<name>) or its checkpoint folder."""
+    nested = os.path.join(path, CHECKPOINT_DIR)
+    return nested if os.path.isdir(nested) else path
+
+
+def save_checkpoint(folder: str, cfg: RunConfig, model: ViT, metrics: dict) -> None:
+    save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch({"state_dict": state, "spec": dataclasses.asdict(model.spec)},
+               os.path.join(folder, "model.pt"))
+    save_json(metrics, os.path.join(folder, "metrics.json"))
+
+
+def load_checkpoint(path: str, device: str = "cpu") -> tuple[RunConfig, ViT, dict]:
+    """(config, model in eval mode, metrics) from a run or checkpoint folder."""
+    folder = checkpoint_dir(path)
+    files = {name: os.path.join(folder, name) for name in ("config.yaml", "model.pt", "metrics.json")}
+    for name, file in files.items():
+        if not os.path.isfile(file):
+            raise CheckpointError(f"no checkpoint at '{path}': {name} is missing (train one with "
+                                  f"python -m experiments.vit_moe.train)")
+    try:
+        cfg = from_dict(RunConfig, OmegaConf.to_container(OmegaConf.load(files["config.yaml"])),
+                        origin=files["config.yaml"])
+        saved = torch.load(files["model.pt"], map_location=device, weights_only=True)
+        with open(files["metrics.json"]) as f:
+            metrics = json.load(f)
+        model = ViT(cfg.model, ImageSpec(**saved["spec"]))
+        model.load_state_dict(saved["state_dict"])
+    except (ConfigError, RuntimeError, KeyError, TypeError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint '{folder}' is corrupt or does not match its config: "
+                              f"{str(err).splitlines()[0]}") from None
+    return cfg, model.to(device).eval(), metrics
