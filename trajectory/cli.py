@@ -19,15 +19,15 @@ def help_text(schema_cls: Type, description: str, examples: str) -> str:
 
 def run(schema_cls: Type[T], argv: Sequence[str] | None, description: str, examples: str,
         job: Callable[[T], object]) -> int:
-    """Parse ``argv`` into ``schema_cls`` and run ``job``; config errors exit with status 2."""
+    """Parse ``argv`` into ``schema_cls`` and run ``job``; config errors, while parsing or raised by
+    the job (e.g. a setting that only the data shows to be wrong), exit with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
         print(help_text(schema_cls, description, examples))
         return 0
     try:
-        cfg = parse_cli(schema_cls, argv)
+        job(parse_cli(schema_cls, argv))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    job(cfg)
     return 0

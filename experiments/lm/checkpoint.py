@@ -1,0 +1,65 @@
+"""Language-model checkpoints: a folder that rebuilds its model, nothing pickled.
+
+    <run>/checkpoint/
+        config.yaml      the resolved LMRunConfig
+        model.pt         {"state_dict", "vocab_size", "max_len"}  (tensors and ints only)
+        tokenizer.json   the character alphabet or the BPE merges
+        metrics.json     last training / validation metrics and the evaluation history
+
+Each file is written atomically (temporary name, then rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+
+from experiments.lm.config import LMRunConfig
+from experiments.lm.model import LanguageModel
+from experiments.lm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
+from trajectory.configutil import ConfigError, from_dict, to_dict
+from trajectory.io import save_json, save_text, save_torch
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class LMCheckpoint:
+    config: LMRunConfig
+    model: LanguageModel
+    tokenizer: Tokenizer
+    metrics: dict
+
+
+def save_lm_checkpoint(run_dir: str, cfg: LMRunConfig, model: LanguageModel, tokenizer: Tokenizer,
+                       metrics: dict) -> str:
+    folder = os.path.join(run_dir, CHECKPOINT_DIR)
+    save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch({"state_dict": state, "vocab_size": model.vocab_size, "max_len": model.max_len},
+               os.path.join(folder, "model.pt"))
+    save_tokenizer(tokenizer, os.path.join(folder, "tokenizer.json"))
+    save_json(metrics, os.path.join(folder, "metrics.json"))
+    return folder
+
+
+def load_lm_checkpoint(path: str, device: str = "cpu") -> LMCheckpoint:
+    """Accepts a run directory or its ``checkpoint/`` folder; returns the model in eval mode."""
+    folder = os.path.join(path, CHECKPOINT_DIR) if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) else path
+    missing = [n for n in ("config.yaml", "model.pt", "tokenizer.json")
+               if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise ConfigError(f"no language-model checkpoint at '{path}' (missing {', '.join(missing)}); "
+                          f"pass checkpoint=runs/lm/<name> of a finished training run")
+    raw = OmegaConf.to_container(OmegaConf.load(os.path.join(folder, "config.yaml")))
+    cfg = from_dict(LMRunConfig, raw, origin=f"{folder}/config.yaml")
+    payload = torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=True)
+    model = LanguageModel(cfg.model, payload["vocab_size"], payload["max_len"])
+    model.load_state_dict(payload["state_dict"])
+    metrics_path = os.path.join(folder, "metrics.json")
+    metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else {}
+    return LMCheckpoint(cfg, model.to(device).eval(), load_tokenizer(os.path.join(folder, "tokenizer.json")),
+                        metrics)
