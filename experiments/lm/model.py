@@ -20,18 +20,13 @@ from torch import nn
 
 from experiments.lm.config import LMModelConfig
 from experiments.lm.simple_rnn import SimpleRNNCore
-from trajectory.configutil import ConfigError, from_dict
-from trajectory.models.cores import CORES, CoreConfig, SequenceCore
+from trajectory.models.cores import CORES, CoreConfig, SequenceCore, build_core
 
 LM_CORES: dict[str, type[SequenceCore]] = {**CORES, "simple_rnn": SimpleRNNCore}
 
 
 def build_lm_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None) -> SequenceCore:
-    if name not in LM_CORES:
-        raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(LM_CORES)}")
-    cls = LM_CORES[name]
-    opts = from_dict(cls.Options, dict(options or {}), origin=f"model.core_options for '{name}'")
-    return cls(cfg, opts)
+    return build_core(name, cfg, options, registry=LM_CORES)
 
 
 class LanguageModel(nn.Module):

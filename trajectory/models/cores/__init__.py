@@ -18,11 +18,14 @@ CORES: dict[str, type[SequenceCore]] = {
 }
 
 
-def build_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None) -> SequenceCore:
-    """Instantiate the core called ``name``; ``options`` are checked against its ``Options``."""
-    if name not in CORES:
-        raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(CORES)}")
-    cls = CORES[name]
+def build_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None,
+               registry: dict[str, type[SequenceCore]] | None = None) -> SequenceCore:
+    """Instantiate the core called ``name``; ``options`` are checked against its ``Options``.
+    ``registry`` lets a subpackage offer more cores than ``CORES`` (default)."""
+    registry = CORES if registry is None else registry
+    if name not in registry:
+        raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(registry)}")
+    cls = registry[name]
     opts = from_dict(cls.Options, dict(options or {}), origin=f"model.core_options for '{name}'")
     return cls(cfg, opts)
 
