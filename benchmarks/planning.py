@@ -17,18 +17,17 @@ import json
 import os
 import platform
 
-import numpy as np
 import torch
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
-from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions
+from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions, random_context
 from trajectory.config import EvalConfig, ModelConfig
-from trajectory.data.discretizer import Discretizer
 from trajectory.models.cores import CORES
-from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+from trajectory.models.trajectory_model import TrajectoryModel
+from trajectory.profiling import TT_LAYOUT, random_discretizer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)
+LAYOUT = TT_LAYOUT
 
 
 def main(argv=None) -> dict:
@@ -43,10 +42,9 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = EvalConfig(n_episodes=args.envs)
-    rows = np.random.default_rng(0).normal(size=(1000, LAYOUT.transition_dim))
-    disc = Discretizer(n_bins=LAYOUT.vocab, strategy="quantile").fit(rows)
+    disc = random_discretizer(LAYOUT)
     n_ctx = min(cfg.beam_context, max_context_transitions(LAYOUT, cfg.beam_steps))
-    context = torch.randint(0, LAYOUT.vocab, (args.envs, n_ctx * LAYOUT.transition_dim + LAYOUT.obs_dim))
+    context = random_context(LAYOUT, cfg, args.envs)
     results = {}
     for name in args.cores.split(","):
         torch.manual_seed(0)

@@ -28,17 +28,16 @@ import numpy as np
 import torch
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
-from planners.beam import BeamPlanner, max_context_transitions
+from planners.beam import BeamPlanner, random_context
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
-from trajectory.data.discretizer import Discretizer
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+from trajectory.profiling import TT_LAYOUT, random_discretizer
 from trajectory.quantize import calibration_windows, quantize_model, save_quantized, state_bytes
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TT_LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)
 MODES = ("none", "dynamic", "static")
 
 
@@ -52,9 +51,8 @@ def load_model(core: str, checkpoint_path: str | None):
         return (checkpoint.build_model("cpu").eval(), checkpoint.layout, checkpoint.discretizer, dataset,
                 f"{checkpoint_path} (loss {loss:.3f})" if loss is not None else checkpoint_path)
     torch.manual_seed(0)
-    rows = np.random.default_rng(0).normal(size=(1000, TT_LAYOUT.transition_dim))
-    disc = Discretizer(n_bins=TT_LAYOUT.vocab, strategy="quantile").fit(rows)
-    return (TrajectoryModel(ModelConfig(core=core), TT_LAYOUT).eval(), TT_LAYOUT, disc, None,
+    return (TrajectoryModel(ModelConfig(core=core), TT_LAYOUT).eval(), TT_LAYOUT,
+            random_discretizer(TT_LAYOUT), None,
             "random weights, TT size (4 x 128)")
 
 
@@ -82,8 +80,7 @@ def agreement(model, reference_logp: torch.Tensor, windows: torch.Tensor) -> dic
 def measure_core(core: str, checkpoint_path: str | None, args, scratch: str) -> dict:
     model, layout, disc, dataset, description = load_model(core, checkpoint_path)
     cfg = EvalConfig(n_episodes=args.envs)
-    n_ctx = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
-    context = torch.randint(0, layout.vocab, (args.envs, n_ctx * layout.transition_dim + layout.obs_dim))
+    context = random_context(layout, cfg, args.envs)
     if dataset is not None:
         rng = np.random.default_rng(1)
         held_out_index = rng.choice(len(dataset), size=args.windows, replace=False)

@@ -66,6 +66,15 @@ def max_context_transitions(layout: TokenLayout, beam_steps: int) -> int:
     return free // td
 
 
+def random_context(layout: TokenLayout, cfg: EvalConfig, n_envs: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random tokens shaped like a planning context (as many whole transitions as fit, then an
+    observation): what benchmarks and profiles plan on, since cost does not depend on the values."""
+    n = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
+    return torch.randint(0, layout.vocab, (n_envs, n * layout.transition_dim + layout.obs_dim),
+                         generator=generator)
+
+
 class BeamPlanner:
     def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
                  generator: torch.Generator | None = None):

@@ -115,6 +115,13 @@ def peak_tensor_mb(chrome_trace: str) -> float:
     return max([0, *totals]) / 2 ** 20
 
 
+def random_discretizer(layout: TokenLayout):
+    """A quantile discretizer fitted on Gaussian rows: for planning with random-weight models."""
+    from trajectory.data.discretizer import Discretizer
+    rows = np.random.default_rng(0).normal(size=(1000, layout.transition_dim))
+    return Discretizer(n_bins=layout.vocab, strategy="quantile").fit(rows)
+
+
 # -- measurements --------------------------------------------------------------------------------
 def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
     """This machine's fp32 matmul FLOP/s at the current thread count (best of ``repeats``)."""
@@ -134,7 +141,7 @@ def decoded_tokens_per_plan(layout: TokenLayout, cfg: EvalConfig) -> int:
     return cfg.beam_steps * (layout.act_dim + 1) + (cfg.beam_steps - 1) * (1 + layout.obs_dim)
 
 
-def count_flops(model: TrajectoryModel, planner, context: torch.Tensor, layout: TokenLayout) -> dict:
+def count_flops(model: TrajectoryModel, planner, context: torch.Tensor) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         planner.plan(context)
@@ -170,7 +177,6 @@ class Subject:
 def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
     """Every (core, precision) to profile, the output folder and a note on the weights."""
     from trajectory.checkpoint import load_checkpoint
-    from trajectory.data.discretizer import Discretizer
     from trajectory.quantize import quantize_checkpoint_model, quantize_model
     checkpoint = load_checkpoint(cfg.checkpoints_path) if cfg.checkpoints_path else None
     if checkpoint is not None:
@@ -179,8 +185,7 @@ def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
         note = f"checkpoint {checkpoint.path}"
     else:
         base, layout = ModelConfig(), TT_LAYOUT
-        rows = np.random.default_rng(0).normal(size=(1000, layout.transition_dim))
-        disc = Discretizer(n_bins=layout.vocab, strategy="quantile").fit(rows)
+        disc = random_discretizer(layout)
         out = cfg.out or os.path.join("runs", "profile")
         note = "no checkpoint given: random-weight models at TT's size (planning cost does not " \
                "depend on the weights; predictions do)"
@@ -207,13 +212,11 @@ def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
 
 
 # -- one subject ---------------------------------------------------------------------------------
-def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str) -> dict:
-    from planners.beam import BeamPlanner, max_context_transitions
+def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
+                    flops_cache: dict) -> dict:
+    from planners.beam import BeamPlanner, random_context
     layout = subject.layout
-    n_ctx = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    context = torch.randint(0, layout.vocab, (cfg.n_episodes, n_ctx * layout.transition_dim
-                                              + layout.obs_dim), generator=generator)
+    context = random_context(layout, cfg, cfg.n_episodes, torch.Generator().manual_seed(cfg.seed))
     planner = BeamPlanner(subject.model, subject.discretizer, layout, cfg,
                           torch.Generator().manual_seed(cfg.seed))
     for _ in range(WARMUP_PLANS):
@@ -241,7 +244,11 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str) -
 
     float_planner = BeamPlanner(subject.float_model, subject.discretizer, layout, cfg,
                                 torch.Generator().manual_seed(cfg.seed))
-    flops = count_flops(subject.float_model, float_planner, context, layout)
+    # the same float model serves every precision of a core: count its FLOPs once
+    key = id(subject.float_model)
+    if key not in flops_cache:
+        flops_cache[key] = count_flops(subject.float_model, float_planner, context)
+    flops = flops_cache[key]
     per_plan = cfg.profile_steps
     return {
         "core": subject.core, "precision": subject.precision, "weights": subject.weights,
@@ -340,10 +347,10 @@ def profile_planning(cfg: EvalConfig) -> dict:
     found, out, note = subjects(cfg)
     os.makedirs(out, exist_ok=True)
     print(note, flush=True)
-    results = []
+    results, flops_cache = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for subject in found:
-            result = profile_subject(subject, cfg, out, scratch)
+            result = profile_subject(subject, cfg, out, scratch, flops_cache)
             results.append(result)
             print(f"{result['core']:7s} {result['precision']:8s} {result['ms_per_env_step']:9.1f} ms/env step"
                   f"  {result['ms_per_decoded_token']:7.2f} ms/token", flush=True)
