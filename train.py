@@ -4,10 +4,9 @@
     torchrun --standalone --nproc_per_node=2 train.py --config=configs/cpu/halfcheetah_medium_s5.yaml
     python train.py --resume runs/<name>
 """
-import os
 import sys
 
-from trajectory.cli import run
+from trajectory.cli import run_resumable
 from trajectory.config import TrainRunConfig
 
 EXAMPLES = """
@@ -19,16 +18,11 @@ python train.py --resume runs/<name> [train.budget_minutes=10 ...]
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from trajectory.training.trainer import resume_argv, train
-    argv, resume_dir = resume_argv(argv)
-    if resume_dir is not None and not any(a.startswith("--config") for a in argv):
-        # resuming continues the saved run: its config, with the CLI's overrides (e.g. budgets)
-        from trajectory.checkpoint import checkpoint_dir
-        argv.insert(0, f"--config={os.path.join(checkpoint_dir(resume_dir), 'config.yaml')}")
-    return run(TrainRunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
-               lambda cfg: train(cfg, resume_dir=resume_dir))
-
+    from trajectory.checkpoint import resumable_config
+    from trajectory.training.trainer import train
+    # resuming continues the saved run: its config, with the CLI's overrides (e.g. budgets)
+    return run_resumable(TrainRunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
+                         lambda cfg, resume_dir: train(cfg, resume_dir=resume_dir), resumable_config)
 
 if __name__ == "__main__":
     sys.exit(main())

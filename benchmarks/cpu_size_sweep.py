@@ -29,6 +29,7 @@ from train_throughput import measure  # noqa: E402
 from trajectory.checkpoint import load_checkpoint  # noqa: E402
 from trajectory.config import TrainRunConfig  # noqa: E402
 from trajectory.configutil import build_config  # noqa: E402
+from trajectory.io import save_json  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -106,8 +107,7 @@ def main(argv=None) -> dict:
     out = {"core": args.core, "minutes": args.minutes, "batch": args.batch, "rows": rows,
            "eval_windows": args.eval_windows}
     path = os.path.join(RESULTS, f"cpu_size_sweep_{args.core}.json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
+    save_json(out, path)
     plot(rows, path.replace(".json", ".png"), args.core, args.minutes)
     return out
 

@@ -13,7 +13,6 @@ Prints a table and writes benchmarks/results/planning.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 
@@ -22,6 +21,7 @@ from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions, random_context
 from trajectory.config import EvalConfig, ModelConfig
+from trajectory.io import save_json
 from trajectory.models.cores import CORES
 from trajectory.models.trajectory_model import TrajectoryModel
 from trajectory.profiling import TT_LAYOUT, random_discretizer
@@ -59,17 +59,19 @@ def main(argv=None) -> dict:
                          "ms_per_env_step_per_env_cached": cached * 1e3 / args.envs}
         print(f"{name:7s} cached {cached * 1e3:9.1f} ms/env step   recompute {naive * 1e3:9.1f} ms   "
               f"x{naive / cached:5.1f}", flush=True)
+        save(args, cfg, n_ctx, results)  # after every core: a long run keeps what it measured
+    print(f"wrote {args.out}")
+    return results
+
+
+def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> None:
     out = {"settings": {"envs": args.envs, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
                         "context_transitions": n_ctx, "sample_expand": cfg.sample_expand,
                         "d_model": 128, "n_layers": 4, "vocab": LAYOUT.vocab,
                         "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine()},
            "cores": results}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
-    return out
+    save_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from omegaconf import OmegaConf
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.data.discretizer import Discretizer
+from trajectory.io import missing_files
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 
 CHECKPOINT_DIR = "checkpoint"
 REQUIRED = ("config.yaml", "model.pt", "discretizer.npz")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A missing, corrupt or incompatible checkpoint; the message says which file and what to do."""
 
 
@@ -84,7 +85,8 @@ def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
         os.replace(tmp, path)
 
 
-def _load_torch(path: str) -> Any:
+def load_torch_file(path: str) -> Any:
+    """``torch.load`` of tensors and plain containers; a CheckpointError when the file is damaged."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, wrong format, ...
@@ -92,12 +94,44 @@ def _load_torch(path: str) -> Any:
                               f"({type(err).__name__}). Re-save it or train again.") from None
 
 
+def resumable_folder(path: str, folder: str, required: tuple[str, ...], how: str) -> str:
+    """``folder`` (the checkpoint folder of run ``path``) when it holds ``required`` and trainer.pt;
+    otherwise a CheckpointError that says ``how`` to get a run that can be resumed."""
+    missing = missing_files(folder, (*required, "trainer.pt"))
+    if missing:
+        raise CheckpointError(f"'{path}' cannot be resumed (missing {', '.join(missing)} in {folder}); "
+                              f"pass {how}")
+    return folder
+
+
+def trainer_state_file(config_path: str) -> str:
+    """trainer.pt beside the config.yaml that :func:`resumable_folder`'s callers return."""
+    return os.path.join(os.path.dirname(config_path), "trainer.pt")
+
+
+def restore_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:
+    """Load a run's weights and optimizer state; a CheckpointError when they do not fit the model."""
+    try:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"the checkpoint does not fit this model ({str(err).splitlines()[0]}); "
+                              f"resume without changing model.* or data.*") from None
+
+
+def resumable_config(path: str) -> str:
+    """The saved config of a run ``train.py --resume`` can continue."""
+    folder = resumable_folder(path, checkpoint_dir(path), REQUIRED, "the run directory of a train.py run")
+    return os.path.join(folder, "config.yaml")
+
+
 def load_checkpoint(path: str, with_trainer_state: bool = False) -> Checkpoint:
     directory = checkpoint_dir(path)
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint at '{path}': expected a run directory (runs/<name>) "
                               f"or its '{CHECKPOINT_DIR}/' folder; train one with train.py")
-    missing = [name for name in REQUIRED if not os.path.isfile(os.path.join(directory, name))]
+    missing = missing_files(directory, REQUIRED)
     if missing:
         raise CheckpointError(f"checkpoint '{directory}' is incomplete: missing {', '.join(missing)}")
     try:
@@ -107,7 +141,7 @@ def load_checkpoint(path: str, with_trainer_state: bool = False) -> Checkpoint:
         raise CheckpointError(f"checkpoint config is incompatible with this version: {err}") from None
     except Exception as err:
         raise CheckpointError(f"cannot read {directory}/config.yaml: {err}") from None
-    payload = _load_torch(os.path.join(directory, "model.pt"))
+    payload = load_torch_file(os.path.join(directory, "model.pt"))
     if not isinstance(payload, dict) or "state_dict" not in payload or "layout" not in payload:
         raise CheckpointError(f"{directory}/model.pt is not a trajectory-model checkpoint")
     try:
@@ -119,7 +153,7 @@ def load_checkpoint(path: str, with_trainer_state: bool = False) -> Checkpoint:
     if with_trainer_state:
         if not os.path.isfile(trainer_path):
             raise CheckpointError(f"{directory} has no trainer.pt: it cannot be resumed")
-        trainer_state = _load_torch(trainer_path)
+        trainer_state = load_torch_file(trainer_path)
     metrics_path = os.path.join(directory, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else {}
     return Checkpoint(directory, config, TokenLayout(**payload["layout"]), payload["state_dict"],

@@ -1,4 +1,4 @@
-"""Shared plumbing of the command-line entry points: help, config parsing, clean errors."""
+"""Shared plumbing of the command-line entry points: help, config parsing, ``--resume``, clean errors."""
 from __future__ import annotations
 
 import sys
@@ -31,3 +31,36 @@ def run(schema_cls: Type[T], argv: Sequence[str] | None, description: str, examp
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def resume_argv(argv: list[str]) -> tuple[list[str], str | None]:
+    """Take ``--resume <dir>`` / ``--resume=<dir>`` out of the CLI arguments."""
+    out, resume = [], None
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--resume":
+            if i + 1 >= len(argv):
+                raise SystemExit("error: --resume needs a run directory: --resume runs/<name>")
+            resume, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--resume="):
+            resume = argv[i].split("=", 1)[1]
+        else:
+            out.append(argv[i])
+        i += 1
+    return out, resume
+
+
+def run_resumable(schema_cls: Type[T], argv: Sequence[str] | None, description: str, examples: str,
+                  job: Callable[[T, str | None], object], saved_config: Callable[[str], str]) -> int:
+    """:func:`run` for training scripts: ``--resume <run>`` starts from the run's saved config
+    (``saved_config(run)``, which raises ConfigError/ValueError naming the fix when the run cannot be
+    resumed), with the command line's overrides on top, and hands the run folder to ``job``."""
+    argv, resume_dir = resume_argv(list(sys.argv[1:] if argv is None else argv))
+    if resume_dir is not None and not any(arg.startswith("--config") for arg in argv):
+        try:
+            argv.insert(0, f"--config={saved_config(resume_dir)}")
+        except (ConfigError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return run(schema_cls, argv, description, examples, lambda cfg: job(cfg, resume_dir))

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the target's folder, then a rename.
 
-A crash or a full disk leaves either the previous file or none, never a partial one.
+A crash or a full disk leaves either the previous file or none, never a partial one. Also the check
+of which files a saved folder lacks.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 
@@ -47,3 +48,8 @@ def save_json(obj: Any, path: str, indent: int = 1) -> None:
 
 def save_text(text: str, path: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def missing_files(folder: str, names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that are not files in ``folder``."""
+    return [name for name in names if not os.path.isfile(os.path.join(folder, name))]

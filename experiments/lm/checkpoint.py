@@ -5,6 +5,7 @@
         model.pt         {"state_dict", "vocab_size", "max_len"}  (tensors and ints only)
         tokenizer.json   the character alphabet or the BPE merges
         metrics.json     last training / validation metrics and the evaluation history
+        trainer.pt       optimizer, step, schedule length, history, RNG: what ``--resume`` needs
 
 Each file is written atomically (temporary name, then rename).
 """
@@ -20,8 +21,9 @@ from omegaconf import OmegaConf
 from experiments.lm.config import LMRunConfig
 from experiments.lm.model import LanguageModel
 from experiments.lm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
+from trajectory.checkpoint import resumable_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
-from trajectory.io import save_json, save_text, save_torch
+from trajectory.io import missing_files, save_json, save_text, save_torch
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -35,8 +37,10 @@ class LMCheckpoint:
 
 
 def save_lm_checkpoint(run_dir: str, cfg: LMRunConfig, model: LanguageModel, tokenizer: Tokenizer,
-                       metrics: dict) -> str:
+                       metrics: dict, trainer_state: dict | None = None) -> str:
     folder = os.path.join(run_dir, CHECKPOINT_DIR)
+    if trainer_state is not None:  # first: a crash between files leaves weights older, never newer
+        save_torch(trainer_state, os.path.join(folder, "trainer.pt"))
     save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_torch({"state_dict": state, "vocab_size": model.vocab_size, "max_len": model.max_len},
@@ -46,11 +50,22 @@ def save_lm_checkpoint(run_dir: str, cfg: LMRunConfig, model: LanguageModel, tok
     return folder
 
 
+def lm_checkpoint_dir(path: str) -> str:
+    """Accept a run directory or its ``checkpoint/`` folder."""
+    return os.path.join(path, CHECKPOINT_DIR) if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) else path
+
+
+def resumable_config(path: str) -> str:
+    """The saved config of a run that ``--resume`` can continue."""
+    folder = resumable_folder(path, lm_checkpoint_dir(path), ("config.yaml", "model.pt", "tokenizer.json"),
+                              "the run directory of a training run (runs/lm/<name>)")
+    return os.path.join(folder, "config.yaml")
+
+
 def load_lm_checkpoint(path: str, device: str = "cpu") -> LMCheckpoint:
     """Accepts a run directory or its ``checkpoint/`` folder; returns the model in eval mode."""
-    folder = os.path.join(path, CHECKPOINT_DIR) if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) else path
-    missing = [n for n in ("config.yaml", "model.pt", "tokenizer.json")
-               if not os.path.isfile(os.path.join(folder, n))]
+    folder = lm_checkpoint_dir(path)
+    missing = missing_files(folder, ("config.yaml", "model.pt", "tokenizer.json"))
     if missing:
         raise ConfigError(f"no language-model checkpoint at '{path}' (missing {', '.join(missing)}); "
                           f"pass checkpoint=runs/lm/<name> of a finished training run")

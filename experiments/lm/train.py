@@ -2,11 +2,13 @@
 
     python -m experiments.lm.train --config=configs/lm/gpt.yaml
     python -m experiments.lm.train --config=configs/lm/simple_rnn.yaml model.core_options.variant=fused
+    python -m experiments.lm.train --resume runs/lm/shakespeare-char-gpt train.max_steps=10000
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m experiments.lm.train \\
         --config=configs/lm/retnet.yaml
 
 Writes <runs_dir>/<name>/: tensorboard scalars under tb/ (train/*, val/*), and checkpoint/ (config,
-weights, tokenizer, metrics with validation loss and bits per character) at every evaluation.
+weights, tokenizer, metrics with validation loss and bits per character, and the optimizer state) at
+every evaluation. ``--resume <run>`` continues a run exactly: batches depend only on (seed, step).
 The distributed plumbing, optimizer groups and learning-rate schedule are the package's.
 """
 from __future__ import annotations
@@ -19,21 +21,27 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from experiments.lm.checkpoint import save_lm_checkpoint
+from experiments.lm.checkpoint import (
+    lm_checkpoint_dir,
+    resumable_config,
+    save_lm_checkpoint,
+)
 from experiments.lm.config import LMRunConfig
 from experiments.lm.dataset import TokenData, evaluate, prepare_data, train_batch
 from experiments.lm.model import LanguageModel
-from trajectory.cli import run
+from trajectory.checkpoint import load_torch_file, restore_weights, trainer_state_file
+from trajectory.cli import run_resumable
 from trajectory.configutil import ConfigError
 from trajectory.training import distributed
 from trajectory.training.monitor import TrainLogger
 from trajectory.training.optim import lr_at, make_optimizer
-from trajectory.training.trainer import seed_everything
+from trajectory.training.trainer import rng_state, seed_everything, set_rng_state
 
 EXAMPLES = """
 python -m experiments.lm.train --config=configs/lm/gpt.yaml
 python -m experiments.lm.train --config=configs/lm/s5.yaml data.tokenizer=bpe train.budget_minutes=5
 python -m experiments.lm.train --config=configs/lm/gpt.yaml data.text_file=my_corpus.txt
+python -m experiments.lm.train --resume runs/lm/shakespeare-char-gpt train.max_steps=10000
 python -m torch.distributed.run --standalone --nproc_per_node=2 -m experiments.lm.train \\
     --config=configs/lm/retnet.yaml
 """
@@ -86,10 +94,21 @@ class LMTrainer:
         return evaluate(self.model, self.data.splits[split], self.data.tokenizer, self.cfg.data.seq_len,
                         tc.eval_tokens, max(1, tc.batch_size // self.ctx.world_size), self.ctx)
 
+    def trainer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step, "horizon": self.horizon,
+                "history": self.history, "rng": rng_state()}
+
+    def restore(self, model_state: dict, state: dict) -> None:
+        restore_weights(self.model, self.optimizer, model_state, state["optimizer"])
+        self.step, self.history = state["step"], list(state["history"])
+        self.horizon = state["horizon"]  # the schedule keeps the length it started with
+        set_rng_state(state["rng"])
+
     def save(self, metrics: dict) -> None:
         if self.ctx.is_main:
             save_lm_checkpoint(self.run_dir, self.cfg, self.model, self.data.tokenizer,
-                               {**metrics, "history": self.history, "plays": self.data.plays})
+                               {**metrics, "history": self.history, "plays": self.data.plays},
+                               self.trainer_state())
 
     def _record_eval(self, logger: TrainLogger, train_loss: float, elapsed: float) -> dict:
         val = self.evaluate("val")
@@ -147,13 +166,21 @@ def set_threads(threads: int, ctx: distributed.DistContext) -> None:
         torch.set_num_threads(1)
 
 
-def train(cfg: LMRunConfig) -> dict:
+def train(cfg: LMRunConfig, resume_dir: str | None = None) -> dict:
+    resumed = None
+    if resume_dir is not None:
+        from experiments.lm.checkpoint import load_lm_checkpoint
+        resumed = (load_lm_checkpoint(resume_dir).model.state_dict(),
+                   load_torch_file(trainer_state_file(resumable_config(resume_dir))))
     ctx = distributed.setup(cfg.device)
     try:
         set_threads(cfg.threads, ctx)
         data = prepare_data(cfg.data)  # deterministic: every rank builds the same tokenizer
-        run_dir = os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg, data.corpus))
+        run_dir = (os.path.dirname(lm_checkpoint_dir(resume_dir).rstrip("/")) if resume_dir else
+                   os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg, data.corpus)))
         trainer = LMTrainer(cfg, data, ctx, run_dir)
+        if resumed is not None:
+            trainer.restore(*resumed)
         if ctx.is_main:
             sizes = ", ".join(f"{s} {len(t):,}" for s, t in data.splits.items())
             print(f"run: {run_dir}  model: {trainer.model.num_parameters():,} parameters "
@@ -170,8 +197,8 @@ def train(cfg: LMRunConfig) -> dict:
 
 def main(argv=None) -> int:
     # ConfigErrors raised while reading the corpus or building the model exit cleanly in run()
-    return run(LMRunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, train)
-
+    return run_resumable(LMRunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, train,
+                         resumable_config)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,7 @@
         config.yaml     the resolved RunConfig
         model.pt        {"state_dict": tensors, "spec": ImageSpec fields}  (loads with weights_only)
         metrics.json    per-epoch history and parameter counts
+        trainer.pt      optimizer, step and epoch: what ``--resume`` needs (saved at each epoch's end)
 
 Each file is written atomically (temporary name, then rename).
 """
@@ -19,14 +20,13 @@ from omegaconf import OmegaConf
 from experiments.vit_moe.config import RunConfig
 from experiments.vit_moe.data import ImageSpec
 from experiments.vit_moe.model import ViT
+from trajectory.checkpoint import CheckpointError, resumable_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import save_json, save_text, save_torch
 
 CHECKPOINT_DIR = "checkpoint"
 
 
-class CheckpointError(ValueError):
-    """A missing or unreadable checkpoint; the message names the file."""
 
 
 def checkpoint_dir(path: str) -> str:
@@ -35,7 +35,10 @@ def checkpoint_dir(path: str) -> str:
     return nested if os.path.isdir(nested) else path
 
 
-def save_checkpoint(folder: str, cfg: RunConfig, model: ViT, metrics: dict) -> None:
+def save_checkpoint(folder: str, cfg: RunConfig, model: ViT, metrics: dict,
+                    trainer_state: dict | None = None) -> None:
+    if trainer_state is not None:  # first: a crash between files leaves weights older, never newer
+        save_torch(trainer_state, os.path.join(folder, "trainer.pt"))
     save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_torch({"state_dict": state, "spec": dataclasses.asdict(model.spec)},
@@ -63,3 +66,11 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[RunConfig, ViT, dic
         raise CheckpointError(f"checkpoint '{folder}' is corrupt or does not match its config: "
                               f"{str(err).splitlines()[0]}") from None
     return cfg, model.to(device).eval(), metrics
+
+
+def resumable_config(path: str) -> str:
+    """The saved config of a run ``--resume`` can continue."""
+    folder = resumable_folder(path, checkpoint_dir(path), ("config.yaml", "model.pt", "metrics.json"),
+                              "the folder of a run trained by python -m experiments.vit_moe.train")
+    return os.path.join(folder, "config.yaml")
+

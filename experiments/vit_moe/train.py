@@ -1,26 +1,37 @@
 """Train a ViT, a ViT-MoE or a random-routing ViT on Fashion-MNIST, CIFAR or synthetic images.
 
     python -m experiments.vit_moe.train --config=configs/vit_moe/random.yaml
+    python -m experiments.vit_moe.train --resume runs/vit_moe/<name> [train.epochs=20]
     torchrun --standalone --nproc_per_node=2 -m experiments.vit_moe.train --config=configs/vit_moe/vit.yaml
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from experiments.vit_moe.checkpoint import CHECKPOINT_DIR, save_checkpoint
+from experiments.vit_moe.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointError,
+    checkpoint_dir,
+    load_checkpoint,
+    resumable_config,
+    save_checkpoint,
+)
 from experiments.vit_moe.config import RunConfig, TrainConfig
 from experiments.vit_moe.data import DataError, ImageSet, load_images
 from experiments.vit_moe.model import ViT
-from trajectory.cli import run
+from trajectory.checkpoint import load_torch_file, restore_weights, trainer_state_file
+from trajectory.cli import run_resumable
 from trajectory.configutil import ConfigError
 from trajectory.training import distributed
 from trajectory.training.monitor import TrainLogger
@@ -31,6 +42,7 @@ python -m experiments.vit_moe.train --config=configs/vit_moe/vit.yaml
 python -m experiments.vit_moe.train --config=configs/vit_moe/random.yaml train.consistency_weight=1.0
 python -m experiments.vit_moe.train --config=configs/vit_moe/moe.yaml data.source=cifar data.root=data/cifar10
 torchrun --standalone --nproc_per_node=2 -m experiments.vit_moe.train --config=configs/vit_moe/vit.yaml
+python -m experiments.vit_moe.train --resume runs/vit_moe/vit_moe-random train.epochs=20
 """
 
 
@@ -109,7 +121,7 @@ class Trainer:
         # The forward goes through the wrapper, or gradients are never all-reduced. Every expert
         # joins each step's graph (see moe.dispatch), so DDP needs no search for unused parameters.
         self.forward = DistributedDataParallel(self.model) if ctx.enabled else self.model
-        self.rng_state = torch.Generator().manual_seed(cfg.seed + ctx.rank).get_state()  # see _own_rng
+        self.rng_state = epoch_rng_state(cfg.seed, ctx.rank, 0)  # see _own_rng
         self.sampler = DistributedSampler(images.train_labels, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
         self.local_batch = tc.batch_size // ctx.world_size
@@ -154,6 +166,8 @@ class Trainer:
         step by step and load from other processes on a shared machine falls on each alike. The
         epoch's time counts this run's own steps only."""
         self.sampler.set_epoch(self.epoch)
+        # random draws depend only on (seed, rank, epoch), so a run resumed at an epoch end is exact
+        self.rng_state = epoch_rng_state(self.cfg.seed, self.ctx.rank, self.epoch)
         order = torch.tensor(list(self.sampler))[:self.steps_per_epoch * self.local_batch]
         self.model.train()
         seconds, loss_sum, n_batches = 0.0, 0.0, 0
@@ -198,8 +212,17 @@ class Trainer:
         self.logger.postfix(loss=f"{train_loss:.3f}", test_acc=f"{test['accuracy']:.4f}",
                             epoch=str(self.epoch))
         if self.ctx.is_main:
-            save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_DIR), self.cfg, self.model, self.metrics)
+            state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch}
+            folder = os.path.join(self.run_dir, CHECKPOINT_DIR)
+            save_checkpoint(folder, self.cfg, self.model, self.metrics, state)
         return record
+
+    def restore(self, model_state: dict, metrics: dict, state: dict) -> None:
+        """Continue a run saved at the end of an epoch (same data; the schedule follows train.epochs)."""
+        restore_weights(self.model, self.optimizer, model_state, state["optimizer"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.metrics["history"] = list(metrics["history"])
+        self.logger.advance(self.step, None)
 
     def fit(self) -> dict:
         while not self.done:
@@ -209,20 +232,36 @@ class Trainer:
         return self.metrics
 
 
-def train(cfg: RunConfig) -> dict:
-    """Train for ``train.epochs`` (or ``train.max_steps``); returns the metrics of the run."""
+def epoch_rng_state(seed: int, rank: int, epoch: int) -> torch.Tensor:
+    key = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+    return torch.Generator().manual_seed(key).get_state()
+
+
+def train(cfg: RunConfig, resume_dir: str | None = None) -> dict:
+    """Train for ``train.epochs`` (or ``train.max_steps``); returns the metrics of the run.
+    ``resume_dir`` continues that run from its last epoch."""
+    resumed = None
+    if resume_dir is not None:
+        _, model, metrics = load_checkpoint(resume_dir)
+        state = load_torch_file(trainer_state_file(resumable_config(resume_dir)))
+        resumed = (model.state_dict(), metrics, state)
+        run_dir = os.path.dirname(checkpoint_dir(resume_dir).rstrip("/"))
+        cfg = dataclasses.replace(cfg, runs_dir=os.path.dirname(run_dir), name=os.path.basename(run_dir))
     ctx = distributed.setup(cfg.device)
     try:
-        return Trainer(cfg, load_images(cfg.data, seed=cfg.seed), ctx).fit()
+        trainer = Trainer(cfg, load_images(cfg.data, seed=cfg.seed), ctx)
+        if resumed is not None:
+            trainer.restore(*resumed)
+        return trainer.fit()
     finally:
         distributed.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job(cfg: RunConfig) -> None:
+    def job(cfg: RunConfig, resume_dir: str | None) -> None:
         try:
-            metrics = train(cfg)
-        except (DataError, ConfigError) as err:
+            metrics = train(cfg, resume_dir)
+        except (DataError, ConfigError, CheckpointError) as err:
             raise SystemExit(f"error: {err}") from None
         if int(os.environ.get("RANK", 0)) == 0:
             last = metrics["history"][-1]
@@ -231,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"parameters {metrics['parameters']}; checkpoint in "
                   f"{os.path.join(cfg.runs_dir, cfg.run_name, CHECKPOINT_DIR)}")
 
-    return run(RunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, job)
+    return run_resumable(RunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, job, resumable_config)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from experiments.lm.checkpoint import load_lm_checkpoint
 from experiments.lm.config import GridConfig, LMRunConfig
 from experiments.lm.grid_search import check_sizes, grid_points
 from experiments.lm.model import LM_CORES
+from experiments.lm.train import main as train_main
 from experiments.lm.train import train
 from trajectory.configutil import build_config, parse_cli
 
@@ -96,6 +97,27 @@ def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path)
     for name in state_one:
         torch.testing.assert_close(state_ddp[name], state_one[name], atol=2e-5, rtol=0, msg=name)
     assert ddp.metrics["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)
+
+
+def test_resume_continues_exactly(tmp_path):
+    # dropout on, so the restored RNG matters; a fixed decay horizon, so both runs share one schedule
+    common = {"train.decay_tokens": 4 * 4 * 16, "model.dropout": 0.1, "model.embedding_dropout": 0.1}
+    straight = tiny_args(tmp_path, "s5", steps=4, **common)
+    assert train_main([*straight, "name=straight"]) == 0
+    assert train_main([*tiny_args(tmp_path, "s5", steps=2, **common), "name=halves"]) == 0
+    assert train_main(["--resume", str(tmp_path / "runs" / "halves"), "train.max_steps=4"]) == 0
+    one = load_lm_checkpoint(str(tmp_path / "runs" / "straight"))
+    two = load_lm_checkpoint(str(tmp_path / "runs" / "halves" / "checkpoint"))
+    assert two.metrics["step"] == 4 and [h["step"] for h in two.metrics["history"]] == [2, 4]
+    for name, value in one.model.state_dict().items():
+        torch.testing.assert_close(two.model.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    assert two.metrics["val_loss"] == one.metrics["val_loss"]
+
+
+def test_resume_of_a_folder_without_trainer_state_names_the_fix(tmp_path, capsys):
+    (tmp_path / "checkpoint").mkdir()
+    assert train_main(["--resume", str(tmp_path), "train.max_steps=2"]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err
 
 
 def test_grid_search_on_two_points_writes_csv_and_plot(tmp_path):

@@ -11,6 +11,7 @@ from experiments.vit_moe.config import RunConfig, TrainConfig
 from experiments.vit_moe.data import load_images
 from experiments.vit_moe.evaluate import EvalConfig, evaluate_run
 from experiments.vit_moe.train import Trainer, lr_at, symmetric_kl, train
+from experiments.vit_moe.train import main as train_main
 from trajectory.configutil import ConfigError, build_config
 from trajectory.training.distributed import DistContext
 
@@ -123,6 +124,27 @@ def test_interleaved_runs_give_the_results_of_runs_alone(tmp_path):
         steps = [s for s in steps if next(s, None) is not None]
     for a, b in zip(alone.model.parameters(), second.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_resume_at_an_epoch_end_continues_exactly(tmp_path):
+    # random routing and dropout: the resumed run must draw what the straight run drew
+    common = ("train.epochs=2", "data.train_limit=96", "data.test_limit=32", "model.dropout=0.1")
+    straight = train(config(tmp_path, "random", *common, "name=straight"))
+    halves = config(tmp_path, "random", *common, "name=halves")
+    Trainer(halves, load_images(halves.data, seed=halves.seed), DistContext(), quiet=True).train_epoch()
+    assert train_main(["--resume", str(tmp_path / "halves")]) == 0
+    _, one, _ = load_checkpoint(str(tmp_path / "straight"))
+    _, two, metrics = load_checkpoint(str(tmp_path / "halves"))
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["history"][-1]["test_accuracy"] == straight["history"][-1]["test_accuracy"]
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_resume_without_trainer_state_names_the_fix(tmp_path, capsys):
+    (tmp_path / "checkpoint").mkdir()
+    assert train_main(["--resume", str(tmp_path)]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err
 
 
 def test_learning_rate_schedule_and_consistency_loss():

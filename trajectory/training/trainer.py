@@ -18,9 +18,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
-from trajectory.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from trajectory.checkpoint import CHECKPOINT_DIR, load_checkpoint, restore_weights, save_checkpoint
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, to_dict
+from trajectory.io import save_text
 from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, TrajectoryModel
 from trajectory.training import distributed
 from trajectory.training.optim import lr_at, make_optimizer
@@ -37,24 +38,6 @@ class Progress:
     minutes: float = 0.0  # training wall time over all sessions of this run
     horizon_tokens: int = 0  # learning-rate schedule length, fixed once known (saved for resume)
     history: list = field(default_factory=list)
-
-
-def resume_argv(argv: list[str]) -> tuple[list[str], str | None]:
-    """Take ``--resume <dir>`` / ``--resume=<dir>`` out of the CLI arguments."""
-    out, resume = [], None
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--resume":
-            if i + 1 >= len(argv):
-                raise SystemExit("error: --resume needs a run directory: --resume runs/<name>")
-            resume, i = argv[i + 1], i + 2
-            continue
-        if argv[i].startswith("--resume="):
-            resume = argv[i].split("=", 1)[1]
-        else:
-            out.append(argv[i])
-        i += 1
-    return out, resume
 
 
 def seed_everything(seed: int) -> None:
@@ -139,10 +122,10 @@ class Trainer:
                 "rng": rng_state()}
 
     def restore(self, checkpoint) -> None:
-        self.model.load_state_dict(checkpoint.model_state)
-        self.optimizer.load_state_dict(checkpoint.trainer_state["optimizer"])
-        self.progress = Progress(**checkpoint.trainer_state["progress"])
-        set_rng_state(checkpoint.trainer_state["rng"])
+        state = checkpoint.trainer_state
+        restore_weights(self.model, self.optimizer, checkpoint.model_state, state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
 
     def save(self, metrics: dict) -> None:
         if self.ctx.is_main:
@@ -285,9 +268,8 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
             trainer.restore(checkpoint)
         if ctx.is_main:
             os.makedirs(run_dir, exist_ok=True)
-            with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-                from omegaconf import OmegaConf
-                f.write(OmegaConf.to_yaml(to_dict(cfg)))
+            from omegaconf import OmegaConf
+            save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(run_dir, "config.yaml"))
             print(f"run: {run_dir}  model: {trainer.model.num_parameters():,} parameters "
                   f"({cfg.model.core}), {len(dataset):,} windows, {ctx.world_size} process(es)")
         metrics = trainer.fit()
