@@ -8,11 +8,13 @@ process, on the same inputs, so the ratio is measured side by side.
 
     python benchmarks/planning.py [--cores gpt,s5] [--envs 25] [--repeats 2] [--threads 2]
 
-Prints a table and writes benchmarks/results/planning.json.
+Prints a table and writes benchmarks/results/planning.json and a bar chart beside it
+(``--replot`` redraws the chart from the JSON alone).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 
@@ -38,7 +40,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--baseline-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(RESULTS, "planning.json"))
+    parser.add_argument("--replot", action="store_true", help="only redraw the chart of --out")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.out) as f:
+            saved = json.load(f)
+        plot(saved["cores"], saved["settings"]["envs"], args.out.replace(".json", ".png"))
+        return saved["cores"]
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = EvalConfig(n_episodes=args.envs)
@@ -60,8 +68,32 @@ def main(argv=None) -> dict:
         print(f"{name:7s} cached {cached * 1e3:9.1f} ms/env step   recompute {naive * 1e3:9.1f} ms   "
               f"x{naive / cached:5.1f}", flush=True)
         save(args, cfg, n_ctx, results)  # after every core: a long run keeps what it measured
+    plot(results, args.envs, args.out.replace(".json", ".png"))
     print(f"wrote {args.out}")
     return results
+
+
+def plot(results: dict, envs: int, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    cached = [results[n]["ms_per_env_step_cached"] / 1e3 for n in names]
+    rerun = [results[n]["ms_per_env_step_recompute"] / 1e3 for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], rerun, 0.4, label="re-run the sequence per token", color="#bbbbbb")
+    ax.bar([i + 0.2 for i in x], cached, 0.4, label="step form with cache/state", color="#1f77b4")
+    for i, name in enumerate(names):
+        ax.annotate(f"{results[name]['speedup']:.0f}x", (i, rerun[i]), ha="center", va="bottom")
+    ax.set_xticks(list(x), names)
+    ax.set_yscale("log")
+    ax.set_ylim(min(cached) / 2, max(rerun) * 3)
+    ax.set_ylabel("seconds per env step")
+    ax.set_title(f"beam-search planning, {envs} envs, TT size, 2 CPU cores")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> None:
