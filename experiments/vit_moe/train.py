@@ -1,7 +1,7 @@
 """Train a ViT, a ViT-MoE or a random-routing ViT on Fashion-MNIST, CIFAR or synthetic images.
 
     python -m experiments.vit_moe.train --config=configs/vit_moe/random.yaml
-    python -m experiments.vit_moe.train --resume runs/vit_moe/<name> [train.epochs=20]
+    python -m experiments.vit_moe.train --resume runs/<name> [train.epochs=20]
     torchrun --standalone --nproc_per_node=2 -m experiments.vit_moe.train --config=configs/vit_moe/vit.yaml
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ python -m experiments.vit_moe.train --config=configs/vit_moe/vit.yaml
 python -m experiments.vit_moe.train --config=configs/vit_moe/random.yaml train.consistency_weight=1.0
 python -m experiments.vit_moe.train --config=configs/vit_moe/moe.yaml data.source=cifar data.root=data/cifar10
 torchrun --standalone --nproc_per_node=2 -m experiments.vit_moe.train --config=configs/vit_moe/vit.yaml
-python -m experiments.vit_moe.train --resume runs/vit_moe/vit_moe-random train.epochs=20
+python -m experiments.vit_moe.train --resume runs/vit_moe-random train.epochs=20
 """
 
 
