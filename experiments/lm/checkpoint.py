@@ -21,11 +21,9 @@ from omegaconf import OmegaConf
 from experiments.lm.config import LMRunConfig
 from experiments.lm.model import LanguageModel
 from experiments.lm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
-from trajectory.checkpoint import resumable_folder
+from trajectory.checkpoint import CHECKPOINT_DIR, checkpoint_dir, resumable_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import missing_files, save_json, save_text, save_torch
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass
@@ -50,21 +48,16 @@ def save_lm_checkpoint(run_dir: str, cfg: LMRunConfig, model: LanguageModel, tok
     return folder
 
 
-def lm_checkpoint_dir(path: str) -> str:
-    """Accept a run directory or its ``checkpoint/`` folder."""
-    return os.path.join(path, CHECKPOINT_DIR) if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) else path
-
-
 def resumable_config(path: str) -> str:
     """The saved config of a run that ``--resume`` can continue."""
-    folder = resumable_folder(path, lm_checkpoint_dir(path), ("config.yaml", "model.pt", "tokenizer.json"),
+    folder = resumable_folder(path, checkpoint_dir(path), ("config.yaml", "model.pt", "tokenizer.json"),
                               "the run directory of a training run (runs/lm/<name>)")
     return os.path.join(folder, "config.yaml")
 
 
 def load_lm_checkpoint(path: str, device: str = "cpu") -> LMCheckpoint:
     """Accepts a run directory or its ``checkpoint/`` folder; returns the model in eval mode."""
-    folder = lm_checkpoint_dir(path)
+    folder = checkpoint_dir(path)
     missing = missing_files(folder, ("config.yaml", "model.pt", "tokenizer.json"))
     if missing:
         raise ConfigError(f"no language-model checkpoint at '{path}' (missing {', '.join(missing)}); "

@@ -21,15 +21,11 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from experiments.lm.checkpoint import (
-    lm_checkpoint_dir,
-    resumable_config,
-    save_lm_checkpoint,
-)
+from experiments.lm.checkpoint import resumable_config, save_lm_checkpoint
 from experiments.lm.config import LMRunConfig
 from experiments.lm.dataset import TokenData, evaluate, prepare_data, train_batch
 from experiments.lm.model import LanguageModel
-from trajectory.checkpoint import load_torch_file, restore_weights, trainer_state_file
+from trajectory.checkpoint import checkpoint_dir, load_torch_file, restore_weights, trainer_state_file
 from trajectory.cli import run_resumable
 from trajectory.configutil import ConfigError
 from trajectory.training import distributed
@@ -176,7 +172,7 @@ def train(cfg: LMRunConfig, resume_dir: str | None = None) -> dict:
     try:
         set_threads(cfg.threads, ctx)
         data = prepare_data(cfg.data)  # deterministic: every rank builds the same tokenizer
-        run_dir = (os.path.dirname(lm_checkpoint_dir(resume_dir).rstrip("/")) if resume_dir else
+        run_dir = (os.path.dirname(checkpoint_dir(resume_dir).rstrip("/")) if resume_dir else
                    os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg, data.corpus)))
         trainer = LMTrainer(cfg, data, ctx, run_dir)
         if resumed is not None:

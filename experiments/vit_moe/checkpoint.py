@@ -20,19 +20,9 @@ from omegaconf import OmegaConf
 from experiments.vit_moe.config import RunConfig
 from experiments.vit_moe.data import ImageSpec
 from experiments.vit_moe.model import ViT
-from trajectory.checkpoint import CheckpointError, resumable_folder
+from trajectory.checkpoint import CheckpointError, checkpoint_dir, resumable_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import save_json, save_text, save_torch
-
-CHECKPOINT_DIR = "checkpoint"
-
-
-
-
-def checkpoint_dir(path: str) -> str:
-    """Accept a run folder (runs/<name>) or its checkpoint folder."""
-    nested = os.path.join(path, CHECKPOINT_DIR)
-    return nested if os.path.isdir(nested) else path
 
 
 def save_checkpoint(folder: str, cfg: RunConfig, model: ViT, metrics: dict,

@@ -11,9 +11,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-from experiments.vit_moe.checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, save_checkpoint
+from experiments.vit_moe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from experiments.vit_moe.data import DataError, load_images
 from experiments.vit_moe.train import evaluate, parameter_counts
+from trajectory.checkpoint import CHECKPOINT_DIR
 from trajectory.cli import run
 from trajectory.training.distributed import DistContext
 

@@ -20,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from experiments.vit_moe.checkpoint import (
-    CHECKPOINT_DIR,
     CheckpointError,
     checkpoint_dir,
     load_checkpoint,
@@ -30,7 +29,7 @@ from experiments.vit_moe.checkpoint import (
 from experiments.vit_moe.config import RunConfig, TrainConfig
 from experiments.vit_moe.data import DataError, ImageSet, load_images
 from experiments.vit_moe.model import ViT
-from trajectory.checkpoint import load_torch_file, restore_weights, trainer_state_file
+from trajectory.checkpoint import CHECKPOINT_DIR, load_torch_file, restore_weights, trainer_state_file
 from trajectory.cli import run_resumable
 from trajectory.configutil import ConfigError
 from trajectory.training import distributed
