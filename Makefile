@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q
 
 demo: $(VENV)/.installed
-	$(PY) -m trajectory.demo $(DEMO_ARGS)
+	$(PY) -m planners.demo $(DEMO_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check trajectory planners experiments tests benchmarks train.py eval.py profile.py

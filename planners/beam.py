@@ -6,8 +6,9 @@ Per environment step, for E environments at once:
 2. for each of ``beam_steps`` transitions: expand every beam ``sample_expand`` times (``beam_width *
    sample_expand`` copies of the single root at the first step), sample the action tokens, read the
    reward and the value-to-go as expectations over bin centres, score each beam by its discounted
-   rewards plus the discounted value, keep the best ``beam_width`` beams per environment, then
-   decode the next observation greedily (``k_obs=1``);
+   rewards plus the discounted value (plus ``likelihood_weight`` times the plan's log-likelihood
+   under the model, when set), keep the best ``beam_width`` beams per environment, then decode
+   the next observation greedily (``k_obs=1``);
 3. return the first action of every environment's best beam.
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from planners.estimates import parse_percentile, read_scalar
 from planners.sampling import sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
@@ -50,7 +52,19 @@ class Plan:
     actions: torch.Tensor  # [E, beam_steps, act_dim] action tokens of each env's best beam
     rewards: torch.Tensor  # [E, beam_steps] predicted rewards along it
     value: torch.Tensor  # [E] predicted value-to-go at its end
-    score: torch.Tensor  # [E] discounted return estimate the beam was ranked by
+    score: torch.Tensor  # [E] what the beam was ranked by (return estimate + likelihood term)
+    log_likelihood: torch.Tensor  # [E] log-probability of its action and observation tokens
+    observed_log_likelihood: torch.Tensor  # [E] mean log p of the current observation's tokens
+                                           # given the past (NaN without a past): surprise
+
+
+def observed_log_likelihood(logits: torch.Tensor, context: torch.Tensor, obs_dim: int) -> torch.Tensor:
+    """Mean log-probability the model gave the tokens of the context's last observation, each given
+    everything before it.  logits [E, L, V] of the prefill, context [E, L] -> [E]."""
+    if context.shape[1] <= obs_dim:  # no transition before it: nothing to condition on
+        return torch.full((context.shape[0],), float("nan"), device=context.device)
+    predicted = logits[:, -obs_dim - 1:-1].float().log_softmax(-1)  # [E, O, V]
+    return predicted.gather(-1, context[:, -obs_dim:, None].long()).squeeze(-1).mean(-1)
 
 
 def max_context_transitions(layout: TokenLayout, beam_steps: int) -> int:
@@ -75,11 +89,22 @@ def random_context(layout: TokenLayout, cfg: EvalConfig, n_envs: int,
                          generator=generator)
 
 
+def token_log_prob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """log p(token) under the unfiltered distribution.  logits [R, V], token [R] -> [R]."""
+    return logits.float().log_softmax(-1).gather(-1, token[:, None].long()).squeeze(-1)
+
+
 class BeamPlanner:
+    """TT's beam search; ``percentile`` and ``likelihood_weight`` make it pessimistic about plans
+    the model is unsure of or finds unlikely (both off in TT's settings)."""
+
+    plan_length_key = "beam_steps"  # the config field that sets how many transitions it plans
+
     def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
                  generator: torch.Generator | None = None):
         self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
         self.generator = generator
+        self.quantile = parse_percentile(cfg.percentile)
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
 
     def _feed(self, tokens: torch.Tensor, state):
@@ -90,8 +115,8 @@ class BeamPlanner:
             logits, state = self.model.step(tokens, state)
         return logits[:, -1].float(), state
 
-    def _expectation(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
-        return self.discretizer.expectation(logits.softmax(dim=-1), dim).float()
+    def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
+        return read_scalar(logits, self.discretizer, dim, self.quantile)
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:
@@ -105,42 +130,51 @@ class BeamPlanner:
         o, a = lay.obs_dim, lay.act_dim
         envs, device = context.shape[0], context.device
         state = self.model.init_state(envs, device)
-        logits, state = self._feed(context, state)  # prefill: one parallel call
+        with op_group("model"):
+            prefill, state = self.model.step(context, state)  # prefill: one parallel call
+        logits = prefill[:, -1].float()
+        surprise = observed_log_likelihood(prefill, context, o)
         discounts = cfg.discount ** torch.arange(cfg.beam_steps + 1, device=device, dtype=torch.float32)
         actions = torch.zeros(envs, 0, a, dtype=torch.long, device=device)
         rewards = torch.zeros(envs, 0, device=device)
+        log_lik = torch.zeros(envs, device=device)
         per_env = 1
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
             state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
+            log_lik = log_lik[index]
             per_env *= expand
 
             step_actions = []
             for _ in range(a):
                 token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
                 step_actions.append(token)
+                log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = self._feed(token, state)
-            reward = self._expectation(logits, o + a)
+            reward = self._read(logits, o + a)
             logits, state = self._feed(logits.argmax(-1), state)  # the reward token, greedily
-            value = self._expectation(logits, o + a + 1)
+            value = self._read(logits, o + a + 1)
             actions = torch.cat([actions, torch.stack(step_actions, dim=1)[:, None]], dim=1)
             rewards = torch.cat([rewards, reward[:, None]], dim=1)
             score = (rewards * discounts[:t + 1]).sum(-1) + value * discounts[t + 1]
+            if cfg.likelihood_weight:
+                score = score + cfg.likelihood_weight * log_lik
 
             keep = min(cfg.beam_width, per_env)
             top = score.view(envs, per_env).topk(keep, dim=-1).indices  # sorted: best first
             index = (top + torch.arange(envs, device=device)[:, None] * per_env).reshape(-1)
             state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
-            score, value = score[index], value[index]
+            score, value, log_lik = score[index], value[index], log_lik[index]
             per_env = keep
 
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
                 logits, state = self._feed(logits.argmax(-1), state)  # value token (never seen)
                 for _ in range(o):
                     token = sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs)
+                    log_lik = log_lik + token_log_prob(logits, token)
                     logits, state = self._feed(token, state)
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
-        return Plan(actions[best], rewards[best], value[best], score[best])
+        return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise)

@@ -13,11 +13,12 @@ import time
 import numpy as np
 import torch
 
-from planners.beam import BeamPlanner
+from planners import build_planner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
-from trajectory.envs import make_env, normalized_score
+from trajectory.envs import make_env, normalized_score, torso_angle_index
 from trajectory.io import save_json
+from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
 
 class History:
@@ -47,7 +48,7 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
     if not cfg.checkpoints_path:
         raise SystemExit("error: checkpoints_path is required, e.g. checkpoints_path=runs/<name>")
     checkpoint = load_checkpoint(cfg.checkpoints_path)
-    model = checkpoint.build_model(device)
+    model = checkpoint.build_model(device, cfg.weights)
     info = {"mode": "none"}
     if cfg.quantize != "none":
         from trajectory.quantize import QuantizationError, quantize_checkpoint_model
@@ -72,34 +73,72 @@ def check_env_matches(env, layout, env_id: str, path: str) -> None:
                          f"{layout.act_dim}: pass the env_id the dataset came from")
 
 
+class EpisodeTrace:
+    """Per step and environment: what the planner predicted and what happened ([E, T], NaN where
+    an env had finished), and the first step each env's torso passed 90 degrees (-1: never)."""
+
+    FIELDS = ("predicted_score", "predicted_reward", "reward", "plan_log_likelihood",
+              "observed_log_likelihood", "torso_angle")
+
+    def __init__(self, envs: int, steps: int):
+        for name in self.FIELDS:
+            setattr(self, name, np.full((envs, steps), np.nan, dtype=np.float32))
+        self.first_flip_step = np.full(envs, -1, dtype=np.int64)
+
+    def record_plan(self, rows: np.ndarray, t: int, plan, fresh: bool) -> None:
+        if fresh:  # a reused plan (plan_every > 1) predicted nothing new at this step
+            self.predicted_score[rows, t] = plan.score.cpu().numpy()
+            self.predicted_reward[rows, t] = plan.rewards[:, 0].cpu().numpy()
+            self.plan_log_likelihood[rows, t] = plan.log_likelihood.cpu().numpy()
+            self.observed_log_likelihood[rows, t] = plan.observed_log_likelihood.cpu().numpy()
+
+    def record_step(self, rows: np.ndarray, t: int, rewards: np.ndarray, angles) -> None:
+        self.reward[rows, t] = rewards
+        if angles is not None:
+            self.torso_angle[rows, t] = angles
+            flipped = rows[(np.abs(angles) > np.pi / 2) & (self.first_flip_step[rows] < 0)]
+            self.first_flip_step[flipped] = t
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in (*self.FIELDS, "first_flip_step")}
+
+
 def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool = True) -> dict:
-    """Run ``cfg.n_episodes`` episodes in lockstep; returns returns and timings."""
+    """Run ``cfg.n_episodes`` episodes in lockstep (env ``i`` reset with seed ``cfg.seed + i``);
+    returns returns, lengths, timings and the :class:`EpisodeTrace`."""
     from tqdm import tqdm
 
     envs = [make_env(cfg.env_id, **({"render_mode": "rgb_array"} if cfg.render and i == 0 else {}))
             for i in range(cfg.n_episodes)]
     check_env_matches(envs[0], layout, cfg.env_id, cfg.checkpoints_path or "the model")
     o, a = layout.obs_dim, layout.act_dim
+    angle_index = torso_angle_index(cfg.env_id)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    planner = BeamPlanner(model, discretizer, layout, cfg, generator)
+    planner = build_planner(model, discretizer, layout, cfg, generator)
     obs = np.stack([env.reset(seed=cfg.seed + i)[0] for i, env in enumerate(envs)])
     returns, lengths = np.zeros(len(envs)), np.zeros(len(envs), dtype=int)
     active = np.ones(len(envs), dtype=bool)
     history = History(len(envs), cfg.max_episode_steps, layout)
+    trace = EpisodeTrace(len(envs), cfg.max_episode_steps)
     frames, plan_tokens = [], None
     planning_seconds, plans = 0.0, 0
-    bar = tqdm(range(cfg.max_episode_steps), desc="eval", unit="step", disable=not progress)
+    bar = tqdm(range(cfg.max_episode_steps), desc=f"eval ({cfg.planner})", unit="step",
+               disable=not progress)
     for t in bar:
         rows = np.flatnonzero(active)
         obs_tokens = discretizer.encode(obs[rows], dims=slice(0, o))
         offset = t % max(1, min(cfg.plan_every, cfg.beam_steps))
-        if offset == 0 or plan_tokens is None or len(plan_tokens) != len(rows):
+        fresh = (offset == 0 or plan_tokens is None or len(plan_tokens) != len(rows)
+                 or offset >= plan_tokens.shape[1])
+        if fresh:
             context = history.context(rows, obs_tokens, planner.context_transitions)
             start = time.perf_counter()
-            plan_tokens = planner.plan(torch.as_tensor(context, device=device)).actions.cpu().numpy()
+            plan = planner.plan(torch.as_tensor(context, device=device))
+            plan_tokens = plan.actions.cpu().numpy()
             planning_seconds += time.perf_counter() - start
             plans += 1
             offset = 0
+        trace.record_plan(rows, t, plan, fresh)
         act_tokens = plan_tokens[:, offset]  # [R, A]
         actions = discretizer.decode(act_tokens, dims=slice(o, o + a)).astype(np.float32)
         rewards = np.zeros(len(rows))
@@ -111,18 +150,21 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
                 active[i] = False
             if cfg.render and i == 0 and t % 2 == 0:
                 frames.append(envs[0].render())
+        trace.record_step(rows, t, rewards, obs[rows, angle_index] if angle_index is not None else None)
         reward_tokens = discretizer.encode(rewards, dims=o + a)
         row_tokens = np.concatenate([obs_tokens, act_tokens, reward_tokens[:, None],
                                      np.zeros((len(rows), 1), dtype=np.uint8)], axis=1)
         history.append(rows, row_tokens)
         history.advance()
-        bar.set_postfix(mean_return=f"{returns.mean():.0f}", refresh=False)
+        bar.set_postfix(mean_return=f"{returns.mean():.0f}",
+                        flipped=int((trace.first_flip_step >= 0).sum()), refresh=False)
         if not active.any():
             break
     for env in envs:
         env.close()
     return {"returns": returns, "lengths": lengths, "planning_seconds": planning_seconds,
-            "plans": plans, "frames": frames, "context_transitions": planner.context_transitions}
+            "plans": plans, "frames": frames, "context_transitions": planner.context_transitions,
+            "trace": trace}
 
 
 def save_animation(frames: list, path: str) -> str | None:
@@ -140,7 +182,69 @@ def behaviour_stats(data_info: dict) -> dict:
     return {k: data_info[k] for k in keys if k in data_info}
 
 
+def failure_evidence(trace: EpisodeTrace, failures: list[dict], window: int = 20) -> list[dict]:
+    """For each failed episode: over the ``window`` steps before it failed, the planner's mean
+    predicted first-step reward against the reward that came, and the model's mean log-likelihood of
+    its own plan and of the observations that followed, next to the same means over every step of
+    the episodes that did not fail."""
+    failed = {f["episode"] for f in failures}
+    healthy = [i for i in range(len(trace.reward)) if i not in failed]
+
+    def means(rows, steps) -> dict:
+        pick = (lambda x: x[rows][:, steps]) if steps is not None else (lambda x: x[rows])
+        out = {}
+        for name in ("predicted_reward", "reward", "plan_log_likelihood", "observed_log_likelihood"):
+            values = pick(getattr(trace, name))
+            out[name] = float(np.nanmean(values)) if np.isfinite(values).any() else None
+        return out
+
+    evidence = []
+    for f in failures:
+        end = f["step"] if f["step"] is not None else int(np.isfinite(trace.reward[f["episode"]]).sum())
+        steps = slice(max(0, end - window), max(1, end))
+        evidence.append({"episode": f["episode"], "step": f["step"], "before_failure":
+                         means([f["episode"]], steps)})
+    reference = means(healthy, None) if healthy else None
+    return [{"episodes_that_did_not_fail": reference}, *evidence] if evidence else []
+
+
+def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str | None:
+    """Predicted vs realised reward and the model's surprise, per failed episode (matplotlib)."""
+    if not failures:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shown = failures[:4]
+    fig, axes = plt.subplots(2, len(shown), figsize=(4 * len(shown), 5), squeeze=False)
+    for col, f in enumerate(shown):
+        i = f["episode"]
+        top, bottom = axes[0, col], axes[1, col]
+        top.plot(trace.predicted_reward[i], lw=0.6, label="predicted reward (first step)")
+        top.plot(trace.reward[i], lw=0.6, label="reward")
+        bottom.plot(trace.observed_log_likelihood[i], lw=0.6, label="log p(observation) / token")
+        for ax in (top, bottom):
+            if f["step"] is not None:
+                ax.axvline(f["step"], color="red", lw=0.8)
+            ax.set_xlabel("env step")
+        top.set_title(f"episode {i}: {f['reason']}", fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def evaluate(cfg: EvalConfig) -> dict:
+    from planners import PLANNERS
+    from trajectory.configutil import ConfigError
+
+    if cfg.planner not in PLANNERS:  # before any loading or env work
+        raise ConfigError(f"unknown planner '{cfg.planner}'; choose one of: {', '.join(PLANNERS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -152,6 +256,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     folder = "eval" if cfg.quantize == "none" else f"eval_{cfg.quantize}"  # precisions side by side
     out = cfg.out or os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), folder)
     os.makedirs(out, exist_ok=True)
+    for warning in comparability_warnings(cfg.n_episodes, cfg.max_episode_steps):
+        print(f"warning: {warning}", flush=True)
     if cfg.render:
         os.environ.setdefault("MUJOCO_GL", "egl")
     start = time.time()
@@ -163,15 +269,43 @@ def evaluate(cfg: EvalConfig) -> dict:
                              f"or MUJOCO_GL=osmesa with libosmesa6 installed, or render=false") from None
         raise
     wall = time.time() - start
+    report = build_report(cfg, checkpoint, model, result, wall)
+    trace = result["trace"]
+    np.savez_compressed(os.path.join(out, "trace.npz"), **trace.arrays())
+    report["failure_plot"] = plot_failures(trace, report["failed_episodes"],
+                                           os.path.join(out, "failures.png"))
+    report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))
+    save_json(report, os.path.join(out, "report.json"))
+    write_tensorboard(report, os.path.join(out, "tb"))
+    summary = report["score"]
+    print(f"{cfg.planner}: return {report['return_mean']:.1f} +- {report['return_std']:.1f}  "
+          f"normalized {format_score(summary)}  failed {len(report['failed_episodes'])} of "
+          f"{len(report['returns'])}  ({report['ms_per_env_step']:.0f} ms/env step) -> "
+          f"{out}/report.json")
+    return report
+
+
+def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) -> dict:
     returns = result["returns"]
     scores = normalized_score(cfg.env_id, returns)
     env_steps = int(result["lengths"].max())
-    report = {
+    trace = result["trace"]
+    failures = failed_episodes(returns, trace.first_flip_step)
+    return {
         "checkpoint": checkpoint.path, "core": checkpoint.config.model.core,
+        "size": f"{checkpoint.config.model.d_model}x{checkpoint.config.model.n_layers}",
+        "planner": cfg.planner, "weights": checkpoint.weights_name(cfg.weights),
+        "seeds": [cfg.seed, cfg.seed + cfg.n_episodes - 1],
         "returns": returns.round(2).tolist(), "return_mean": float(returns.mean()),
         "return_std": float(returns.std()), "normalized_scores": scores.round(2).tolist(),
         "normalized_mean": float(scores.mean()), "normalized_std": float(scores.std()),
+        "score": summarize(scores, seed=cfg.seed),
+        "failed_episodes": failures,
+        "failure_evidence": failure_evidence(trace, failures),
+        "warnings": comparability_warnings(cfg.n_episodes, cfg.max_episode_steps),
         "behaviour": behaviour_stats(checkpoint.metrics.get("data", {})),
+        "training": {k: checkpoint.metrics.get(k) for k in ("step", "tokens", "loss", "stop_reason")},
+        "held_out": checkpoint.metrics.get("held_out"),
         "episode_lengths": result["lengths"].tolist(), "wall_seconds": wall,
         "ms_per_env_step": 1e3 * wall / max(1, env_steps),
         "planning_ms_per_plan": 1e3 * result["planning_seconds"] / max(1, result["plans"]),
@@ -179,14 +313,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         "quantization": model.quantization_info,
         "settings": dict(vars(cfg)),
     }
-    report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))
-    save_json(report, os.path.join(out, "report.json"))
+
+
+def write_tensorboard(report: dict, folder: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(os.path.join(out, "tb")) as writer:
-        for i, (ret, score) in enumerate(zip(returns, scores)):
+    with SummaryWriter(folder) as writer:
+        for i, (ret, score) in enumerate(zip(report["returns"], report["normalized_scores"])):
             writer.add_scalar("eval/return", ret, i)
             writer.add_scalar("eval/normalized_score", score, i)
+        writer.add_scalar("eval/normalized_mean", report["score"]["mean"], 0)
+        writer.add_scalar("eval/failed_episodes", len(report["failed_episodes"]), 0)
         writer.add_scalar("eval/ms_per_env_step", report["ms_per_env_step"], 0)
-    print(f"return {returns.mean():.1f} +- {returns.std():.1f}  normalized {scores.mean():.1f}  "
-          f"({len(returns)} episodes, {report['ms_per_env_step']:.0f} ms/env step) -> {out}/report.json")
-    return report

@@ -207,3 +207,50 @@ def test_packed_build_on_real_minari_data(tmp_path):
     tokens = dataset.stream
     half_width = 0.5 * disc.widths[np.arange(25), tokens]
     assert (np.abs(disc.decode(tokens) - rows) <= half_width + 1e-6).all()
+
+
+def test_held_out_episodes_are_whole_and_never_trained_on(tmp_path):
+    from trajectory.data.dataset import build_datasets, held_out_episodes
+    lengths = tuple(int(n) for n in np.random.default_rng(3).integers(4, 12, size=50))
+    tr = transitions(lengths=lengths, terminal_episodes=())
+    path = tmp_path / "halfcheetah_toy.hdf5"
+    with h5py.File(path, "w") as f:
+        for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+            f.create_dataset(key, data=getattr(tr, key))
+    cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "cache"), seq_len=3, n_bins=16,
+                     holdout_fraction=0.1)
+    built = build_datasets(cfg)
+    held = np.asarray(built.info["held_out_episodes"])
+    assert len(held) == 5 and held.tolist() == held_out_episodes(50, 0.1).tolist()
+    starts = np.cumsum(lengths) - np.array(lengths)
+    held_rows = np.concatenate([np.arange(starts[e], starts[e] + lengths[e]) for e in held])
+    train_rows = np.setdiff1d(np.arange(sum(lengths)), held_rows)
+    # windows: as many as steps in each split, and every training window's tokens come from
+    # training episodes only (compare observations row by row)
+    assert len(built.train) == len(train_rows) and len(built.held_out) == len(held_rows)
+    tokens = built.discretizer.encode(joined_rows(tr, cfg.discount, cfg.terminal_penalty))
+    valid_train = built.train.stream[built.train.valid]
+    np.testing.assert_array_equal(valid_train, tokens[train_rows])
+    np.testing.assert_array_equal(built.held_out.stream[built.held_out.valid], tokens[held_rows])
+    # the discretizer was fitted without the held-out rows
+    rows = joined_rows(tr, cfg.discount, cfg.terminal_penalty)
+    from trajectory.data.discretizer import Discretizer
+    expected = Discretizer(16, "quantile").fit(rows[train_rows])
+    np.testing.assert_array_equal(built.discretizer.edges, expected.edges)
+    # no fraction, nothing held out; a tiny dataset holds out nothing either
+    none = build_datasets(DataConfig(**{**cfg.__dict__, "holdout_fraction": 0.0}))
+    assert none.held_out is None and len(none.train) == sum(lengths)
+    assert held_out_episodes(4, 0.02).size == 0
+
+
+def test_timeouts_bootstrap_the_value_and_terminals_do_not():
+    tr = transitions(lengths=(4, 3), terminal_episodes=(0,))  # ep 0 terminal, ep 1 time-limited
+    gamma = 0.9
+    plain = joined_rows(tr, gamma, terminal_penalty=0.0)[:, -1]
+    boot = joined_rows(tr, gamma, terminal_penalty=0.0, bootstrap_timeouts=True)[:, -1]
+    np.testing.assert_allclose(boot[:4], plain[:4])  # a true terminal ends the value at 0
+    tail = tr.rewards[4:7].astype(np.float64).mean() / (1 - gamma)
+    assert boot[6] == pytest.approx(tail) and plain[6] == 0.0
+    r = tr.rewards.astype(np.float64)
+    assert boot[5] == pytest.approx(r[6] + gamma * tail)
+    assert boot[4] == pytest.approx(r[5] + gamma * r[6] + gamma ** 2 * tail)

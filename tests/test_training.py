@@ -63,6 +63,52 @@ def test_resume_continues_exactly(tmp_path):
     assert_same_parameters(straight.model.state_dict(), second.model.state_dict(), atol=0)
 
 
+def test_weight_average_is_saved_resumed_and_loaded_for_eval(tmp_path):
+    trainer = make_trainer(tmp_path / "run")
+    trainer.cfg.train.ema_decay = 0.5
+    from trajectory.training.ema import WeightAverage
+    trainer.ema = WeightAverage(trainer.model, 0.5)
+    expected = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    original_step = trainer.train_step
+
+    def step_and_track(batch):  # the average, by hand: decay min(0.5, (1 + n) / (10 + n))
+        out = original_step(batch)
+        n = trainer.ema.updates
+        decay = min(0.5, (1 + n) / (10 + n))
+        for k, v in trainer.model.state_dict().items():
+            expected[k] = decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+        return out
+
+    trainer.train_step = step_and_track
+    trainer.fit(max_steps=5)
+    saved = load_checkpoint(trainer.run_dir)
+    assert saved.ema_state is not None and saved.weights_name() == "ema"
+    assert_same_parameters(saved.ema_state, expected, atol=1e-6)
+    averaged, raw = saved.build_model(), saved.build_model(weights="raw")
+    assert_same_parameters(averaged.state_dict(), expected, atol=1e-6)
+    assert_same_parameters(raw.state_dict(), trainer.model.state_dict(), atol=0)
+    assert any((averaged.state_dict()[k] - raw.state_dict()[k]).abs().max() > 1e-4 for k in expected)
+    # resuming carries the average on exactly
+    straight = make_trainer(tmp_path / "straight")
+    straight.fit(max_steps=6)
+    first = make_trainer(tmp_path / "resumed")
+    first.fit(max_steps=3)
+    second = make_trainer(tmp_path / "resumed")
+    second.restore(load_checkpoint(str(tmp_path / "resumed"), with_trainer_state=True))
+    second.fit(max_steps=6)
+    assert second.ema.updates == straight.ema.updates == 6
+    assert_same_parameters(straight.ema.state, second.ema.state, atol=0)
+
+
+def test_ema_off_saves_raw_weights_only(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.cfg.train.ema_decay = 0.0
+    trainer.ema = None
+    trainer.fit(max_steps=2)
+    saved = load_checkpoint(trainer.run_dir)
+    assert saved.ema_state is None and saved.weights_name("ema") == "raw"
+
+
 def test_token_budget_stops_and_saves(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.cfg.train.max_tokens = 3 * trainer.tokens_per_step
@@ -70,7 +116,7 @@ def test_token_budget_stops_and_saves(tmp_path):
     assert metrics["stop_reason"] == "max_tokens" and trainer.progress.step == 3
     saved = load_checkpoint(trainer.run_dir)
     assert saved.metrics["progress"]["step"] == 3
-    model = saved.build_model()
+    model = saved.build_model(weights="raw")
     assert_same_parameters(model.state_dict(), trainer.model.state_dict(), atol=0)
 
 

@@ -22,12 +22,16 @@ class DataConfig:
     strategy: str = "quantile"  # uniform | quantile
     discount: float = 0.99  # for value-to-go targets
     terminal_penalty: float = -100.0  # reward added on true terminals (not on timeouts)
+    bootstrap_timeouts: bool = False  # value-to-go past a time limit: the episode's mean reward
     packed: bool = False  # windows across episode boundaries with reset flags instead of padding
+    holdout_fraction: float = 0.02  # whole episodes kept out of training for held-out metrics
     env_id: str = ""  # env of an HDF5 source that names none ('': its env_id attribute or file name)
 
     def __post_init__(self) -> None:
         if self.strategy not in ("uniform", "quantile"):
             raise ConfigError(f"data.strategy must be 'uniform' or 'quantile', got '{self.strategy}'")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not 2 <= self.n_bins <= 256:
             raise ConfigError(f"data.n_bins must be in [2, 256] (tokens are uint8), got {self.n_bins}")
 
@@ -56,10 +60,12 @@ class TrainConfig:
     warmup_tokens: int = 0  # 0: 2% of the decay horizon
     decay_tokens: int = 0  # cosine decay horizon in tokens; 0: the whole run (max_tokens or epochs)
     min_lr_ratio: float = 0.1
+    ema_decay: float = 0.999  # exponential moving average of the weights, used by eval (0: off)
     epochs: int = 50
     max_tokens: int = 0  # stop after this many tokens (0: no limit)
     budget_minutes: float = 0.0  # stop after this wall time (0: no limit)
     log_every: int = 50  # steps
+    held_out_every: int = 1000  # steps between held-out metrics (0: only at the end)
     save_every: int = 1000  # steps
     bf16: bool = True  # autocast to bf16 on CUDA
     compile: bool = False  # torch.compile the model
@@ -89,6 +95,9 @@ class EvalConfig:
     env_id: str = "HalfCheetah-v5"
     n_episodes: int = 25  # run in parallel, planned in one batch
     max_episode_steps: int = 1000
+    planner: str = "beam"  # beam | policy (the model's own actions, no search; planners.PLANNERS)
+    policy_actions: str = "greedy"  # planner=policy: greedy (most likely token) | sample (k/cdf_act)
+    weights: str = "ema"  # ema: the checkpoint's averaged weights when it has them | raw
     beam_width: int = 32
     beam_steps: int = 5  # planning horizon in transitions
     beam_context: int = 5  # transitions of history fed to the model
@@ -96,8 +105,9 @@ class EvalConfig:
     k_obs: int = 1  # observation tokens: greedy
     k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
     cdf_obs: Optional[float] = None
-    cdf_act: float = 0.6  # keep the smallest set of action tokens holding this probability mass
-    percentile: str = "mean"  # how reward/value tokens are read: mean (expectation)
+    cdf_act: Optional[float] = 0.6  # drop the unlikely tail holding this mass (null: off)
+    percentile: str = "mean"  # reward/value read as: mean (expectation) | a quantile in (0, 1)
+    likelihood_weight: float = 0.0  # beam score += this x the plan's log-likelihood (0: TT)
     discount: float = 0.99
     plan_every: int = 1  # re-plan every N env steps, reusing the plan in between
     quantize: str = "none"  # none | dynamic | static
@@ -109,6 +119,18 @@ class EvalConfig:
     profile_steps: int = 5  # profile.py: planning steps recorded after warm-up
 
     def __post_init__(self) -> None:
+        if self.policy_actions not in ("greedy", "sample"):
+            raise ConfigError(f"policy_actions must be 'greedy' or 'sample', got '{self.policy_actions}'")
+        if self.weights not in ("ema", "raw"):
+            raise ConfigError(f"weights must be 'ema' or 'raw', got '{self.weights}'")
+        if self.percentile != "mean":
+            try:
+                q = float(self.percentile)
+            except ValueError:
+                q = -1.0
+            if not 0.0 < q < 1.0:
+                raise ConfigError(f"percentile must be 'mean' or a number in (0, 1), "
+                                  f"got '{self.percentile}'")
         modes = ("none", "dynamic", "static")
         for mode in self.quantize.split(","):
             if mode.strip() not in modes:

@@ -59,3 +59,16 @@ def make_env(env_id: str = "HalfCheetah-v5", **kwargs):
     except gym.error.Error as err:
         raise ValueError(f"cannot create environment '{env_id}': {err}. HalfCheetah-v5 needs "
                          f"'gymnasium[mujoco]' (pip install -e .)") from None
+
+
+# Observation index of the torso's pitch angle (qpos[2], "rooty", after gymnasium drops the x
+# position): the same in HalfCheetah, Hopper and Walker2d.
+_TORSO_ANGLE_INDEX = {"halfcheetah": 1, "hopper": 1, "walker2d": 1}
+
+
+def torso_angle_index(env_id: str) -> int | None:
+    """Where the torso's pitch (radians) sits in ``env_id``'s observation; None when unknown."""
+    try:
+        return _TORSO_ANGLE_INDEX.get(env_family(env_id))
+    except ValueError:
+        return None

@@ -6,8 +6,11 @@ Transformer's discounted reward-to-go *after* the step, which excludes the step'
     V_t = sum_{k >= 0} gamma^k r_{t+1+k}      (within the episode; V = 0 at its last step)
 
 so that ``r_t + gamma * V_t`` is the return from ``t``, which is how the planner combines a predicted
-reward and value. The terminal penalty is *added* to the reward of true terminals only (time-limit
-timeouts are not failures). The tokenized array (``uint8 [N, D]``) is cached on disk, keyed by the
+reward and value. ``data.bootstrap_timeouts`` departs from TT where an episode is cut by its time
+limit: instead of falling to 0 over the last few hundred steps (which the state cannot show, so no
+model can predict it), the value continues as if the episode went on at its own mean reward.
+The terminal penalty is *added* to the reward of true terminals only (time-limit timeouts are not
+failures). The tokenized array (``uint8 [N, D]``) is cached on disk, keyed by the
 source's identity and every setting that changes the tokens.
 
 Windows are ``seq_len`` transitions flattened to ``seq_len * D`` tokens, one per start index of
@@ -31,23 +34,27 @@ from trajectory.config import DataConfig
 from trajectory.data.discretizer import Discretizer, save_npz_atomic
 from trajectory.data.sources import Transitions, load_transitions, source_identity
 
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning (2: held-out episodes)
+HOLDOUT_SEED = 20_211_206  # fixes which episodes are held out, independently of the run's seed
 
 
 # ---------------------------------------------------------------------- rows
 def value_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                discount: float) -> np.ndarray:
-    """``V_t = r_{t+1} + discount * V_{t+1}`` per episode, ``V = 0`` at each episode's last step.
+                discount: float, tail_values: np.ndarray | None = None) -> np.ndarray:
+    """``V_t = r_{t+1} + discount * V_{t+1}`` per episode; at each episode's last step ``V`` is
+    ``tail_values[e]`` (default 0: nothing follows).
 
-    rewards: [N]; starts, lengths: [E] -> values float64 [N]. Vectorised across episodes: all
-    steps at the same distance from their episode's end are updated together."""
+    rewards: [N]; starts, lengths, tail_values: [E] -> values float64 [N]. Vectorised across
+    episodes: all steps at the same distance from their episode's end are updated together."""
     n = len(rewards)
     r = np.asarray(rewards, dtype=np.float64)
     values = np.zeros(n)
+    if tail_values is not None:
+        values[starts + lengths - 1] = tail_values
     to_end = np.repeat(starts + lengths - 1, lengths) - np.arange(n)  # [N] steps left in episode
     order = np.argsort(to_end, kind="stable")
     counts = np.bincount(to_end)
-    offset = counts[0]  # the last steps keep V = 0
+    offset = counts[0]  # the last steps keep their tail value
     for k in range(1, len(counts)):
         idx = order[offset:offset + counts[k]]
         values[idx] = r[idx + 1] + discount * values[idx + 1]
@@ -55,13 +62,42 @@ def value_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
     return values
 
 
-def joined_rows(transitions: Transitions, discount: float, terminal_penalty: float) -> np.ndarray:
-    """Rows ``[obs, act, reward, value]``: float64 [N, O + A + 2]."""
+def truncation_tail_values(rewards: np.ndarray, terminals: np.ndarray, starts: np.ndarray,
+                           lengths: np.ndarray, discount: float) -> np.ndarray:
+    """The value after the last step of each episode cut by a time limit, had it gone on at its
+    mean reward: ``mean / (1 - discount)``; 0 after a true terminal. [E] float64."""
+    means = np.add.reduceat(np.asarray(rewards, dtype=np.float64), starts) / lengths
+    ended = np.asarray(terminals, dtype=bool)[starts + lengths - 1]
+    return np.where(ended, 0.0, means / (1.0 - discount))
+
+
+def joined_rows(transitions: Transitions, discount: float, terminal_penalty: float,
+                bootstrap_timeouts: bool = False) -> np.ndarray:
+    """Rows ``[obs, act, reward, value]``: float64 [N, O + A + 2]. With ``bootstrap_timeouts`` an
+    episode cut by its time limit continues, for its value-to-go, at its own mean reward."""
     rewards = transitions.rewards.astype(np.float64) + terminal_penalty * transitions.terminals
     starts, lengths = transitions.episode_bounds()
-    values = value_to_go(rewards, starts, lengths, discount)
+    tails = (truncation_tail_values(rewards, transitions.terminals, starts, lengths, discount)
+             if bootstrap_timeouts else None)
+    values = value_to_go(rewards, starts, lengths, discount, tails)
     return np.concatenate([transitions.observations, transitions.actions,
                            rewards[:, None], values[:, None]], axis=1)
+
+
+# ---------------------------------------------------------------------- held-out episodes
+def held_out_episodes(n_episodes: int, fraction: float) -> np.ndarray:
+    """Indices (sorted) of the whole episodes kept out of training: ``round(fraction * E)`` of them
+    (none for a dataset too small to spare one), chosen by a fixed seed."""
+    count = min(n_episodes - 1, round(fraction * n_episodes)) if fraction > 0 else 0
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(n_episodes)
+    return np.sort(order[:count]).astype(np.int64)
+
+
+def episode_mask(lengths: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """bool [N]: True for the transitions of ``episodes`` (episodes back to back)."""
+    return np.repeat(np.isin(np.arange(len(lengths)), episodes), lengths)
 
 
 # ---------------------------------------------------------------------- tokens (+ cache)
@@ -70,16 +106,28 @@ class TokenizedData:
     tokens: np.ndarray  # [N, D] uint8
     lengths: np.ndarray  # [E] int64, episode lengths (episodes are back to back)
     discretizer: Discretizer
-    meta: dict  # env_id, source, obs_dim, act_dim, return statistics
+    meta: dict  # env_id, source, obs_dim, act_dim, return statistics, held_out_episodes
+
+    def split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """(tokens, lengths) of the training episodes and of the held-out ones."""
+        held = np.asarray(self.meta.get("held_out_episodes", []), dtype=np.int64)
+        in_held = episode_mask(self.lengths, held)
+        keep = ~np.isin(np.arange(len(self.lengths)), held)
+        return ((self.tokens[~in_held], self.lengths[keep]),
+                (self.tokens[in_held], self.lengths[~keep]))
 
 
 def tokenize(transitions: Transitions, cfg: DataConfig) -> TokenizedData:
-    rows = joined_rows(transitions, cfg.discount, cfg.terminal_penalty)  # [N, D]
-    discretizer = Discretizer(cfg.n_bins, cfg.strategy).fit(rows)
+    """Rows -> tokens; the discretizer is fitted on the training episodes only, so nothing of the
+    held-out episodes reaches training."""
+    rows = joined_rows(transitions, cfg.discount, cfg.terminal_penalty,
+                       cfg.bootstrap_timeouts)  # [N, D]
     _, lengths = transitions.episode_bounds()
+    held = held_out_episodes(len(lengths), cfg.holdout_fraction)
+    discretizer = Discretizer(cfg.n_bins, cfg.strategy).fit(rows[~episode_mask(lengths, held)])
     meta = {"env_id": transitions.env_id, "source": transitions.source,
             "obs_dim": transitions.obs_dim, "act_dim": transitions.act_dim,
-            **transitions.return_stats()}
+            **transitions.return_stats(), "held_out_episodes": held.tolist()}
     return TokenizedData(discretizer.encode(rows), lengths, discretizer, meta)
 
 
@@ -87,7 +135,8 @@ def cache_path(cfg: DataConfig, identity: str) -> str:
     """``<cache_dir>/tokens/<source>-<hash>.npz``; the hash covers everything the tokens depend on."""
     key = {"format": CACHE_FORMAT, "source": identity, "n_bins": cfg.n_bins,
            "strategy": cfg.strategy, "discount": cfg.discount,
-           "terminal_penalty": cfg.terminal_penalty, "env_id": cfg.env_id}
+           "terminal_penalty": cfg.terminal_penalty, "env_id": cfg.env_id,
+           "holdout_fraction": cfg.holdout_fraction, "bootstrap_timeouts": cfg.bootstrap_timeouts}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(cfg.source.rstrip("/")))[-40:]
     return os.path.join(cfg.cache_dir, "tokens", f"{slug}-{digest}.npz")
@@ -212,28 +261,50 @@ class WindowDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------- what the trainer calls
-def build_dataset(cfg: DataConfig) -> tuple[WindowDataset, Discretizer, dict]:
-    """Windows, the fitted discretizer and an info dict for ``cfg`` (tokens cached on disk).
+@dataclass
+class Datasets:
+    train: WindowDataset
+    held_out: WindowDataset | None  # windows of the held-out episodes (None: nothing held out)
+    discretizer: Discretizer
+    info: dict
+
+
+def build_datasets(cfg: DataConfig) -> Datasets:
+    """Training windows, held-out windows, the fitted discretizer and an info dict for ``cfg``
+    (tokens cached on disk).
 
     info: obs_dim, act_dim, transition_dim, vocab_size, seq_len, env_id, source, n_transitions,
-    n_episodes, n_windows, discount, packed, return_mean/std/count and normalized_mean of the
-    behaviour policy, cache_path, cache_hit, build_seconds."""
+    n_episodes, n_windows (training), held_out_episodes (indices), n_held_out_windows, discount,
+    packed, return_mean/std/count and normalized_mean of the behaviour policy (all episodes),
+    cache_path, cache_hit, build_seconds."""
     start = time.time()
     data, cache = tokenized(cfg)
-    dataset = WindowDataset(data.tokens, data.lengths, cfg.seq_len, packed=cfg.packed)
+    (tokens, lengths), (held_tokens, held_lengths) = data.split()
+    dataset = WindowDataset(tokens, lengths, cfg.seq_len, packed=cfg.packed)
+    held_out = (WindowDataset(held_tokens, held_lengths, cfg.seq_len, packed=False)
+                if len(held_lengths) else None)
     info = {**data.meta, "transition_dim": int(data.tokens.shape[1]), "vocab_size": cfg.n_bins,
             "seq_len": cfg.seq_len, "n_transitions": len(data.tokens),
             "n_episodes": len(data.lengths), "n_windows": len(dataset),
+            "n_held_out_windows": len(held_out) if held_out is not None else 0,
             "discount": cfg.discount, "packed": cfg.packed, **cache,
             "build_seconds": round(time.time() - start, 3)}
-    return dataset, data.discretizer, info
+    return Datasets(dataset, held_out, data.discretizer, info)
+
+
+def build_dataset(cfg: DataConfig) -> tuple[WindowDataset, Discretizer, dict]:
+    """The training windows, discretizer and info of :func:`build_datasets`."""
+    built = build_datasets(cfg)
+    return built.train, built.discretizer, built.info
 
 
 def describe(info: dict) -> str:
     """One line for logs."""
     norm = info.get("normalized_mean")
     score = f", normalized {norm:.1f}" if norm is not None else ""
-    return (f"{info['source']}: {info['n_transitions']:,} transitions, {info['n_episodes']} episodes, "
-            f"{info['n_windows']:,} windows of {info['seq_len']} x {info['transition_dim']} tokens; "
+    held = len(info.get("held_out_episodes", []))
+    return (f"{info['source']}: {info['n_transitions']:,} transitions, {info['n_episodes']} episodes "
+            f"({held} held out), {info['n_windows']:,} training windows of {info['seq_len']} x "
+            f"{info['transition_dim']} tokens; "
             f"behaviour return {info['return_mean']:.1f} +- {info['return_std']:.1f}{score}"
             f" ({'cache hit' if info['cache_hit'] else 'built'} in {info['build_seconds']:.1f} s)")

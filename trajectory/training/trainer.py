@@ -24,6 +24,8 @@ from trajectory.configutil import ConfigError, to_dict
 from trajectory.io import save_text
 from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, TrajectoryModel
 from trajectory.training import distributed
+from trajectory.training.ema import WeightAverage
+from trajectory.training.held_out import HeldOutMetrics
 from trajectory.training.optim import lr_at, make_optimizer
 
 HORIZON_PROBE_STEPS = 10  # steps timed to turn a time budget into a token horizon
@@ -86,9 +88,14 @@ class Trainer:
     """Holds the run's state; :meth:`fit` trains until the epochs or a budget run out."""
 
     def __init__(self, cfg: TrainRunConfig, dataset: Dataset, discretizer, layout: TokenLayout,
-                 ctx: distributed.DistContext, run_dir: str, data_info: dict | None = None):
+                 ctx: distributed.DistContext, run_dir: str, data_info: dict | None = None,
+                 held_out: Dataset | None = None):
         self.cfg, self.dataset, self.discretizer, self.layout = cfg, dataset, discretizer, layout
         self.ctx, self.run_dir, self.data_info = ctx, run_dir, data_info or {}
+        self.held_out = (HeldOutMetrics(held_out, discretizer, layout)
+                         if held_out is not None and len(held_out) and ctx.is_main else None)
+        self.held_out_metrics: dict | None = None
+        self._averaged_model = None
         tc = cfg.train
         if tc.batch_size % ctx.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the number "
@@ -97,6 +104,7 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = TrajectoryModel(cfg.model, layout).to(ctx.device)
         self.optimizer = make_optimizer(self.model, tc, ctx.device)
+        self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.progress = Progress()
         self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
@@ -119,19 +127,44 @@ class Trainer:
     # -- state
     def trainer_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "progress": vars(self.progress).copy(),
-                "rng": rng_state()}
+                "rng": rng_state(), "ema_updates": self.ema.updates if self.ema else 0}
 
     def restore(self, checkpoint) -> None:
         state = checkpoint.trainer_state
         restore_weights(self.model, self.optimizer, checkpoint.model_state, state["optimizer"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
+        if self.ema is not None:
+            if checkpoint.ema_state is None:  # a run that kept no average: start it from here
+                self.ema = WeightAverage(self.model, self.cfg.train.ema_decay)
+            else:
+                self.ema.load(checkpoint.ema_state, state.get("ema_updates", 0))
+
+    def measure_held_out(self, logger) -> None:
+        """Held-out metrics of the weights eval will use (the average when kept), main rank only."""
+        if self.held_out is None:
+            return
+        model = self.model
+        if self.ema is not None:
+            if self._averaged_model is None:
+                import copy
+                self._averaged_model = copy.deepcopy(self.model)
+            self._averaged_model.load_state_dict(self.ema.state)
+            model = self._averaged_model
+        self.held_out_metrics = {"step": self.progress.step, "tokens": self.progress.tokens,
+                                 "weights": "ema" if self.ema is not None else "raw",
+                                 **self.held_out(model, self.ctx.device)}
+        logger.log_scalars(self.progress.step, {k: v for k, v in self.held_out_metrics.items()
+                                                if k not in ("step", "tokens", "weights")},
+                           prefix="held_out")
 
     def save(self, metrics: dict) -> None:
         if self.ctx.is_main:
-            metrics = {**metrics, "data": self.data_info, "progress": vars(self.progress)}
+            metrics = {**metrics, "data": self.data_info, "progress": vars(self.progress),
+                       "held_out": self.held_out_metrics}
             save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_DIR), self.cfg, self.model,
-                            self.discretizer, self.trainer_state(), metrics)
+                            self.discretizer, self.trainer_state(), metrics,
+                            self.ema.state if self.ema else None)
 
     # -- one optimisation step
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
@@ -147,6 +180,8 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm.detach(), **groups}
@@ -192,6 +227,8 @@ class Trainer:
             if not self.progress.horizon_tokens and self.progress.step >= HORIZON_PROBE_STEPS:
                 self._fix_time_horizon(session_start, minutes_before)
                 logger.set_total(-(-self.progress.horizon_tokens // self.tokens_per_step))
+            if tc.held_out_every and self.progress.step % tc.held_out_every == 0:
+                self.measure_held_out(logger)
             if tc.save_every and self.progress.step % tc.save_every == 0:
                 self.save(metrics)
             if tc.max_tokens and self.progress.tokens >= tc.max_tokens:
@@ -208,6 +245,8 @@ class Trainer:
             metrics = self._reduce(stats, window_tokens / max(1e-9, time.time() - window_start))
         metrics["stop_reason"] = stop_reason
         self.progress.history.append({"step": self.progress.step, "stop": stop_reason})
+        if self.progress.step and (self.held_out_metrics or {}).get("step") != self.progress.step:
+            self.measure_held_out(logger)
         self.save(metrics)
         logger.close()
         # Ranks leave together: a gloo rank that tears down its group while rank 0 is still
@@ -232,7 +271,7 @@ class Trainer:
                               for n in names])
         values = distributed.all_mean(self.ctx, values).tolist()
         out = dict(zip(names, values))
-        out.update(lr=stats["lr"], tokens_per_s=tokens_per_s * self.ctx.world_size,
+        out.update(lr=stats["lr"], tokens_per_s=tokens_per_s,  # window_tokens counts the global batch
                    tokens=self.progress.tokens, step=self.progress.step, epoch=self.progress.epoch)
         return out
 
@@ -246,7 +285,7 @@ def _install_sigterm_handler() -> None:
 
 def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=None) -> dict:
     """Entry point of train.py: build data and model, fit, save; returns the final metrics."""
-    from trajectory.data.dataset import build_dataset
+    from trajectory.data.dataset import Datasets, build_datasets
 
     checkpoint = None
     if resume_dir is not None:
@@ -257,13 +296,17 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
         if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ and ctx.world_size > 1:
             torch.set_num_threads(1)
         run_dir = resume_dir or os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
+        build = dataset_builder or build_datasets
         if ctx.is_main:  # build or verify the token cache once, then the others read it
-            dataset, discretizer, info = (dataset_builder or build_dataset)(cfg.data)
+            built = build(cfg.data)
         distributed.barrier(ctx)
         if not ctx.is_main:
-            dataset, discretizer, info = (dataset_builder or build_dataset)(cfg.data)
+            built = build(cfg.data)
+        if not isinstance(built, Datasets):  # a builder of (train, discretizer, info): no held-out
+            built = Datasets(built[0], None, built[1], built[2])
+        dataset, discretizer, info = built.train, built.discretizer, built.info
         layout = TokenLayout(info["obs_dim"], info["act_dim"], cfg.data.n_bins, cfg.data.seq_len)
-        trainer = Trainer(cfg, dataset, discretizer, layout, ctx, run_dir, _plain(info))
+        trainer = Trainer(cfg, dataset, discretizer, layout, ctx, run_dir, _plain(info), built.held_out)
         if checkpoint is not None:
             trainer.restore(checkpoint)
         if ctx.is_main:

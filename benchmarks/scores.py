@@ -1,0 +1,207 @@
+"""The scores table: every normalized score the README quotes, from eval.py's reports.
+
+Each row is one checkpoint, one way of choosing actions and one set of seeds, evaluated with the
+score protocol (25 episodes of 1,000 steps). A row may be assembled from several reports of the
+same checkpoint and settings over disjoint seed ranges (``<dir>/part*/report.json``, e.g. 25
+episodes run as 5 processes of 5 on a machine with many cores); the parts' episodes are pooled.
+
+    python benchmarks/scores.py add runs/s5-30m/eval_beam_1000 --training "30 min" \\
+        --hardware "2 CPU cores" [--label "beam, TT settings"]
+    python benchmarks/scores.py table [--readme README.md]
+
+``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id),
+then the table is printed; ``--readme`` rewrites the README's text between the
+``<!-- scores:begin -->`` and ``<!-- scores:end -->`` markers with it, and
+benchmarks/results/scores.png shows the rows as points with their 95% intervals.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from trajectory.io import save_json, save_text  # noqa: E402
+from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS, summarize  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+SCORES = os.path.join(RESULTS, "scores.json")
+BEGIN, END = "<!-- scores:begin -->", "<!-- scores:end -->"
+PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
+                "percentile", "likelihood_weight")
+
+
+def load_reports(folder: str) -> list[dict]:
+    """The report of ``folder``, or the reports of its ``part*`` sub-folders."""
+    single = os.path.join(folder, "report.json")
+    paths = [single] if os.path.isfile(single) else sorted(glob.glob(os.path.join(folder, "part*",
+                                                                                  "report.json")))
+    if not paths:
+        raise SystemExit(f"error: no report.json in {folder} or its part*/ folders")
+    return [json.load(open(p)) for p in paths]
+
+
+def action_choice(settings: dict) -> str:
+    """How actions were chosen, in words, from a report's settings."""
+    weights = settings.get("weights", "ema")
+    if settings.get("planner", "beam") == "policy":
+        return f"policy, {settings.get('policy_actions', 'greedy')} ({weights} weights)"
+    extras = []
+    if settings.get("percentile", "mean") != "mean":
+        extras.append(f"reward/value at q={settings['percentile']}")
+    if settings.get("likelihood_weight"):
+        extras.append(f"likelihood weight {settings['likelihood_weight']}")
+    if settings.get("cdf_act") != 0.6:
+        extras.append(f"cdf_act {settings.get('cdf_act')}")
+    base = (f"beam {settings['beam_width']}x{settings['sample_expand']}, "
+            f"{settings['beam_steps']} steps")
+    return ", ".join([base, *extras]) + f" ({weights} weights)"
+
+
+def merge(reports: list[dict]) -> dict:
+    """Pool the episodes of reports that share checkpoint and settings (seeds may differ)."""
+    first = reports[0]
+    same = {k: v for k, v in first["settings"].items() if k not in ("seed", "n_episodes", "out",
+                                                                     "threads", "device")}
+    for other in reports[1:]:
+        mismatch = [k for k, v in same.items() if other["settings"].get(k) != v]
+        if mismatch or other["checkpoint"] != first["checkpoint"]:
+            raise SystemExit(f"error: reports differ in {mismatch or ['checkpoint']}; a row pools "
+                             f"episodes of one checkpoint and one setting")
+    seeds, returns, scores, failures, lengths = [], [], [], [], []
+    for report in reports:
+        start = report["settings"]["seed"]
+        seeds.extend(range(start, start + len(report["returns"])))
+        for failure in report["failed_episodes"]:
+            failures.append({**failure, "seed": start + failure["episode"]})
+        returns.extend(report["returns"])
+        scores.extend(report["normalized_scores"])
+        lengths.extend(report["episode_lengths"])
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit("error: the reports overlap in seeds")
+    return {"seeds": seeds, "returns": returns, "normalized_scores": scores,
+            "episode_lengths": lengths, "failed_episodes": failures}
+
+
+def make_row(folder: str, training: str, hardware: str, label: str | None) -> dict:
+    reports = load_reports(folder)
+    pooled = merge(reports)
+    first = reports[0]
+    held_out = first.get("held_out") or {}
+    seeds = sorted(pooled["seeds"])
+    settings = first["settings"]
+    row = {
+        "id": f"{first['checkpoint']}|{action_choice(settings)}|{seeds[0]}-{seeds[-1]}",
+        "checkpoint": first["checkpoint"], "core": first["core"],
+        "size": first.get("size"), "training": training, "hardware": hardware,
+        "tokens": (first.get("training") or {}).get("tokens"),
+        "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
+        "held_out_value_corr": held_out.get("value_corr"),
+        "actions": label or action_choice(settings),
+        "planner_settings": {k: settings.get(k) for k in ("planner", "policy_actions", "weights",
+                                                          *PLANNER_KEYS)},
+        "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
+        "max_episode_steps": settings["max_episode_steps"],
+        "score": summarize(pooled["normalized_scores"], seed=seeds[0]),
+        "return_mean": float(np.mean(pooled["returns"])),
+        "failed": len(pooled["failed_episodes"]),
+        "failed_episodes": pooled["failed_episodes"],
+        "ms_per_env_step": float(np.mean([r["ms_per_env_step"] for r in reports])),
+        "eval_device": settings.get("device"),
+        "returns": pooled["returns"],
+    }
+    row["protocol"] = (row["episodes"] >= COMPARABLE_EPISODES
+                       and min(pooled["episode_lengths"]) >= COMPARABLE_STEPS)
+    return row
+
+
+def load_rows() -> list[dict]:
+    return json.load(open(SCORES))["rows"] if os.path.isfile(SCORES) else []
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| core | size | training | tokens | held-out CE obs / act / rew / val | actions | "
+             "normalized (± s.e.m.) | 95% CI | failed | seeds |",
+             "| --- | --- | --- | ---: | --- | --- | ---: | --- | ---: | --- |"]
+    for r in rows:
+        ce = r.get("held_out_ce")
+        ce_text = " / ".join(f"{ce[k]:.2f}" for k in ("obs", "act", "reward", "value")) if ce else "n/a"
+        tokens = f"{r['tokens'] / 1e6:.0f}M" if r.get("tokens") else "n/a"
+        s = r["score"]
+        flag = "" if r["protocol"] else " (not protocol)"
+        lines.append(f"| {r['core']} | {r.get('size') or ''} | {r['training']}, {r['hardware']} | "
+                     f"{tokens} | {ce_text} | {r['actions']} | **{s['mean']:.1f}** ± {s['sem']:.1f}"
+                     f"{flag} | {s['ci95'][0]:.1f}-{s['ci95'][1]:.1f} | {r['failed']} of "
+                     f"{r['episodes']} | {r['seeds'][0]}-{r['seeds'][1]} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+    for i, r in enumerate(rows):
+        s = r["score"]
+        color = "tab:blue" if r["planner_settings"]["planner"] == "beam" else "tab:orange"
+        ax.errorbar(s["mean"], i, xerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]],
+                    fmt="o", color=color)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['core']} {r['training']}: {r['actions'][:48]} [{r['seeds'][0]}]"
+                        for r in rows], fontsize=7)
+    ax.axvline(46.9, ls="--", color="gray", lw=0.8)
+    ax.text(46.9, len(rows) - 0.5, " TT 46.9", fontsize=7, color="gray")
+    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search, orange: policy")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def update_readme(readme: str, text: str) -> None:
+    content = open(readme).read()
+    if BEGIN not in content or END not in content:
+        raise SystemExit(f"error: {readme} has no {BEGIN} ... {END} markers")
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    save_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", readme)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="add (or replace) a row from an eval folder")
+    add.add_argument("folder")
+    add.add_argument("--training", required=True, help="budget, e.g. '30 min' or '600M tokens'")
+    add.add_argument("--hardware", required=True, help="where it trained, e.g. '2 CPU cores'")
+    add.add_argument("--label", default=None, help="how actions were chosen (default: settings)")
+    add.add_argument("--size", default=None, help="d_model x layers (default: from the checkpoint)")
+    show = sub.add_parser("table", help="print the table (and update the README)")
+    for p in (add, show):
+        p.add_argument("--readme", default=None)
+    args = parser.parse_args(argv)
+    rows = load_rows()
+    if args.command == "add":
+        row = make_row(args.folder, args.training, args.hardware, args.label)
+        if args.size:
+            row["size"] = args.size
+        rows = [r for r in rows if r["id"] != row["id"]] + [row]
+        save_json({"rows": rows}, SCORES)
+    text = table(rows)
+    print(text)
+    plot(rows, os.path.join(RESULTS, "scores.png"))
+    if args.readme:
+        update_readme(args.readme, text + "\n\n![scores](benchmarks/results/scores.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

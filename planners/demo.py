@@ -1,0 +1,117 @@
+"""``make demo``: the main job end to end on the CPU default, with an honest summary.
+
+1. data: the halfcheetah-medium reproduction (generated on first use, then cached) and its tokens;
+2. train: the CPU config of the chosen core for ``minutes`` (skipped when the run already has a
+   checkpoint, unless ``retrain=true``);
+3. evaluate the checkpoint twice on the same seeds, by the score protocol (25 episodes of 1,000
+   steps): planning with the settings of ``configs/eval_base.yaml``, and the model's own greedy
+   policy with no search, the baseline the planner has to beat;
+4. a summary: dataset return, training, both scores with their standard errors, failed episodes.
+
+    python -m planners.demo [core=s5] [minutes=30] [episodes=25] [eval_steps=1000] [seed=1000]
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from trajectory.cli import run
+from trajectory.configutil import build_config
+from trajectory.io import save_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class DemoConfig:
+    core: str = "s5"  # which CPU config to train (s5 plans fastest on a CPU: benchmarks/results)
+    minutes: float = 30.0  # training budget
+    retrain: bool = False  # train again even if the run has a checkpoint
+    episodes: int = 25  # evaluation episodes, planned in one batch (25: the score protocol)
+    eval_steps: int = 1000  # env steps per episode (1000 = a full HalfCheetah episode)
+    seed: int = 1000  # episode i starts from seed + i, the same for planner and policy
+    device: str = "cpu"
+
+
+def stage(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def evaluate_both(cfg: DemoConfig, run_dir: str) -> dict:
+    from planners.rollout import evaluate
+    from trajectory.config import EvalConfig
+
+    reports = {}
+    for planner in ("beam", "policy"):
+        eval_cfg = build_config(EvalConfig, os.path.join(ROOT, "configs/eval_base.yaml"),
+                                [f"checkpoints_path={run_dir}", f"n_episodes={cfg.episodes}",
+                                 f"max_episode_steps={cfg.eval_steps}", f"seed={cfg.seed}",
+                                 f"planner={planner}", f"device={cfg.device}",
+                                 f"out={os.path.join(run_dir, f'eval_{planner}_{cfg.seed}')}"])
+        reports[planner] = evaluate(eval_cfg)
+    return reports
+
+
+def demo(cfg: DemoConfig) -> dict:
+    from trajectory.checkpoint import CHECKPOINT_DIR
+    from trajectory.config import TrainRunConfig
+    from trajectory.data.dataset import build_dataset, describe
+    from trajectory.score_stats import format_score
+
+    summary: dict = {}
+    config_path = os.path.join(ROOT, f"configs/cpu/halfcheetah_medium_{cfg.core}.yaml")
+    train_cfg = build_config(TrainRunConfig, config_path,
+                             [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}"])
+    stage("1. data: halfcheetah-medium")
+    start = time.time()
+    _, _, info = build_dataset(train_cfg.data)
+    print(describe(info))
+    summary["data"] = {"seconds": round(time.time() - start, 1),
+                       "behaviour": {k: info.get(k) for k in ("return_mean", "normalized_mean")}}
+
+    stage(f"2. train: {cfg.core} core, {cfg.minutes:g} minutes on {cfg.device}")
+    run_dir = os.path.join(train_cfg.runs_dir, train_cfg.name)
+    if os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)) and not cfg.retrain:
+        print(f"{run_dir} already has a checkpoint: skipping training (retrain=true to train again)")
+    else:
+        from trajectory.training.trainer import train
+        train(train_cfg)
+    with open(os.path.join(run_dir, CHECKPOINT_DIR, "metrics.json")) as f:
+        metrics = json.load(f)
+    summary["train"] = {k: metrics.get(k) for k in ("loss", "act", "obs", "reward", "value", "step",
+                                                    "tokens", "stop_reason", "held_out")}
+
+    stage(f"3. evaluate: {cfg.episodes} episodes x {cfg.eval_steps} steps, seeds {cfg.seed}-"
+          f"{cfg.seed + cfg.episodes - 1}: planner, then the model's own policy")
+    reports = evaluate_both(cfg, run_dir)
+    summary["eval"] = {name: {"score": r["score"], "failed": len(r["failed_episodes"]),
+                              "ms_per_env_step": r["ms_per_env_step"], "warnings": r["warnings"]}
+                       for name, r in reports.items()}
+
+    stage("4. summary")
+    behaviour = summary["data"]["behaviour"] or {}
+    print(f"dataset (behaviour policy) return: {behaviour.get('return_mean') or float('nan'):.0f} "
+          f"(normalized {behaviour.get('normalized_mean') or float('nan'):.1f})")
+    print(f"training: {metrics.get('step')} steps, {metrics.get('tokens', 0) / 1e6:.0f}M tokens, "
+          f"final loss {metrics.get('loss', float('nan')):.3f}, stopped by {metrics.get('stop_reason')}")
+    for name, label in (("beam", "beam-search planner"), ("policy", "model's own policy (greedy)")):
+        r = reports[name]
+        print(f"{label:>28}: normalized {format_score(r['score'])}, failed "
+              f"{len(r['failed_episodes'])} of {len(r['returns'])}, {r['ms_per_env_step']:.0f} ms/env step")
+    for warning in reports["beam"]["warnings"]:
+        print(f"warning: {warning}")
+    print("Trajectory Transformer reports 46.9 on halfcheetah-medium-v2 (a GPU-trained model)")
+    save_json(summary, os.path.join(run_dir, "demo_summary.json"))
+    return summary
+
+
+def main(argv=None) -> int:
+    return run(DemoConfig, argv, __doc__.strip().splitlines()[0],
+               "python -m planners.demo core=s5 minutes=5 episodes=5", demo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

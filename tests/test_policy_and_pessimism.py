@@ -1,0 +1,104 @@
+"""The no-search policy, pessimistic reading of rewards/values, and the likelihood term of the beam."""
+import numpy as np
+import pytest
+import torch
+from test_planner import SMALL, eval_cfg, fitted_discretizer, tiny_model
+
+from planners import PLANNERS, build_planner
+from planners.beam import BeamPlanner, observed_log_likelihood
+from planners.estimates import parse_percentile, read_scalar
+from planners.policy import PolicyPlanner
+from trajectory.configutil import ConfigError
+from trajectory.models.cores import CORES
+
+
+def greedy_reference(model, context, layout):
+    """Most likely action tokens, one dimension at a time, by re-running the whole sequence."""
+    seq = context.clone()
+    for _ in range(layout.act_dim):
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[:, context.shape[1]:]
+
+
+@pytest.mark.parametrize("core", sorted(CORES))
+def test_greedy_policy_takes_the_most_likely_action(core):
+    model, disc = tiny_model(core, SMALL), fitted_discretizer(SMALL)
+    cfg = eval_cfg(planner="policy", policy_actions="greedy")
+    context = torch.randint(0, SMALL.vocab, (4, 2 * SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(1))
+    plan = PolicyPlanner(model, disc, SMALL, cfg).plan(context)
+    assert plan.actions.shape == (4, 1, SMALL.act_dim)
+    assert torch.equal(plan.actions[:, 0], greedy_reference(model, context, SMALL))
+    # its log-likelihood is that of the argmax tokens under the model
+    assert (plan.log_likelihood <= 0).all() and torch.isfinite(plan.observed_log_likelihood).all()
+
+
+def test_sampled_policy_varies_and_respects_the_cdf_filter():
+    model, disc = tiny_model("gpt", SMALL), fitted_discretizer(SMALL)
+    context = torch.zeros(64, SMALL.obs_dim, dtype=torch.long)
+    sampled = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy", policy_actions="sample",
+                                                          cdf_act=None),
+                            torch.Generator().manual_seed(0)).plan(context)
+    assert len({tuple(a) for a in sampled.actions[:, 0].tolist()}) > 1
+    greedy = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy")).plan(context)
+    assert len({tuple(a) for a in greedy.actions[:, 0].tolist()}) == 1
+    assert torch.isnan(greedy.observed_log_likelihood).all()  # no past to condition on
+
+
+def test_planner_registry():
+    assert set(PLANNERS) >= {"beam", "policy"}
+    model, disc = tiny_model("s5", SMALL), fitted_discretizer(SMALL)
+    assert isinstance(build_planner(model, disc, SMALL, eval_cfg()), BeamPlanner)
+    with pytest.raises(ConfigError, match="unknown planner 'greedy'.*beam, policy"):
+        build_planner(model, disc, SMALL, eval_cfg(planner="greedy"))
+
+
+def test_quantile_reading_of_a_distribution():
+    disc = fitted_discretizer(SMALL, low=0.0, high=12.0)  # 12 bins of width 1
+    dim = 0
+    centres = torch.as_tensor(disc.centres[dim], dtype=torch.float32)
+    probs = torch.zeros(2, SMALL.vocab)
+    probs[0, [2, 9]] = 0.5  # half the mass low, half high
+    probs[1, 5] = 1.0  # certain
+    logits = probs.clamp_min(1e-12).log()
+    mean = read_scalar(logits, disc, dim, None)
+    torch.testing.assert_close(mean, torch.stack([(centres[2] + centres[9]) / 2, centres[5]]),
+                               atol=1e-4, rtol=0)
+    low = read_scalar(logits, disc, dim, 0.25)
+    assert low.tolist() == pytest.approx([centres[2].item(), centres[5].item()])
+    high = read_scalar(logits, disc, dim, 0.75)
+    assert high[0] == pytest.approx(centres[9].item())
+    # pessimism costs the uncertain estimate, not the certain one
+    assert low[0] < mean[0] and low[1] == pytest.approx(mean[1].item(), abs=1e-4)
+    assert parse_percentile("mean") is None and parse_percentile("0.1") == 0.1
+    with pytest.raises(ValueError):
+        parse_percentile("1.5")
+
+
+def test_beam_score_includes_the_likelihood_term():
+    model, disc = tiny_model("s5", SMALL), fitted_discretizer(SMALL)
+    context = torch.randint(0, SMALL.vocab, (3, SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(2))
+    plans = {}
+    for weight in (0.0, 0.7):
+        cfg = eval_cfg(likelihood_weight=weight)
+        plans[weight] = BeamPlanner(model, disc, SMALL, cfg, torch.Generator().manual_seed(5)).plan(context)
+    for weight, plan in plans.items():
+        discounts = 0.99 ** torch.arange(plan.rewards.shape[1] + 1, dtype=torch.float32)
+        estimate = (plan.rewards * discounts[:-1]).sum(-1) + plan.value * discounts[-1]
+        torch.testing.assert_close(plan.score - estimate, weight * plan.log_likelihood,
+                                   atol=1e-3, rtol=1e-5)
+    # a strong weight prefers plans the model finds likelier
+    assert (plans[0.7].log_likelihood >= plans[0.0].log_likelihood - 1e-4).float().mean() >= 2 / 3
+
+
+def test_observed_log_likelihood_reads_the_prefill():
+    obs_dim, vocab = 2, 5
+    context = torch.tensor([[1, 2, 3, 4, 0]])  # ..., then observation tokens [4, 0]
+    logits = torch.zeros(1, 5, vocab)
+    logits[0, 2, 4] = 10.0  # position 2 predicts token 3 (4): confident and right
+    logits[0, 3, 1] = 10.0  # position 3 predicts token 4 (0): confident and wrong
+    got = observed_log_likelihood(logits, context, obs_dim)
+    expected = (torch.log_softmax(logits[0, 2], -1)[4] + torch.log_softmax(logits[0, 3], -1)[0]) / 2
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert np.isnan(observed_log_likelihood(logits[:, :2], context[:, :2], obs_dim).item())

@@ -1,0 +1,65 @@
+"""Score summaries and failure detection on synthetic returns and observations."""
+import math
+
+import numpy as np
+import pytest
+
+from planners.rollout import EpisodeTrace, failure_evidence
+from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
+
+
+def test_summary_mean_sem_and_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(40.0, 5.0, size=25)
+    s = summarize(scores, seed=1)
+    assert s["n"] == 25 and s["mean"] == pytest.approx(scores.mean())
+    assert s["sem"] == pytest.approx(scores.std(ddof=1) / 5.0)
+    low, high = s["ci95"]
+    assert low < s["mean"] < high
+    # a percentile bootstrap of a mean is about +-1.96 standard errors wide
+    assert (high - low) / (2 * 1.96 * s["sem"]) == pytest.approx(1.0, abs=0.15)
+    # more episodes, narrower interval
+    wide = summarize(rng.normal(40.0, 5.0, size=5), seed=1)
+    assert wide["ci95"][1] - wide["ci95"][0] > high - low
+    assert "n=25" in format_score(s)
+
+
+def test_bimodal_returns_give_a_wide_interval():
+    # 21 episodes that run and 4 that flip: the interval must not hide the flips
+    scores = np.array([42.0] * 21 + [1.0] * 4)
+    s = summarize(scores, seed=0)
+    assert s["ci95"][0] < 40.0 < s["ci95"][1] and s["sem"] > 2.0
+    constant = summarize(np.full(25, 42.0))
+    assert constant["sem"] == 0.0 and constant["ci95"] == [42.0, 42.0]
+    assert math.isnan(summarize([3.0])["sem"])
+
+
+def test_failures_from_torso_angle_and_negative_returns():
+    trace = EpisodeTrace(envs=4, steps=10)
+    rows = np.arange(4)
+    for t in range(10):
+        angles = np.array([0.1, 0.2 + 0.2 * t, -0.3, 0.0])  # env 1 passes pi/2 at t = 7 (1.6)
+        angles[2] = -2.0 if t >= 3 else -0.3  # env 2 flips backwards at t = 3, and stays
+        trace.record_step(rows, t, np.ones(4), angles)
+    assert trace.first_flip_step.tolist() == [-1, 7, 3, -1]
+    returns = np.array([5.0, 2.0, 1.0, -3.0])
+    failures = failed_episodes(returns, trace.first_flip_step)
+    assert [(f["episode"], f["step"], f["reason"]) for f in failures] == [
+        (1, 7, "torso past 90 degrees"), (2, 3, "torso past 90 degrees"), (3, None, "return below 0")]
+    evidence = failure_evidence(trace, failures)
+    assert len(evidence) == 1 + len(failures)
+    assert evidence[0]["episodes_that_did_not_fail"]["reward"] == pytest.approx(1.0)
+    assert failed_episodes(np.array([1.0, 2.0]), np.array([-1, -1])) == []
+
+
+def test_finished_envs_are_not_recorded():
+    trace = EpisodeTrace(envs=3, steps=4)
+    trace.record_step(np.array([0, 2]), 0, np.array([1.0, 2.0]), np.array([2.0, 0.0]))
+    assert np.isnan(trace.reward[1, 0]) and trace.reward[2, 0] == 2.0
+    assert trace.first_flip_step.tolist() == [0, -1, -1]
+
+
+def test_warnings_for_short_evaluations():
+    assert comparability_warnings(25, 1000) == []
+    assert len(comparability_warnings(5, 1000)) == 1 and "smoke test" in comparability_warnings(5, 1000)[0]
+    assert len(comparability_warnings(25, 200)) == 1
