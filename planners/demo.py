@@ -64,7 +64,8 @@ def demo(cfg: DemoConfig) -> dict:
     summary: dict = {}
     config_path = os.path.join(ROOT, f"configs/cpu/halfcheetah_medium_{cfg.core}.yaml")
     train_cfg = build_config(TrainRunConfig, config_path,
-                             [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}"])
+                             [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}",
+                              f"overwrite={cfg.retrain}"])
     stage("1. data: halfcheetah-medium")
     start = time.time()
     _, _, info = build_dataset(train_cfg.data)

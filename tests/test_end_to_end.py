@@ -66,3 +66,27 @@ def test_train_then_eval_from_the_command_line(tmp_path, core, quantize):
     report = json.loads((run_dir / f"eval_{quantize}" / "report.json").read_text())
     assert report["quantization"]["mode"] == quantize and report["episode_lengths"] == [2]
     assert (run_dir / "quantized" / f"model_int8_{quantize}.pt").exists()
+
+
+def test_sigterm_stops_training_at_a_step_boundary_and_saves(tmp_path):
+    import signal
+    import time
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source)
+    args = [sys.executable, os.path.join(ROOT, "train.py"), f"data.source={source}",
+            f"data.cache_dir={tmp_path / 'data'}", "data.seq_len=4", "data.n_bins=16",
+            "model.core=s5", "model.d_model=16", "model.n_layers=1", "train.batch_size=8",
+            "train.epochs=100000", "train.save_every=0", "train.log_every=1",
+            f"runs_dir={tmp_path / 'runs'}", "name=tiny"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    tb = tmp_path / "runs" / "tiny" / "tb"
+    deadline = time.time() + 300
+    while not (tb.is_dir() and any(tb.iterdir())) and time.time() < deadline:  # training started
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "checkpoint" / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "signal" and metrics["progress"]["step"] >= 1

@@ -188,3 +188,26 @@ def test_time_budget_sets_the_schedule_horizon_from_measured_throughput(tmp_path
     assert 12 * trainer.tokens_per_step < horizon <= trainer.epoch_tokens
     saved = load_checkpoint(trainer.run_dir, with_trainer_state=True)
     assert saved.trainer_state["progress"]["horizon_tokens"] == horizon  # resume keeps the schedule
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one_and_resume_takes_either_folder(tmp_path):
+    from trajectory.configutil import ConfigError
+    from trajectory.training.trainer import train
+
+    def builder(data_cfg):
+        return TokenWindows(), discretizer(), {"obs_dim": LAYOUT.obs_dim, "act_dim": LAYOUT.act_dim}
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.max_tokens = 2 * cfg.train.batch_size * (LAYOUT.max_tokens - 1)
+    train(cfg, dataset_builder=builder)
+    run_dir = tmp_path / "tiny"
+    first = (run_dir / "checkpoint" / "model.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a trained run.*--resume"):
+        train(cfg, dataset_builder=builder)
+    assert (run_dir / "checkpoint" / "model.pt").read_bytes() == first  # untouched
+    # --resume with the checkpoint folder itself continues the run in place
+    cfg.train.max_tokens *= 2
+    metrics = train(cfg, resume_dir=str(run_dir / "checkpoint"), dataset_builder=builder)
+    assert metrics["step"] == 4 and not (run_dir / "checkpoint" / "checkpoint").exists()
+    cfg.overwrite = True
+    assert train(cfg, dataset_builder=builder)["step"] == 4  # a new run from step 0 to 4

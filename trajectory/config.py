@@ -78,6 +78,7 @@ class TrainRunConfig:
 
     name: str = ""  # run name; runs/<name>/ (default: <dataset>-<core>)
     runs_dir: str = "runs"
+    overwrite: bool = False  # replace an existing run of the same name (else: refuse; --resume it)
     device: str = "cpu"
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)

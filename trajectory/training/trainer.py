@@ -212,7 +212,7 @@ class Trainer:
         session_start, minutes_before = time.time(), self.progress.minutes
         metrics: dict = {}
         window_start, window_tokens = time.time(), 0
-        stop_reason = "epochs"
+        stop_reason, stats = "epochs", None
         self.model.train()
         for batch in self.batches():
             stats = self.train_step(batch)
@@ -234,14 +234,17 @@ class Trainer:
             if tc.max_tokens and self.progress.tokens >= tc.max_tokens:
                 stop_reason = "max_tokens"
                 break
-            over_budget = self.progress.minutes >= tc.budget_minutes
-            if tc.budget_minutes and distributed.any_rank(self.ctx, over_budget):
-                stop_reason = "budget_minutes"
+            over_budget = bool(tc.budget_minutes) and self.progress.minutes >= tc.budget_minutes
+            signalled = STOP_SIGNAL["received"]
+            # one collective per step under DDP, so that every rank stops at the same step
+            if (self.ctx.enabled or over_budget or signalled) and distributed.any_rank(
+                    self.ctx, over_budget or signalled):
+                stop_reason = "signal" if distributed.any_rank(self.ctx, signalled) else "budget_minutes"
                 break
             if max_steps is not None and self.progress.step >= max_steps:
                 stop_reason = "max_steps"
                 break
-        if not metrics and self.progress.step:
+        if not metrics and self.progress.step and stats is not None:
             metrics = self._reduce(stats, window_tokens / max(1e-9, time.time() - window_start))
         metrics["stop_reason"] = stop_reason
         self.progress.history.append({"step": self.progress.step, "stop": stop_reason})
@@ -276,10 +279,15 @@ class Trainer:
         return out
 
 
+STOP_SIGNAL = {"received": False}
+
+
 def _install_sigterm_handler() -> None:
-    # torchrun stops workers with SIGTERM: turn it into KeyboardInterrupt so `finally` runs.
+    # Schedulers and torchrun stop a job with SIGTERM: finish the current step, save, then leave.
+    # (Raising inside the handler could interrupt an optimizer step half-way and save that.)
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        STOP_SIGNAL["received"] = True
+    STOP_SIGNAL["received"] = False
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -289,7 +297,10 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
 
     checkpoint = None
     if resume_dir is not None:
+        resume_dir = run_folder(resume_dir)
         checkpoint = load_checkpoint(resume_dir, with_trainer_state=True)
+    else:
+        prepare_fresh_run(os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg)), cfg.overwrite)
     ctx = distributed.setup(cfg.device)
     _install_sigterm_handler()
     try:
@@ -322,6 +333,26 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
         return metrics
     finally:
         distributed.cleanup()
+
+
+def run_folder(path: str) -> str:
+    """``runs/x`` for ``runs/x`` or its checkpoint folder ``runs/x/checkpoint``."""
+    path = os.path.normpath(path)
+    if os.path.basename(path) == CHECKPOINT_DIR and os.path.isfile(os.path.join(path, "config.yaml")):
+        return os.path.dirname(path)
+    return path
+
+
+def prepare_fresh_run(run_dir: str, overwrite: bool) -> None:
+    """Refuse to train a new run into a folder that holds one, unless asked to replace it."""
+    if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
+        return
+    if not overwrite:
+        raise ConfigError(f"{run_dir} already holds a trained run: continue it with --resume "
+                          f"{run_dir}, choose another name=..., or replace it with overwrite=true")
+    import shutil
+    for part in (CHECKPOINT_DIR, "tb"):  # the old run's logs would mix with the new one's
+        shutil.rmtree(os.path.join(run_dir, part), ignore_errors=True)
 
 
 def _plain(info: dict) -> dict:
