@@ -103,6 +103,21 @@ class EpisodeTrace:
         return {name: getattr(self, name) for name in (*self.FIELDS, "first_flip_step")}
 
 
+def resolve_env_id(cfg: EvalConfig, checkpoint) -> str:
+    """The checkpoint's environment (from its dataset), or ``cfg.env_id`` when that is the same.
+    Dimensions cannot tell environments apart (Walker2d and HalfCheetah both have 17 and 6)."""
+    from trajectory.configutil import ConfigError
+    trained_on = checkpoint.metrics.get("data", {}).get("env_id")
+    if not cfg.env_id:
+        if not trained_on:
+            raise ConfigError(f"{checkpoint.path} does not record its environment; pass env_id=...")
+        return trained_on
+    if trained_on and cfg.env_id != trained_on:
+        raise ConfigError(f"env_id={cfg.env_id}, but {checkpoint.path} was trained on {trained_on} "
+                          f"data; leave env_id empty to use it")
+    return cfg.env_id
+
+
 def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool = True) -> dict:
     """Run ``cfg.n_episodes`` episodes in lockstep (env ``i`` reset with seed ``cfg.seed + i``);
     returns returns, lengths, timings and the :class:`EpisodeTrace`."""
@@ -253,6 +268,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise SystemExit(f"error: eval.py takes one quantize mode, got '{cfg.quantize}' "
                          f"(profile.py compares several)")
     checkpoint, model = load_for_eval(cfg, device)
+    cfg.env_id = resolve_env_id(cfg, checkpoint)
     folder = "eval" if cfg.quantize == "none" else f"eval_{cfg.quantize}"  # precisions side by side
     out = cfg.out or os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), folder)
     os.makedirs(out, exist_ok=True)

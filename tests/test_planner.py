@@ -27,7 +27,8 @@ def tiny_model(core: str, layout: TokenLayout) -> TrajectoryModel:
 
 
 def eval_cfg(**overrides) -> EvalConfig:
-    base = dict(beam_width=4, sample_expand=2, beam_steps=2, beam_context=2, cdf_act=0.3)
+    base = dict(beam_width=4, sample_expand=2, beam_steps=2, beam_context=2, cdf_act=0.3,
+                env_id="HalfCheetah-v5")
     return EvalConfig(**{**base, **overrides})
 
 
@@ -160,3 +161,17 @@ def test_render_records_an_animation_of_the_first_episode(tmp_path):
     assert result["frames"][0].ndim == 3 and result["frames"][0].shape[2] == 3
     path = save_animation(result["frames"], str(tmp_path / "episode0.gif"))
     assert (tmp_path / "episode0.gif").stat().st_size > 0 and path.endswith(".gif")
+
+
+def test_eval_takes_the_env_from_the_checkpoint_and_refuses_another():
+    from types import SimpleNamespace
+
+    from planners.rollout import resolve_env_id
+    from trajectory.configutil import ConfigError
+    checkpoint = SimpleNamespace(path="runs/x", metrics={"data": {"env_id": "HalfCheetah-v5"}})
+    assert resolve_env_id(eval_cfg(env_id=""), checkpoint) == "HalfCheetah-v5"
+    assert resolve_env_id(eval_cfg(env_id="HalfCheetah-v5"), checkpoint) == "HalfCheetah-v5"
+    with pytest.raises(ConfigError, match="Walker2d-v5, but runs/x was trained on HalfCheetah-v5"):
+        resolve_env_id(eval_cfg(env_id="Walker2d-v5"), checkpoint)
+    with pytest.raises(ConfigError, match="does not record its environment"):
+        resolve_env_id(eval_cfg(env_id=""), SimpleNamespace(path="runs/y", metrics={}))

@@ -93,7 +93,7 @@ class EvalConfig:
     checkpoints_path: Optional[str] = None  # a run directory (runs/<name>) or its checkpoint folder
     device: str = "cpu"
     seed: int = 42
-    env_id: str = "HalfCheetah-v5"
+    env_id: str = ""  # '': the env of the checkpoint's dataset; another one is refused
     n_episodes: int = 25  # run in parallel, planned in one batch
     max_episode_steps: int = 1000
     planner: str = "beam"  # beam | policy (the model's own actions, no search; planners.PLANNERS)

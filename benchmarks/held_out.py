@@ -1,0 +1,64 @@
+"""Held-out metrics of checkpoints, for the raw and the averaged (EMA) weights side by side.
+
+Windows of the episodes every run held out (``data.holdout_fraction``), teacher-forced: cross-entropy
+per token group, next-observation and reward errors in real units, value calibration (see
+``trajectory/training/held_out.py``).
+
+    python benchmarks/held_out.py runs/s5-30m [runs/other ...] [--windows 2048]
+
+Prints a table and writes benchmarks/results/held_out.json (one entry per run and weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from trajectory.checkpoint import load_checkpoint  # noqa: E402
+from trajectory.data.dataset import build_datasets  # noqa: E402
+from trajectory.io import save_json  # noqa: E402
+from trajectory.training.held_out import HeldOutMetrics  # noqa: E402
+
+OUT = os.path.join(ROOT, "benchmarks", "results", "held_out.json")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--windows", type=int, default=2048)
+    args = parser.parse_args(argv)
+    results = json.load(open(OUT)) if os.path.isfile(OUT) else {}
+    for run in args.runs:
+        checkpoint = load_checkpoint(run)
+        built = build_datasets(checkpoint.config.data)
+        if built.held_out is None:
+            raise SystemExit(f"error: {run} was trained without held-out episodes "
+                             f"(data.holdout_fraction=0)")
+        # a run trained before episodes were held out saw these windows: say so beside its numbers
+        truly_held_out = "held_out_episodes" in checkpoint.metrics.get("data", {})
+        metrics = HeldOutMetrics(built.held_out, built.discretizer, checkpoint.layout,
+                                 n_windows=args.windows)
+        for weights in ("raw", "ema"):
+            if weights == "ema" and checkpoint.ema_state is None:
+                continue
+            with torch.no_grad():
+                values = metrics(checkpoint.build_model("cpu", weights), torch.device("cpu"))
+            key = f"{os.path.basename(os.path.normpath(run))}:{weights}"
+            results[key] = {"run": run, "weights": weights, "tokens": checkpoint.metrics.get("tokens"),
+                            "windows": len(metrics.index),
+                            "trained_on_these_episodes": not truly_held_out, **values}
+            print(f"{key:>36}  CE obs {values['ce_obs']:.3f} act {values['ce_act']:.3f} reward "
+                  f"{values['ce_reward']:.3f} value {values['ce_value']:.3f}  obs MAE "
+                  f"{values['obs_mae']:.3f} reward MAE {values['reward_mae']:.3f}  value corr "
+                  f"{values['value_corr']:.2f} spread {values['value_spread_ratio']:.2f}")
+    save_json(results, OUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
