@@ -211,3 +211,25 @@ def test_a_fresh_run_never_overwrites_an_existing_one_and_resume_takes_either_fo
     assert metrics["step"] == 4 and not (run_dir / "checkpoint" / "checkpoint").exists()
     cfg.overwrite = True
     assert train(cfg, dataset_builder=builder)["step"] == 4  # a new run from step 0 to 4
+
+
+def test_time_budget_horizon_is_re_measured_after_start_up(tmp_path, monkeypatch):
+    import trajectory.training.trainer as trainer_module
+    trainer = make_trainer(tmp_path)
+    trainer.cfg.train.budget_minutes = 10.0
+    trainer.epoch_tokens = 10 ** 12  # the epochs never bind here
+    per_step = trainer.tokens_per_step
+    clock = {"now": 100.0}
+    monkeypatch.setattr(trainer_module.time, "time", lambda: clock["now"])
+    # first estimate: 10 steps in 20 s of a session that started at t = 80 (slow start-up)
+    trainer._probe = None
+    trainer.progress.step, trainer.progress.tokens, trainer.progress.minutes = 10, 10 * per_step, 20 / 60
+    trainer._fix_time_horizon(session_start=80.0, session_steps=10)
+    first = trainer.progress.horizon_tokens
+    assert first == pytest.approx(10 * per_step + (10 / 20) * per_step * (600 - 20), rel=1e-6)
+    # 200 steps later at 2 steps/s: the horizon grows to what the real speed buys
+    clock["now"] = 200.0
+    trainer.progress.step, trainer.progress.tokens, trainer.progress.minutes = 210, 210 * per_step, 120 / 60
+    trainer._fix_time_horizon(session_start=80.0, session_steps=210)
+    assert trainer.progress.horizon_tokens == pytest.approx(210 * per_step + 2 * per_step * 480, rel=1e-6)
+    assert trainer.progress.horizon_tokens > first

@@ -29,6 +29,7 @@ from trajectory.training.held_out import HeldOutMetrics
 from trajectory.training.optim import lr_at, make_optimizer
 
 HORIZON_PROBE_STEPS = 10  # steps timed to turn a time budget into a token horizon
+HORIZON_UPDATE_STEPS = 200  # then re-measured this often, from the speed after the probe
 
 
 @dataclass
@@ -210,6 +211,7 @@ class Trainer:
             total_steps = min(total_steps, -(-tc.max_tokens // self.tokens_per_step))
         logger = TrainLogger(self.run_dir, self.ctx.is_main, total_steps, self.progress.step)
         session_start, minutes_before = time.time(), self.progress.minutes
+        first_step, self._probe = self.progress.step, None
         metrics: dict = {}
         window_start, window_tokens = time.time(), 0
         stop_reason, stats = "epochs", None
@@ -224,8 +226,10 @@ class Trainer:
                 logger.log(self.progress.step, metrics)
                 window_start, window_tokens = time.time(), 0
             logger.advance(self.progress.step, stats["loss"])
-            if not self.progress.horizon_tokens and self.progress.step >= HORIZON_PROBE_STEPS:
-                self._fix_time_horizon(session_start, minutes_before)
+            session_steps = self.progress.step - first_step
+            if (tc.budget_minutes and not tc.max_tokens and session_steps >= HORIZON_PROBE_STEPS
+                    and (session_steps - HORIZON_PROBE_STEPS) % HORIZON_UPDATE_STEPS == 0):
+                self._fix_time_horizon(session_start, session_steps)
                 logger.set_total(-(-self.progress.horizon_tokens // self.tokens_per_step))
             if tc.held_out_every and self.progress.step % tc.held_out_every == 0:
                 self.measure_held_out(logger)
@@ -257,12 +261,19 @@ class Trainer:
         distributed.barrier(self.ctx)
         return metrics
 
-    def _fix_time_horizon(self, session_start: float, minutes_before: float) -> None:
-        """Time-budgeted runs: stretch the schedule over the tokens the budget will buy, measured
-        on the first steps (all ranks agree: rank 0's estimate is broadcast)."""
-        elapsed = time.time() - session_start
-        rate = self.tokens_per_step * HORIZON_PROBE_STEPS / max(elapsed, 1e-6)
-        remaining = max(0.0, 60 * self.cfg.train.budget_minutes - 60 * minutes_before - elapsed)
+    def _fix_time_horizon(self, session_start: float, session_steps: int) -> None:
+        """Time-budgeted runs: stretch the schedule over the tokens the rest of the budget will
+        buy. First measured on this session's first steps (start-up included, so an estimate on
+        the low side), then every HORIZON_UPDATE_STEPS from the speed since then; a budget raised on
+        resume is honoured the same way. All ranks agree: rank 0's estimate is broadcast."""
+        now = time.time()
+        if self._probe is None:  # the first estimate
+            self._probe = (now, self.progress.step)
+            rate = self.tokens_per_step * session_steps / max(now - session_start, 1e-6)
+        else:
+            since, step = self._probe
+            rate = self.tokens_per_step * (self.progress.step - step) / max(now - since, 1e-6)
+        remaining = max(0.0, 60 * (self.cfg.train.budget_minutes - self.progress.minutes))
         estimate = torch.tensor([self.progress.tokens + rate * remaining], device=self.ctx.device)
         if self.ctx.enabled:
             torch.distributed.broadcast(estimate, src=0)
