@@ -89,11 +89,17 @@ def test_weight_average_is_saved_resumed_and_loaded_for_eval(tmp_path):
     assert_same_parameters(raw.state_dict(), trainer.model.state_dict(), atol=0)
     assert any((averaged.state_dict()[k] - raw.state_dict()[k]).abs().max() > 1e-4 for k in expected)
     # resuming carries the average on exactly
-    straight = make_trainer(tmp_path / "straight")
+    def averaging_trainer(run_dir):
+        trainer = make_trainer(run_dir)
+        trainer.cfg.train.ema_decay = 0.9
+        trainer.ema = WeightAverage(trainer.model, 0.9)
+        return trainer
+
+    straight = averaging_trainer(tmp_path / "straight")
     straight.fit(max_steps=6)
-    first = make_trainer(tmp_path / "resumed")
+    first = averaging_trainer(tmp_path / "resumed")
     first.fit(max_steps=3)
-    second = make_trainer(tmp_path / "resumed")
+    second = averaging_trainer(tmp_path / "resumed")
     second.restore(load_checkpoint(str(tmp_path / "resumed"), with_trainer_state=True))
     second.fit(max_steps=6)
     assert second.ema.updates == straight.ema.updates == 6
@@ -101,9 +107,8 @@ def test_weight_average_is_saved_resumed_and_loaded_for_eval(tmp_path):
 
 
 def test_ema_off_saves_raw_weights_only(tmp_path):
-    trainer = make_trainer(tmp_path)
-    trainer.cfg.train.ema_decay = 0.0
-    trainer.ema = None
+    trainer = make_trainer(tmp_path)  # the default: no average
+    assert trainer.ema is None
     trainer.fit(max_steps=2)
     saved = load_checkpoint(trainer.run_dir)
     assert saved.ema_state is None and saved.weights_name("ema") == "raw"

@@ -60,7 +60,7 @@ class TrainConfig:
     warmup_tokens: int = 0  # 0: 2% of the decay horizon
     decay_tokens: int = 0  # cosine decay horizon in tokens; 0: the whole run (max_tokens or epochs)
     min_lr_ratio: float = 0.1
-    ema_decay: float = 0.999  # exponential moving average of the weights, used by eval (0: off)
+    ema_decay: float = 0.0  # moving average of the weights, used by eval when kept (0: off)
     epochs: int = 50
     max_tokens: int = 0  # stop after this many tokens (0: no limit)
     budget_minutes: float = 0.0  # stop after this wall time (0: no limit)
