@@ -33,7 +33,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCORES = os.path.join(RESULTS, "scores.json")
 BEGIN, END = "<!-- scores:begin -->", "<!-- scores:end -->"
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
-                "percentile", "likelihood_weight")
+                "percentile", "likelihood_weight", "support_penalty")
 
 
 def load_reports(folder: str) -> list[dict]:
@@ -56,6 +56,8 @@ def action_choice(settings: dict) -> str:
         extras.append(f"reward/value at q={settings['percentile']}")
     if settings.get("likelihood_weight"):
         extras.append(f"likelihood weight {settings['likelihood_weight']}")
+    if settings.get("support_penalty"):
+        extras.append(f"support penalty {settings['support_penalty']}")
     if settings.get("cdf_act") != 0.6:
         extras.append(f"cdf_act {settings.get('cdf_act')}")
     base = (f"beam {settings['beam_width']}x{settings['sample_expand']}, "

@@ -7,8 +7,9 @@ Per environment step, for E environments at once:
    sample_expand`` copies of the single root at the first step), sample the action tokens, read the
    reward and the value-to-go as expectations over bin centres, score each beam by its discounted
    rewards plus the discounted value (plus ``likelihood_weight`` times the plan's log-likelihood
-   under the model, when set), keep the best ``beam_width`` beams per environment, then decode
-   the next observation greedily (``k_obs=1``);
+   under the model, minus ``support_penalty`` for every planned observation token in the first or
+   last bin of its dimension, when set), keep the best ``beam_width`` beams per environment, then
+   decode the next observation greedily (``k_obs=1``);
 3. return the first action of every environment's best beam.
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
@@ -56,6 +57,7 @@ class Plan:
     log_likelihood: torch.Tensor  # [E] log-probability of its action and observation tokens
     observed_log_likelihood: torch.Tensor  # [E] mean log p of the current observation's tokens
                                            # given the past (NaN without a past): surprise
+    outside_support: torch.Tensor | None = None  # [E] planned observation tokens in an outer bin
 
 
 def observed_log_likelihood(logits: torch.Tensor, context: torch.Tensor, obs_dim: int) -> torch.Tensor:
@@ -95,8 +97,10 @@ def token_log_prob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
 
 
 class BeamPlanner:
-    """TT's beam search; ``percentile`` and ``likelihood_weight`` make it pessimistic about plans
-    the model is unsure of or finds unlikely (both off in TT's settings)."""
+    """TT's beam search; ``percentile``, ``likelihood_weight`` and ``support_penalty`` make it wary
+    of plans the model is unsure of, finds unlikely, or that leave the data (all off in TT's
+    settings). With quantile bins the first and last bin of a dimension hold the data's outer 1%
+    each: a plan that predicts observations there is heading where the data thins out."""
 
     plan_length_key = "beam_steps"  # the config field that sets how many transitions it plans
 
@@ -138,13 +142,15 @@ class BeamPlanner:
         actions = torch.zeros(envs, 0, a, dtype=torch.long, device=device)
         rewards = torch.zeros(envs, 0, device=device)
         log_lik = torch.zeros(envs, device=device)
+        outside = torch.zeros(envs, device=device)  # planned observation tokens in an outer bin
+        last_bin = self.layout.vocab - 1
         per_env = 1
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
             state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
-            log_lik = log_lik[index]
+            log_lik, outside = log_lik[index], outside[index]
             per_env *= expand
 
             step_actions = []
@@ -161,6 +167,8 @@ class BeamPlanner:
             score = (rewards * discounts[:t + 1]).sum(-1) + value * discounts[t + 1]
             if cfg.likelihood_weight:
                 score = score + cfg.likelihood_weight * log_lik
+            if cfg.support_penalty:
+                score = score - cfg.support_penalty * outside
 
             keep = min(cfg.beam_width, per_env)
             top = score.view(envs, per_env).topk(keep, dim=-1).indices  # sorted: best first
@@ -168,6 +176,7 @@ class BeamPlanner:
             state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
             score, value, log_lik = score[index], value[index], log_lik[index]
+            outside = outside[index]
             per_env = keep
 
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
@@ -175,6 +184,8 @@ class BeamPlanner:
                 for _ in range(o):
                     token = sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs)
                     log_lik = log_lik + token_log_prob(logits, token)
+                    outside = outside + ((token == 0) | (token == last_bin)).float()
                     logits, state = self._feed(token, state)
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
-        return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise)
+        return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise,
+                    outside[best])

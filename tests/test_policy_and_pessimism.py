@@ -102,3 +102,25 @@ def test_observed_log_likelihood_reads_the_prefill():
     expected = (torch.log_softmax(logits[0, 2], -1)[4] + torch.log_softmax(logits[0, 3], -1)[0]) / 2
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert np.isnan(observed_log_likelihood(logits[:, :2], context[:, :2], obs_dim).item())
+
+
+def test_support_penalty_counts_planned_observations_in_the_outer_bins():
+    from test_planner import RewardOracle
+
+    from trajectory.models.trajectory_model import TokenLayout
+    layout = TokenLayout(obs_dim=2, act_dim=2, vocab=8, seq_len=6)
+    disc = fitted_discretizer(layout, low=-10, high=10)
+    r_dim, v_dim = layout.obs_dim + layout.act_dim, layout.obs_dim + layout.act_dim + 1
+    tok = lambda value, dim: int(disc.encode(np.array([value]), dims=dim)[0])  # noqa: E731
+    # the oracle predicts every observation token as 0: the first bin, outside the data's bulk
+    oracle = RewardOracle(layout, reward_token={}, value_token={},
+                          default=(tok(0, r_dim), tok(0, v_dim)))
+    context = torch.zeros(3, layout.obs_dim, dtype=torch.long)
+    for penalty in (0.0, 2.5):
+        cfg = eval_cfg(beam_width=4, sample_expand=2, beam_steps=3, cdf_act=None, support_penalty=penalty)
+        plan = BeamPlanner(oracle, disc, layout, cfg, torch.Generator().manual_seed(0)).plan(context)
+        assert plan.outside_support.tolist() == [2 * layout.obs_dim] * 3  # 2 planned observations
+        discounts = 0.99 ** torch.arange(4, dtype=torch.float32)
+        estimate = (plan.rewards * discounts[:3]).sum(-1) + plan.value * discounts[3]
+        torch.testing.assert_close(plan.score - estimate, -penalty * plan.outside_support,
+                                   atol=1e-4, rtol=0)

@@ -109,6 +109,7 @@ class EvalConfig:
     cdf_act: Optional[float] = 0.6  # drop the unlikely tail holding this mass (null: off)
     percentile: str = "mean"  # reward/value read as: mean (expectation) | a quantile in (0, 1)
     likelihood_weight: float = 0.0  # beam score += this x the plan's log-likelihood (0: TT)
+    support_penalty: float = 0.0  # beam score -= this per planned observation token in an outer bin
     discount: float = 0.99
     plan_every: int = 1  # re-plan every N env steps, reusing the plan in between
     quantize: str = "none"  # none | dynamic | static
