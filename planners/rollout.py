@@ -103,6 +103,16 @@ class EpisodeTrace:
         return {name: getattr(self, name) for name in (*self.FIELDS, "first_flip_step")}
 
 
+def check_finite(obs: np.ndarray, rows: np.ndarray, step: int, env_id: str) -> None:
+    """NaN or inf would silently encode to an edge bin: stop with the env and step instead."""
+    bad = ~np.isfinite(obs).all(axis=1)
+    if bad.any():
+        from trajectory.configutil import ConfigError
+        raise ConfigError(f"{env_id} returned a non-finite observation in episode "
+                          f"{int(rows[bad][0])} at step {step} (the simulation diverged); "
+                          f"nothing can be planned from it")
+
+
 def resolve_env_id(cfg: EvalConfig, checkpoint) -> str:
     """The checkpoint's environment (from its dataset), or ``cfg.env_id`` when that is the same.
     Dimensions cannot tell environments apart (Walker2d and HalfCheetah both have 17 and 6)."""
@@ -141,6 +151,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
                disable=not progress)
     for t in bar:
         rows = np.flatnonzero(active)
+        check_finite(obs[rows], rows, t, cfg.env_id)
         obs_tokens = discretizer.encode(obs[rows], dims=slice(0, o))
         offset = t % max(1, min(cfg.plan_every, cfg.beam_steps))
         fresh = (offset == 0 or plan_tokens is None or len(plan_tokens) != len(rows)

@@ -175,3 +175,13 @@ def test_eval_takes_the_env_from_the_checkpoint_and_refuses_another():
         resolve_env_id(eval_cfg(env_id="Walker2d-v5"), checkpoint)
     with pytest.raises(ConfigError, match="does not record its environment"):
         resolve_env_id(eval_cfg(env_id=""), SimpleNamespace(path="runs/y", metrics={}))
+
+
+def test_non_finite_observations_stop_the_evaluation_with_the_episode_and_step():
+    from planners.rollout import check_finite
+    from trajectory.configutil import ConfigError
+    check_finite(np.zeros((2, 3)), np.array([0, 4]), 7, "HalfCheetah-v5")
+    obs = np.zeros((2, 3))
+    obs[1, 2] = np.nan
+    with pytest.raises(ConfigError, match="episode 4 at step 7"):
+        check_finite(obs, np.array([0, 4]), 7, "HalfCheetah-v5")
