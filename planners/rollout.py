@@ -312,6 +312,26 @@ def evaluate(cfg: EvalConfig) -> dict:
     return report
 
 
+def software_versions() -> dict:
+    """What produced a report: the package and its main libraries, and the git commit if any."""
+    import importlib.metadata as metadata
+    import subprocess
+    versions = {}
+    for name in ("trajectory-planning", "torch", "gymnasium", "mujoco", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10)
+        versions["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        versions["git_commit"] = None
+    return versions
+
+
 def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) -> dict:
     returns = result["returns"]
     scores = normalized_score(cfg.env_id, returns)
@@ -339,6 +359,7 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
         "context_transitions_used": result["context_transitions"],
         "quantization": model.quantization_info,
         "settings": dict(vars(cfg)),
+        "versions": software_versions(),
     }
 
 

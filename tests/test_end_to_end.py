@@ -58,6 +58,9 @@ def test_train_then_eval_from_the_command_line(tmp_path, core, quantize):
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert len(report["returns"]) == 2 and report["episode_lengths"] == [3, 3]
     assert report["behaviour"]["return_count"] == 3
+    assert report["score"]["n"] == 2 and len(report["warnings"]) == 2  # 2 episodes of 3 steps
+    assert report["versions"]["torch"] and report["seeds"] == [3, 4]
+    assert (run_dir / "eval" / "trace.npz").exists()
     assert np.isfinite(report["normalized_mean"])
     # the same checkpoint planned with int8 (static calibrates on the checkpoint's own data)
     cli([os.path.join(ROOT, "eval.py"), f"--config={ROOT}/configs/eval_base.yaml", "--device=cpu",
