@@ -4,7 +4,7 @@ Windows of the episodes every run held out (``data.holdout_fraction``), teacher-
 per token group, next-observation and reward errors in real units, value calibration (see
 ``trajectory/training/held_out.py``).
 
-    python benchmarks/held_out.py runs/s5-30m [runs/other ...] [--windows 2048]
+    python benchmarks/held_out.py runs/s5-30m [runs/other ...] [--windows 2048] [--readme README.md]
 
 Prints a table and writes benchmarks/results/held_out.json (one entry per run and weights).
 """
@@ -19,6 +19,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+
 from trajectory.checkpoint import load_checkpoint  # noqa: E402
 from trajectory.data.dataset import build_datasets  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
@@ -29,11 +31,12 @@ OUT = os.path.join(ROOT, "benchmarks", "results", "held_out.json")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+")
+    parser.add_argument("runs", nargs="+", help="run folders, or 'table' to reprint the saved results")
     parser.add_argument("--windows", type=int, default=2048)
+    parser.add_argument("--readme", default=None, help="rewrite its held_out block with the table")
     args = parser.parse_args(argv)
     results = json.load(open(OUT)) if os.path.isfile(OUT) else {}
-    for run in args.runs:
+    for run in args.runs if args.runs != ["table"] else []:
         checkpoint = load_checkpoint(run)
         built = build_datasets(checkpoint.config.data)
         if built.held_out is None:
@@ -57,7 +60,22 @@ def main(argv=None) -> int:
                   f"{values['obs_mae']:.3f} reward MAE {values['reward_mae']:.3f}  value corr "
                   f"{values['value_corr']:.2f} spread {values['value_spread_ratio']:.2f}")
     save_json(results, OUT)
+    if args.readme:
+        replace_block(args.readme, "held_out", table(results))
     return 0
+
+
+def table(results: dict) -> str:
+    lines = ["| run | weights | tokens | CE obs | CE act | CE reward | CE value | obs MAE | reward MAE | "
+             "value corr | value spread ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, r in results.items():
+        seen = " (trained on them)" if r.get("trained_on_these_episodes") else ""
+        lines.append(f"| {key.split(':')[0]}{seen} | {r['weights']} | {r['tokens'] / 1e6:.0f}M | "
+                     f"{r['ce_obs']:.3f} | {r['ce_act']:.3f} | {r['ce_reward']:.3f} | "
+                     f"{r['ce_value']:.3f} | {r['obs_mae']:.3f} | {r['reward_mae']:.3f} | "
+                     f"{r['value_corr']:.2f} | {r['value_spread_ratio']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

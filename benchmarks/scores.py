@@ -26,12 +26,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from trajectory.io import save_json, save_text  # noqa: E402
+from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+
+from trajectory.io import save_json  # noqa: E402
 from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS, summarize  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCORES = os.path.join(RESULTS, "scores.json")
-BEGIN, END = "<!-- scores:begin -->", "<!-- scores:end -->"
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
                 "percentile", "likelihood_weight", "support_penalty")
 
@@ -168,15 +169,6 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def update_readme(readme: str, text: str) -> None:
-    content = open(readme).read()
-    if BEGIN not in content or END not in content:
-        raise SystemExit(f"error: {readme} has no {BEGIN} ... {END} markers")
-    head, rest = content.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    save_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", readme)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,7 +193,7 @@ def main(argv=None) -> int:
     print(text)
     plot(rows, os.path.join(RESULTS, "scores.png"))
     if args.readme:
-        update_readme(args.readme, text + "\n\n![scores](benchmarks/results/scores.png)")
+        replace_block(args.readme, "scores", text + "\n\n![scores](benchmarks/results/scores.png)")
     return 0
 
 

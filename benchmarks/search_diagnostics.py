@@ -22,6 +22,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+
 from trajectory.io import save_json  # noqa: E402
 
 
@@ -66,7 +68,8 @@ def describe(trace: dict[str, np.ndarray]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", help="label=eval_folder")
+    parser.add_argument("folders", nargs="*", help="label=eval_folder (none: reprint saved results)")
+    parser.add_argument("--readme", default=None, help="rewrite its search_diagnostics block")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "search_diagnostics.json"))
     args = parser.parse_args(argv)
@@ -80,9 +83,28 @@ def main(argv=None) -> int:
               f"corr {a['correlation']:.2f}, failed episodes "
               f"{(results[label]['failed'] or {}).get('episodes', 0)}")
     existing = json.load(open(args.out)) if os.path.isfile(args.out) else {}
-    save_json({**existing, **results}, args.out)
-    print(json.dumps({k: v["all"]["over_estimation"] for k, v in results.items()}))
+    results = {**existing, **results}
+    save_json(results, args.out)
+    if args.readme:
+        replace_block(args.readme, "search_diagnostics", table(results))
     return 0
+
+
+def table(results: dict) -> str:
+    lines = ["| evaluation | predicted reward / step | realised | over-estimation: all episodes | "
+             "failed episodes | others | log p(observation) / token: failed | others |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r in results.items():
+        failed, others = r.get("failed") or {}, r.get("not_failed") or {}
+
+        def fmt(d: dict, key: str, signed: bool = False) -> str:
+            return "n/a" if key not in d else (f"{d[key]:+.2f}" if signed else f"{d[key]:.2f}")
+        lines.append(f"| {label} | {r['all']['predicted_reward']:.2f} | {r['all']['realised_reward']:.2f}"
+                     f" | {r['all']['over_estimation']:+.2f} | {fmt(failed, 'over_estimation', True)} "
+                     f"({failed.get('episodes', 0)}) | {fmt(others, 'over_estimation', True)} | "
+                     f"{fmt(failed, 'observation_log_likelihood')} | "
+                     f"{fmt(others, 'observation_log_likelihood')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
