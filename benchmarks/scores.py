@@ -8,8 +8,10 @@ episodes run as 5 processes of 5 on a machine with many cores); the parts' episo
     python benchmarks/scores.py add runs/s5-30m/eval_beam_1000 --training "30 min" \\
         --hardware "2 CPU cores" [--label "beam, TT settings"]
     python benchmarks/scores.py table [--readme README.md]
+    python benchmarks/scores.py rebuild [--rows benchmarks/score_rows.tsv] [--readme README.md]
 
-``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id),
+``rebuild`` makes every row again from a list of ``folder<TAB>training<TAB>hardware`` lines (the
+committed reports under benchmarks/results/evals). ``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id),
 then the table is printed; ``--readme`` rewrites the README's text between the
 ``<!-- scores:begin -->`` and ``<!-- scores:end -->`` markers with it, and
 benchmarks/results/scores.png shows the rows as points with their 95% intervals.
@@ -179,7 +181,9 @@ def main(argv=None) -> int:
     add.add_argument("--label", default=None, help="how actions were chosen (default: settings)")
     add.add_argument("--size", default=None, help="d_model x layers (default: from the checkpoint)")
     show = sub.add_parser("table", help="print the table (and update the README)")
-    for p in (add, show):
+    rebuild = sub.add_parser("rebuild", help="make every row again from a list of folders")
+    rebuild.add_argument("--rows", default=os.path.join(ROOT, "benchmarks", "score_rows.tsv"))
+    for p in (add, show, rebuild):
         p.add_argument("--readme", default=None)
     args = parser.parse_args(argv)
     rows = load_rows()
@@ -188,6 +192,13 @@ def main(argv=None) -> int:
         if args.size:
             row["size"] = args.size
         rows = [r for r in rows if r["id"] != row["id"]] + [row]
+        save_json({"rows": rows}, SCORES)
+    if args.command == "rebuild":
+        rows = []
+        for line in open(args.rows):
+            if line.strip() and not line.startswith("#"):
+                folder, training, hardware = line.rstrip("\n").split("\t")
+                rows.append(make_row(os.path.join(ROOT, folder), training, hardware, None))
         save_json({"rows": rows}, SCORES)
     text = table(rows)
     print(text)
