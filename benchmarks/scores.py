@@ -10,11 +10,11 @@ episodes run as 5 processes of 5 on a machine with many cores); the parts' episo
     python benchmarks/scores.py table [--readme README.md]
     python benchmarks/scores.py rebuild [--rows benchmarks/score_rows.tsv] [--readme README.md]
 
+``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id);
 ``rebuild`` makes every row again from a list of ``folder<TAB>training<TAB>hardware`` lines (the
-committed reports under benchmarks/results/evals). ``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id),
-then the table is printed; ``--readme`` rewrites the README's text between the
-``<!-- scores:begin -->`` and ``<!-- scores:end -->`` markers with it, and
-benchmarks/results/scores.png shows the rows as points with their 95% intervals.
+committed reports under benchmarks/results/evals). Then the table is printed; ``--readme``
+rewrites the README's text between the ``<!-- scores:begin -->`` and ``<!-- scores:end -->``
+markers with it, and benchmarks/results/scores.png shows the rows with their 95% intervals.
 """
 from __future__ import annotations
 
