@@ -146,6 +146,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def gains(rows: list[dict]) -> str:
+    """Each planner row against the policy row of the same checkpoint and seeds (the same weights)."""
+    lines = ["| core | training | planner | seeds | planner − policy | failed: planner / policy |",
+             "| --- | --- | --- | --- | ---: | --- |"]
+    for r in rows:
+        if r["planner_settings"]["planner"] == "policy" or not r["protocol"]:
+            continue
+        match = [p for p in rows if p["planner_settings"]["planner"] == "policy"
+                 and p["checkpoint"] == r["checkpoint"] and p["seeds"] == r["seeds"]
+                 and p["planner_settings"]["weights"] == r["planner_settings"]["weights"]]
+        if not match:
+            continue
+        p = match[0]
+        diff = r["score"]["mean"] - p["score"]["mean"]
+        spread = (r["score"]["sem"] ** 2 + p["score"]["sem"] ** 2) ** 0.5
+        lines.append(f"| {r['core']} | {r['training']} | {r['actions']} | {r['seeds'][0]}-{r['seeds'][1]}"
+                     f" | **{diff:+.1f}** ± {spread:.1f} | {r['failed']} / {p['failed']} of "
+                     f"{r['episodes']} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: str) -> None:
     try:
         import matplotlib
@@ -200,7 +221,8 @@ def main(argv=None) -> int:
                 folder, training, hardware = line.rstrip("\n").split("\t")
                 rows.append(make_row(os.path.join(ROOT, folder), training, hardware, None))
         save_json({"rows": rows}, SCORES)
-    text = table(rows)
+    text = (table(rows) + "\n\nWhat search adds: each planner row against the same checkpoint's "
+            "policy on the same seeds (± the two standard errors combined):\n\n" + gains(rows))
     print(text)
     plot(rows, os.path.join(RESULTS, "scores.png"))
     if args.readme:
