@@ -238,3 +238,19 @@ def test_time_budget_horizon_is_re_measured_after_start_up(tmp_path, monkeypatch
     trainer._fix_time_horizon(session_start=80.0, session_steps=210)
     assert trainer.progress.horizon_tokens == pytest.approx(210 * per_step + 2 * per_step * 480, rel=1e-6)
     assert trainer.progress.horizon_tokens > first
+
+
+def test_a_wrong_core_or_core_option_fails_before_any_data_is_built(tmp_path):
+    from trajectory.configutil import ConfigError
+    from trajectory.training.trainer import train
+
+    def builder(data_cfg):
+        raise AssertionError("the dataset must not be built")
+
+    cfg = tiny_config(tmp_path)
+    cfg.model.core = "gtp"
+    with pytest.raises(ConfigError, match="unknown core 'gtp'; choose one of: gpt"):
+        train(cfg, dataset_builder=builder)
+    cfg.model.core, cfg.model.core_options = "s5", {"no_such_option": 1}
+    with pytest.raises(ConfigError, match="no_such_option"):
+        train(cfg, dataset_builder=builder)

@@ -305,7 +305,9 @@ def _install_sigterm_handler() -> None:
 def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=None) -> dict:
     """Entry point of train.py: build data and model, fit, save; returns the final metrics."""
     from trajectory.data.dataset import Datasets, build_datasets
+    from trajectory.models.cores import check_core_config
 
+    check_core_config(cfg.model.core, cfg.model.core_options)  # before any data is built
     checkpoint = None
     if resume_dir is not None:
         resume_dir = run_folder(resume_dir)

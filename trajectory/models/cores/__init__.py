@@ -30,4 +30,13 @@ def build_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None
     return cls(cfg, opts)
 
 
-__all__ = ["CORES", "CoreConfig", "ResetsUnsupported", "SequenceCore", "build_core"]
+def check_core_config(name: str, options: dict[str, Any] | None = None,
+                      registry: dict[str, type[SequenceCore]] | None = None) -> None:
+    """The checks of :func:`build_core` without building anything: run them before long work."""
+    registry = CORES if registry is None else registry
+    if name not in registry:
+        raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(registry)}")
+    from_dict(registry[name].Options, dict(options or {}), origin=f"model.core_options for '{name}'")
+
+
+__all__ = ["CORES", "check_core_config", "CoreConfig", "ResetsUnsupported", "SequenceCore", "build_core"]
