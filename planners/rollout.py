@@ -16,7 +16,7 @@ import torch
 from planners import build_planner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
-from trajectory.envs import make_env, normalized_score, torso_angle_index
+from trajectory.envs import has_reference_returns, make_env, normalized_score, torso_angle_index
 from trajectory.io import save_json
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
@@ -306,7 +306,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     write_tensorboard(report, os.path.join(out, "tb"))
     summary = report["score"]
     print(f"{cfg.planner}: return {report['return_mean']:.1f} +- {report['return_std']:.1f}  "
-          f"normalized {format_score(summary)}  failed {len(report['failed_episodes'])} of "
+          f"{report['score_units']} {format_score(summary)}  failed {len(report['failed_episodes'])} of "
           f"{len(report['returns'])}  ({report['ms_per_env_step']:.0f} ms/env step) -> "
           f"{out}/report.json")
     return report
@@ -334,7 +334,8 @@ def software_versions() -> dict:
 
 def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) -> dict:
     returns = result["returns"]
-    scores = normalized_score(cfg.env_id, returns)
+    # without D4RL reference returns there is no normalized score: report returns, scores null
+    scores = normalized_score(cfg.env_id, returns) if has_reference_returns(cfg.env_id) else None
     env_steps = int(result["lengths"].max())
     trace = result["trace"]
     failures = failed_episodes(returns, trace.first_flip_step)
@@ -344,9 +345,12 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
         "planner": cfg.planner, "weights": checkpoint.weights_name(cfg.weights),
         "seeds": [cfg.seed, cfg.seed + cfg.n_episodes - 1],
         "returns": returns.round(2).tolist(), "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()), "normalized_scores": scores.round(2).tolist(),
-        "normalized_mean": float(scores.mean()), "normalized_std": float(scores.std()),
-        "score": summarize(scores, seed=cfg.seed),
+        "return_std": float(returns.std()),
+        "normalized_scores": scores.round(2).tolist() if scores is not None else None,
+        "normalized_mean": float(scores.mean()) if scores is not None else None,
+        "normalized_std": float(scores.std()) if scores is not None else None,
+        "score": summarize(scores if scores is not None else returns, seed=cfg.seed),
+        "score_units": "normalized" if scores is not None else "return",
         "failed_episodes": failures,
         "failure_evidence": failure_evidence(trace, failures),
         "warnings": comparability_warnings(cfg.n_episodes, cfg.max_episode_steps),
@@ -366,9 +370,10 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
 def write_tensorboard(report: dict, folder: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(folder) as writer:
-        for i, (ret, score) in enumerate(zip(report["returns"], report["normalized_scores"])):
+        for i, ret in enumerate(report["returns"]):
             writer.add_scalar("eval/return", ret, i)
-            writer.add_scalar("eval/normalized_score", score, i)
-        writer.add_scalar("eval/normalized_mean", report["score"]["mean"], 0)
+            if report["normalized_scores"] is not None:
+                writer.add_scalar("eval/normalized_score", report["normalized_scores"][i], i)
+        writer.add_scalar(f"eval/{report['score_units']}_mean", report["score"]["mean"], 0)
         writer.add_scalar("eval/failed_episodes", len(report["failed_episodes"]), 0)
         writer.add_scalar("eval/ms_per_env_step", report["ms_per_env_step"], 0)

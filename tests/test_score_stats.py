@@ -63,3 +63,19 @@ def test_warnings_for_short_evaluations():
     assert comparability_warnings(25, 1000) == []
     assert len(comparability_warnings(5, 1000)) == 1 and "smoke test" in comparability_warnings(5, 1000)[0]
     assert len(comparability_warnings(25, 200)) == 1
+
+
+def test_a_report_without_reference_returns_keeps_the_returns():
+    from types import SimpleNamespace
+
+    from planners.rollout import build_report
+    from trajectory.config import EvalConfig, ModelConfig
+    cfg = EvalConfig(env_id="InvertedPendulum-v5", n_episodes=3, max_episode_steps=4, seed=7)
+    trace = EpisodeTrace(envs=3, steps=4)
+    result = {"returns": np.array([4.0, 3.0, 5.0]), "lengths": np.array([4, 4, 4]),
+              "planning_seconds": 0.1, "plans": 4, "context_transitions": 1, "trace": trace}
+    checkpoint = SimpleNamespace(path="runs/x", config=SimpleNamespace(model=ModelConfig()),
+                                 metrics={}, weights_name=lambda w: "raw")
+    report = build_report(cfg, checkpoint, SimpleNamespace(quantization_info={}), result, 1.0)
+    assert report["normalized_scores"] is None and report["score_units"] == "return"
+    assert report["score"]["mean"] == pytest.approx(4.0) and report["returns"] == [4.0, 3.0, 5.0]

@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectory.configutil import parse_cli
 from trajectory.envs import make_env
 from trajectory.io import save_torch
 
@@ -318,10 +317,13 @@ def train(cfg: SACConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    cfg = parse_cli(SACConfig, sys.argv[1:] if argv is None else argv)
-    print(json.dumps(train(cfg), indent=1))
+def main(argv=None) -> int:
+    from trajectory.cli import run
+    return run(SACConfig, argv, "Train a population of SAC agents; snapshots in the target return range "
+               "become behaviour-policy candidates.",
+               "python -m trajectory.data.sac out=runs/sac members=2 device=cpu max_steps=150000",
+               lambda cfg: print(json.dumps(train(cfg), indent=1)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
