@@ -254,3 +254,24 @@ def test_a_wrong_core_or_core_option_fails_before_any_data_is_built(tmp_path):
     cfg.model.core, cfg.model.core_options = "s5", {"no_such_option": 1}
     with pytest.raises(ConfigError, match="no_such_option"):
         train(cfg, dataset_builder=builder)
+
+
+def test_resume_refuses_a_changed_data_model_or_batch(tmp_path):
+    from trajectory.configutil import ConfigError
+    from trajectory.training.trainer import train
+
+    def builder(data_cfg):
+        return TokenWindows(), discretizer(), {"obs_dim": LAYOUT.obs_dim, "act_dim": LAYOUT.act_dim}
+
+    cfg = tiny_config(tmp_path)
+    cfg.train.max_tokens = 2 * cfg.train.batch_size * (LAYOUT.max_tokens - 1)
+    train(cfg, dataset_builder=builder)
+    run_dir = str(tmp_path / "tiny")
+    for section, key, value in (("data", "n_bins", 8), ("model", "d_model", 32), ("train", "batch_size", 8)):
+        changed = tiny_config(tmp_path)
+        setattr(getattr(changed, section), key, value)
+        with pytest.raises(ConfigError, match=f"changed {section}.{key}"):
+            train(changed, resume_dir=run_dir, dataset_builder=builder)
+    longer = tiny_config(tmp_path)
+    longer.train.max_tokens = 2 * cfg.train.max_tokens  # budgets may change
+    assert train(longer, resume_dir=run_dir, dataset_builder=builder)["step"] == 4

@@ -128,10 +128,16 @@ class Trainer:
     # -- state
     def trainer_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "progress": vars(self.progress).copy(),
-                "rng": rng_state(), "ema_updates": self.ema.updates if self.ema else 0}
+                "rng": rng_state(), "ema_updates": self.ema.updates if self.ema else 0,
+                "world_size": self.ctx.world_size}
 
     def restore(self, checkpoint) -> None:
         state = checkpoint.trainer_state
+        saved_world = state.get("world_size", self.ctx.world_size)
+        if saved_world != self.ctx.world_size:
+            raise ConfigError(f"the run was trained by {saved_world} process(es) and is resumed by "
+                              f"{self.ctx.world_size}: its data order would change; resume with "
+                              f"{saved_world}")
         restore_weights(self.model, self.optimizer, checkpoint.model_state, state["optimizer"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
@@ -312,6 +318,7 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
     if resume_dir is not None:
         resume_dir = run_folder(resume_dir)
         checkpoint = load_checkpoint(resume_dir, with_trainer_state=True)
+        check_resumable_changes(checkpoint.config, cfg)
     else:
         prepare_fresh_run(os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg)), cfg.overwrite)
     ctx = distributed.setup(cfg.device)
@@ -346,6 +353,19 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
         return metrics
     finally:
         distributed.cleanup()
+
+
+def check_resumable_changes(saved: TrainRunConfig, cfg: TrainRunConfig) -> None:
+    """A resumed run may change budgets, logging and the like, not what its data, model or batch
+    are: those would silently train a different run on the saved state."""
+    old, new = to_dict(saved), to_dict(cfg)
+    changed = [f"{section}.{key}" for section in ("data", "model")
+               for key in sorted(set(old[section]) | set(new[section]))
+               if old[section].get(key) != new[section].get(key)]
+    changed += [f"train.{key}" for key in ("batch_size",) if old["train"][key] != new["train"][key]]
+    if changed:
+        raise ConfigError(f"cannot resume with a changed {', '.join(changed)} (the saved run was trained "
+                          f"with the old value); start a new run with another name=... instead")
 
 
 def run_folder(path: str) -> str:
