@@ -24,6 +24,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+
 from trajectory.config import TrainRunConfig  # noqa: E402
 from trajectory.configutil import build_config  # noqa: E402
 from trajectory.data.dataset import build_datasets  # noqa: E402
@@ -66,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--readme", default=None, help="rewrite its recipe_time block with a table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.load(open(OUT)) if os.path.isfile(OUT) else {}
@@ -80,7 +83,22 @@ def main(argv=None) -> int:
         print(f"{entry['config']}: batch {entry['batch_size']}, {entry['tokens_per_s']:,.0f} tokens/s "
               f"-> {hours}")
     save_json(results, OUT)
+    if args.readme:
+        replace_block(args.readme, "recipe_time", table(results))
     return 0
+
+
+def table(results: dict) -> str:
+    lines = ["| recipe | batch | tokens/s (this machine) | budget | time on this machine |",
+             "| --- | ---: | ---: | --- | --- |"]
+    for config, r in results.items():
+        if r["hours_for_budget"]:
+            budget, cost = f"{r['max_tokens'] / 1e6:.0f}M tokens", f"{r['hours_for_budget']:.2f} h"
+        else:
+            budget = f"{r['budget_minutes']:g} min"
+            cost = f"{r['tokens_in_budget_minutes'] / 1e6:.0f}M tokens"
+        lines.append(f"| `{config}` | {r['batch_size']} | {r['tokens_per_s']:,.0f} | {budget} | {cost} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
