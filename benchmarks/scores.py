@@ -34,7 +34,7 @@ from trajectory.io import save_json  # noqa: E402
 from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS, summarize  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-SCORES = os.path.join(RESULTS, "scores.json")
+SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # tests redirect it
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
                 "percentile", "likelihood_weight", "support_penalty")
 
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     text = (table(rows) + "\n\nWhat search adds: each planner row against the same checkpoint's "
             "policy on the same seeds (± the two standard errors combined):\n\n" + gains(rows))
     print(text)
-    plot(rows, os.path.join(RESULTS, "scores.png"))
+    plot(rows, os.path.join(os.path.dirname(SCORES), "scores.png"))
     if args.readme:
         replace_block(args.readme, "scores", text + "\n\n![scores](benchmarks/results/scores.png)")
     return 0

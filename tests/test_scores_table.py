@@ -1,0 +1,77 @@
+"""benchmarks/scores.py: rows pooled from several reports, and what search adds."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import scores  # noqa: E402
+
+
+def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=()):
+    os.makedirs(folder, exist_ok=True)
+    settings = {"seed": seed, "n_episodes": len(scores_), "planner": planner, "weights": "raw",
+                "policy_actions": "greedy", "beam_width": 32, "beam_steps": 5, "sample_expand": 2,
+                "beam_context": 5, "cdf_act": 0.6, "k_act": None, "percentile": "mean",
+                "likelihood_weight": 0.0, "support_penalty": 0.0, "max_episode_steps": 1000,
+                "device": "cpu", "out": str(folder), "threads": 1}
+    report = {"checkpoint": checkpoint, "core": "s5", "size": "64x2", "settings": settings,
+              "returns": [s * 100 for s in scores_], "normalized_scores": list(scores_),
+              "episode_lengths": [1000] * len(scores_), "ms_per_env_step": 10.0,
+              "failed_episodes": [{"episode": i, "step": 5, "reason": "torso past 90 degrees",
+                                   "return": 0.0} for i in failed],
+              "training": {"tokens": 1000}, "held_out": None}
+    with open(os.path.join(folder, "report.json"), "w") as f:
+        json.dump(report, f)
+
+
+def test_a_row_pools_parts_and_counts_failures_by_seed(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(40, 2, size=5) for _ in range(5)]
+    for k, part in enumerate(parts):
+        write_report(tmp_path / "beam" / f"part{k}", 100 + 5 * k, part, failed=(1,) if k == 2 else ())
+    row = scores.make_row(str(tmp_path / "beam"), "30 min", "2 CPU cores", None)
+    pooled = np.concatenate(parts)
+    assert row["episodes"] == 25 and row["seeds"] == [100, 124] and row["protocol"]
+    assert row["score"]["mean"] == pytest.approx(pooled.mean())
+    assert row["failed"] == 1 and row["failed_episodes"][0]["seed"] == 111
+    # overlapping seeds or another checkpoint cannot be pooled
+    write_report(tmp_path / "bad" / "part0", 100, parts[0])
+    write_report(tmp_path / "bad" / "part1", 102, parts[1])
+    with pytest.raises(SystemExit, match="overlap"):
+        scores.make_row(str(tmp_path / "bad"), "t", "h", None)
+    write_report(tmp_path / "mixed" / "part0", 100, parts[0])
+    write_report(tmp_path / "mixed" / "part1", 105, parts[1], checkpoint="runs/y/checkpoint")
+    with pytest.raises(SystemExit, match="checkpoint"):
+        scores.make_row(str(tmp_path / "mixed"), "t", "h", None)
+
+
+def test_what_search_adds_pairs_a_planner_with_its_policy(tmp_path):
+    write_report(tmp_path / "beam", 100, [44.0] * 25)
+    write_report(tmp_path / "policy", 100, [42.0] * 25, planner="policy")
+    write_report(tmp_path / "other_seeds", 1000, [30.0] * 25)
+    rows = [scores.make_row(str(tmp_path / name), "30 min", "cpu", None)
+            for name in ("beam", "policy", "other_seeds")]
+    text = scores.gains(rows)
+    assert "**+2.0**" in text and text.count("| s5 |") == 1  # the 1000 row has no policy to pair
+    assert "n/a" in scores.table(rows)  # no held-out metrics recorded
+
+
+def test_the_cli_rebuilds_from_a_rows_file(tmp_path):
+    write_report(tmp_path / "policy", 100, [42.0] * 25, planner="policy")
+    rows = tmp_path / "rows.tsv"
+    rows.write_text(f"# comment\n{tmp_path / 'policy'}\t30 min\t2 CPU cores\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- scores:begin -->\nold\n<!-- scores:end -->\nafter\n")
+    env = {**os.environ, "SCORES_OUT": str(tmp_path / "scores.json")}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scores.py"), "rebuild",
+                             "--rows", str(rows), "--readme", str(readme)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert "**42.0**" in text and "old" not in text and text.endswith("after\n")
+    assert json.loads((tmp_path / "scores.json").read_text())["rows"][0]["episodes"] == 25
