@@ -16,6 +16,7 @@ import torch
 from planners import build_planner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
+from trajectory.configutil import ConfigError
 from trajectory.envs import has_reference_returns, make_env, normalized_score, torso_angle_index
 from trajectory.io import save_json
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
@@ -46,21 +47,21 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
     """The checkpoint and its model, quantized when ``cfg.quantize`` asks (the model's summary of
     quantization is ``model.quantization_info``)."""
     if not cfg.checkpoints_path:
-        raise SystemExit("error: checkpoints_path is required, e.g. checkpoints_path=runs/<name>")
+        raise ConfigError("checkpoints_path is required, e.g. checkpoints_path=runs/<name>")
     checkpoint = load_checkpoint(cfg.checkpoints_path)
     model = checkpoint.build_model(device, cfg.weights)
     info = {"mode": "none"}
     if cfg.quantize != "none":
         from trajectory.quantize import QuantizationError, quantize_checkpoint_model
         if device.type != "cpu":
-            raise SystemExit(f"error: int8 quantization runs on the CPU; use --device=cpu "
+            raise ConfigError(f"int8 quantization runs on the CPU; use --device=cpu "
                              f"with quantize={cfg.quantize}")
         out = os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), "quantized")
         try:
             model, info = quantize_checkpoint_model(checkpoint, model, cfg.quantize,
                                                     cfg.calibration_batches, out_dir=out)
         except QuantizationError as err:
-            raise SystemExit(f"error: {err}") from None
+            raise ConfigError(f"{err}") from None
     model.quantization_info = info
     return checkpoint, model
 
@@ -107,7 +108,6 @@ def check_finite(obs: np.ndarray, rows: np.ndarray, step: int, env_id: str) -> N
     """NaN or inf would silently encode to an edge bin: stop with the env and step instead."""
     bad = ~np.isfinite(obs).all(axis=1)
     if bad.any():
-        from trajectory.configutil import ConfigError
         raise ConfigError(f"{env_id} returned a non-finite observation in episode "
                           f"{int(rows[bad][0])} at step {step} (the simulation diverged); "
                           f"nothing can be planned from it")
@@ -116,7 +116,6 @@ def check_finite(obs: np.ndarray, rows: np.ndarray, step: int, env_id: str) -> N
 def resolve_env_id(cfg: EvalConfig, checkpoint) -> str:
     """The checkpoint's environment (from its dataset), or ``cfg.env_id`` when that is the same.
     Dimensions cannot tell environments apart (Walker2d and HalfCheetah both have 17 and 6)."""
-    from trajectory.configutil import ConfigError
     trained_on = checkpoint.metrics.get("data", {}).get("env_id")
     if not cfg.env_id:
         if not trained_on:
@@ -267,7 +266,6 @@ def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str |
 
 def evaluate(cfg: EvalConfig) -> dict:
     from planners import PLANNERS
-    from trajectory.configutil import ConfigError
 
     if cfg.planner not in PLANNERS:  # before any loading or env work
         raise ConfigError(f"unknown planner '{cfg.planner}'; choose one of: {', '.join(PLANNERS)}")
@@ -276,7 +274,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     if "," in cfg.quantize:
-        raise SystemExit(f"error: eval.py takes one quantize mode, got '{cfg.quantize}' "
+        raise ConfigError(f"eval.py takes one quantize mode, got '{cfg.quantize}' "
                          f"(profile.py compares several)")
     checkpoint, model = load_for_eval(cfg, device)
     cfg.env_id = resolve_env_id(cfg, checkpoint)
@@ -292,7 +290,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         result = rollout(model, checkpoint.discretizer, checkpoint.layout, cfg, device)
     except Exception as err:
         if cfg.render and ("GL" in str(err) or "render" in str(err).lower()):
-            raise SystemExit(f"error: no renderer available ({err}); set MUJOCO_GL=egl (GPU/EGL) "
+            raise ConfigError(f"no renderer available ({err}); set MUJOCO_GL=egl (GPU/EGL) "
                              f"or MUJOCO_GL=osmesa with libosmesa6 installed, or render=false") from None
         raise
     wall = time.time() - start

@@ -8,6 +8,7 @@ import torch
 
 from trajectory.checkpoint import save_checkpoint
 from trajectory.config import EvalConfig, TrainRunConfig
+from trajectory.configutil import ConfigError
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 from trajectory.profiling import GROUPS, group_of_op, profile_planning
 
@@ -88,5 +89,5 @@ def test_cli_runs_as_a_subprocess_and_says_when_weights_are_random(tmp_path):
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
-    with pytest.raises(SystemExit, match="--device=cpu"):
+    with pytest.raises(ConfigError, match="--device=cpu"):
         profile_planning(settings(device="cuda"))

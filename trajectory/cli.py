@@ -40,7 +40,7 @@ def resume_argv(argv: list[str]) -> tuple[list[str], str | None]:
     while i < len(argv):
         if argv[i] == "--resume":
             if i + 1 >= len(argv):
-                raise SystemExit("error: --resume needs a run directory: --resume runs/<name>")
+                raise ConfigError("--resume needs a run directory: --resume runs/<name>")
             resume, i = argv[i + 1], i + 2
             continue
         if argv[i].startswith("--resume="):
@@ -56,7 +56,11 @@ def run_resumable(schema_cls: Type[T], argv: Sequence[str] | None, description: 
     """:func:`run` for training scripts: ``--resume <run>`` starts from the run's saved config
     (``saved_config(run)``, which raises ConfigError/ValueError naming the fix when the run cannot be
     resumed), with the command line's overrides on top, and hands the run folder to ``job``."""
-    argv, resume_dir = resume_argv(list(sys.argv[1:] if argv is None else argv))
+    try:
+        argv, resume_dir = resume_argv(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if resume_dir is not None and not any(arg.startswith("--config") for arg in argv):
         try:
             argv.insert(0, f"--config={saved_config(resume_dir)}")

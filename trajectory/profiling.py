@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from trajectory.config import EvalConfig, ModelConfig
+from trajectory.configutil import ConfigError
 from trajectory.io import save_json, save_text
 from trajectory.models.ops.scopes import PREFIX, scopes_enabled
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
@@ -338,11 +339,11 @@ def plot(report: dict, path: str) -> str | None:
 
 def profile_planning(cfg: EvalConfig) -> dict:
     if cfg.device != "cpu":
-        raise SystemExit("error: profile.py reports CPU inference; use --device=cpu")
+        raise ConfigError("profile.py reports CPU inference; use --device=cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.profile_steps < 1:
-        raise SystemExit("error: profile_steps must be >= 1")
+        raise ConfigError("profile_steps must be >= 1")
     torch.manual_seed(cfg.seed)
     found, out, note = subjects(cfg)
     os.makedirs(out, exist_ok=True)
