@@ -102,8 +102,6 @@ class BeamPlanner:
     settings). With quantile bins the first and last bin of a dimension hold the data's outer 1%
     each: a plan that predicts observations there is heading where the data thins out."""
 
-    plan_length_key = "beam_steps"  # the config field that sets how many transitions it plans
-
     def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
                  generator: torch.Generator | None = None):
         self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg

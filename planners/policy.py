@@ -22,7 +22,7 @@ POLICY_ACTIONS = ("greedy", "sample")
 
 
 class PolicyPlanner:
-    plan_length_key = None  # plans one transition
+    """The model's own action, one dimension at a time; ``plan`` returns a one-transition plan."""
 
     def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
                  generator: torch.Generator | None = None):
