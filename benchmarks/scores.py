@@ -146,6 +146,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def same_run(a: dict, b: dict) -> bool:
+    """One checkpoint, evaluated on two machines: the run's folder name and its training agree."""
+    def run_name(row: dict) -> str:
+        return os.path.basename(os.path.dirname(os.path.normpath(row["checkpoint"])))
+    return (run_name(a), a["core"], a["tokens"]) == (run_name(b), b["core"], b["tokens"])
+
+
 def gains(rows: list[dict]) -> str:
     """Each planner row against the policy row of the same checkpoint and seeds (the same weights)."""
     lines = ["| core | training | planner | seeds | planner − policy | failed: planner / policy |",
@@ -154,7 +161,7 @@ def gains(rows: list[dict]) -> str:
         if r["planner_settings"]["planner"] == "policy" or not r["protocol"]:
             continue
         match = [p for p in rows if p["planner_settings"]["planner"] == "policy"
-                 and p["checkpoint"] == r["checkpoint"] and p["seeds"] == r["seeds"]
+                 and same_run(p, r) and p["seeds"] == r["seeds"]
                  and p["planner_settings"]["weights"] == r["planner_settings"]["weights"]]
         if not match:
             continue
