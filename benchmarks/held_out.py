@@ -18,7 +18,8 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
+    sys.path.append(ROOT)
 from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
 
 from trajectory.checkpoint import load_checkpoint  # noqa: E402

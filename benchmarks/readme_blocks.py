@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
+    sys.path.append(ROOT)
 from trajectory.io import save_text  # noqa: E402
 
 

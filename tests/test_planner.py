@@ -7,6 +7,7 @@ from planners.rollout import check_env_matches, rollout
 from planners.sampling import filter_cdf, sample
 from trajectory.checkpoint import CheckpointError, load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
+from trajectory.configutil import ConfigError
 from trajectory.data.discretizer import Discretizer
 from trajectory.envs import make_env
 from trajectory.models.cores import CORES
@@ -185,3 +186,39 @@ def test_non_finite_observations_stop_the_evaluation_with_the_episode_and_step()
     obs[1, 2] = np.nan
     with pytest.raises(ConfigError, match="episode 4 at step 7"):
         check_finite(obs, np.array([0, 4]), 7, "HalfCheetah-v5")
+
+
+@pytest.mark.parametrize("planner", ["policy", "beam"])
+def test_the_agent_acts_as_the_rollout_does(monkeypatch, planner):
+    import gymnasium as gym
+
+    import planners.rollout as rollout_module
+    from planners.agent import Agent
+
+    recorded = []
+
+    class Recorder(gym.Wrapper):
+        def step(self, action):
+            recorded.append(np.asarray(action, dtype=np.float32).copy())
+            return self.env.step(action)
+
+    monkeypatch.setattr(rollout_module, "make_env", lambda *a, **k: Recorder(make_env(*a, **k)))
+    layout = TokenLayout(obs_dim=17, act_dim=6, vocab=10, seq_len=4)
+    disc, model = fitted_discretizer(layout), tiny_model("s5", layout)
+    cfg = eval_cfg(n_episodes=2, max_episode_steps=4, beam_steps=1, beam_context=2, planner=planner,
+                   seed=11)
+    rollout(model, disc, layout, cfg, torch.device("cpu"), progress=False)
+    expected = np.stack(recorded).reshape(4, 2, 6)  # steps x envs
+    agent = Agent(model, disc, layout, cfg)
+    envs = [make_env("HalfCheetah-v5") for _ in range(2)]
+    obs = np.stack([env.reset(seed=cfg.seed + i)[0] for i, env in enumerate(envs)])
+    agent.reset(envs=2)
+    for t in range(4):
+        actions = agent.act(obs)
+        np.testing.assert_array_equal(actions, expected[t])
+        steps = [env.step(a) for env, a in zip(envs, actions)]
+        obs = np.stack([s[0] for s in steps])
+        agent.record([s[1] for s in steps])
+    with pytest.raises(ConfigError, match="record"):
+        agent.act(obs)
+        agent.act(obs)

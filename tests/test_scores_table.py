@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.append(os.path.join(ROOT, "benchmarks"))  # last: nothing there may shadow anything
 import scores  # noqa: E402
+
+
+def test_importing_the_script_leaves_the_stdlib_profile_module_importable():
+    import importlib
+    profile = importlib.import_module("profile")
+    assert hasattr(profile, "runctx") and sys.path[0] != ROOT
 
 
 def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=()):

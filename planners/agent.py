@@ -1,0 +1,87 @@
+"""A trained model as an agent, for notebooks and your own loops.
+
+    from planners.agent import Agent
+    agent = Agent.from_checkpoint("runs/halfcheetah-medium-s5-cpu", planner="policy")
+    obs, _ = env.reset(seed=0)
+    agent.reset()
+    while True:
+        action = agent.act(obs)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        agent.record(reward)
+        if terminated or truncated:
+            break
+
+The agent keeps its own token history (the last transitions the planner reads as context), so
+``act`` takes raw observations; ``record`` adds the reward of the action just taken. Observations
+may be batched (``[E, O]`` after ``reset(envs=E)``), which plans all environments in one call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from planners import build_planner
+from planners.rollout import History
+from trajectory.checkpoint import load_checkpoint
+from trajectory.config import EvalConfig
+from trajectory.configutil import ConfigError
+
+
+class Agent:
+    def __init__(self, model, discretizer, layout, cfg: EvalConfig, device: str | torch.device = "cpu"):
+        self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.planner = build_planner(model, discretizer, layout, cfg, self.generator)
+        self.history: History | None = None
+        self._pending: np.ndarray | None = None  # tokens of the transition awaiting its reward
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu", **settings) -> Agent:
+        """``settings``: any :class:`~trajectory.config.EvalConfig` field (planner, beam_width, ...)."""
+        checkpoint = load_checkpoint(path)
+        cfg = EvalConfig(checkpoints_path=path, device=device, **settings)
+        return cls(checkpoint.build_model(device, cfg.weights), checkpoint.discretizer,
+                   checkpoint.layout, cfg, device)
+
+    def reset(self, envs: int = 1, max_steps: int | None = None) -> None:
+        """Forget the history; the next ``act`` starts ``envs`` new episodes."""
+        self.history = History(envs, max_steps or self.cfg.max_episode_steps, self.layout)
+        self._pending = None
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """obs [O] or [E, O] (raw) -> action [A] or [E, A] (float32, in the action space)."""
+        if self.history is None:
+            self.reset(1 if np.ndim(obs) == 1 else len(obs))
+        if self._pending is not None:
+            raise ConfigError("record(reward) the last action's reward before acting again")
+        single = np.ndim(obs) == 1
+        obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
+        o, a = self.layout.obs_dim, self.layout.act_dim
+        if obs.shape != (self.history.tokens.shape[0], o):
+            raise ConfigError(f"act expects observations of shape {(self.history.tokens.shape[0], o)}"
+                              f" (reset(envs=E) for E environments), got {obs.shape}")
+        if not np.isfinite(obs).all():
+            raise ConfigError("act got a non-finite observation")
+        rows = np.arange(len(obs))
+        obs_tokens = self.discretizer.encode(obs, dims=slice(0, o))
+        context = self.history.context(rows, obs_tokens, self.planner.context_transitions)
+        plan = self.planner.plan(torch.as_tensor(context, device=self.device))
+        act_tokens = plan.actions[:, 0].cpu().numpy()
+        self._pending = np.concatenate([obs_tokens, act_tokens], axis=1)
+        actions = self.discretizer.decode(act_tokens, dims=slice(o, o + a)).astype(np.float32)
+        return actions[0] if single else actions
+
+    def record(self, reward) -> None:
+        """The reward(s) of the action ``act`` returned last, completing that transition."""
+        if self._pending is None:
+            raise ConfigError("record(reward) follows act(obs)")
+        rewards = np.atleast_1d(np.asarray(reward, dtype=np.float64))
+        o, a = self.layout.obs_dim, self.layout.act_dim
+        reward_tokens = self.discretizer.encode(rewards, dims=o + a)
+        rows = np.arange(len(rewards))
+        tokens = np.concatenate([self._pending, reward_tokens[:, None],
+                                 np.zeros((len(rewards), 1), dtype=np.uint8)], axis=1)
+        self.history.append(rows, tokens)
+        self.history.advance()
+        self._pending = None
