@@ -275,3 +275,45 @@ def test_resume_refuses_a_changed_data_model_or_batch(tmp_path):
     longer = tiny_config(tmp_path)
     longer.train.max_tokens = 2 * cfg.train.max_tokens  # budgets may change
     assert train(longer, resume_dir=run_dir, dataset_builder=builder)["step"] == 4
+
+
+def test_a_save_cut_off_between_its_renames_or_while_writing_loses_nothing(tmp_path, monkeypatch):
+    import trajectory.checkpoint as checkpoint_module
+    trainer = make_trainer(tmp_path)
+    trainer.fit(max_steps=2)
+    first = load_checkpoint(trainer.run_dir)
+    assert first.metrics["progress"]["step"] == 2
+    # crash while writing the new checkpoint: the old one stays, no temporary folder is left
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        if str(f).endswith("trainer.pt"):
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save({})
+    monkeypatch.undo()
+    assert sorted(os.listdir(trainer.run_dir)).count("checkpoint") == 1
+    assert not [d for d in os.listdir(trainer.run_dir) if ".tmp-" in d]
+    # crash between moving the old checkpoint aside and renaming the new one in
+    trainer.fit(max_steps=3)
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):
+        if os.path.isdir(src) and ".tmp-" in os.path.basename(src):  # the new folder's rename
+            raise KeyboardInterrupt  # the process dies here, the old one already moved aside
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save({})
+    monkeypatch.undo()
+    assert not os.path.isdir(os.path.join(trainer.run_dir, "checkpoint"))
+    recovered = load_checkpoint(trainer.run_dir, with_trainer_state=True)
+    assert recovered.metrics["progress"]["step"] == 3  # the newer, complete one
+    assert_same_parameters(recovered.model_state, trainer.model.state_dict(), atol=0)
+    trainer.save({})  # the next save puts checkpoint/ back and clears what the crash left
+    assert sorted(os.listdir(trainer.run_dir)) == ["checkpoint"] + (["tb"] if os.path.isdir(
+        os.path.join(trainer.run_dir, "tb")) else [])

@@ -8,11 +8,14 @@
         trainer.pt        optimizer, step, tokens, RNG states: what an exact resume needs
         metrics.json      last logged metrics
 
-The directory is written under a temporary name and renamed into place, so a crash leaves either
-the previous checkpoint or the new one, never half of one.
+The directory is written under a temporary name, every file and the folder are fsynced and marked
+COMPLETE, then it is renamed into place (the previous one moved aside first). A crash leaves either
+checkpoint/ or, between the two renames, the complete folders beside it, which loading picks up
+(the newest); a failed save removes its temporary folder; the next save clears what a crash left.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -65,10 +68,34 @@ class Checkpoint:
         return model.to(device).eval()
 
 
+COMPLETE = "COMPLETE"  # written last into a checkpoint folder, once every file is on disk
+
+
 def checkpoint_dir(path: str) -> str:
-    """Accept a run directory (runs/<name>) or the checkpoint directory itself."""
+    """Accept a run directory (runs/<name>) or the checkpoint directory itself. A run whose save
+    was cut off between moving the old checkpoint aside and renaming the new one in has no
+    ``checkpoint/``: the newest complete folder left beside it is used instead."""
     nested = os.path.join(path, CHECKPOINT_DIR)
-    return nested if os.path.isdir(nested) else path
+    if os.path.isdir(nested):
+        return nested
+    return left_aside(nested) or path
+
+
+def left_aside(path: str) -> str | None:
+    """The newest complete ``<path>.tmp-*`` (marked COMPLETE) or ``<path>.old-*`` folder."""
+    candidates = [d for d in glob.glob(f"{glob.escape(path)}.tmp-*")
+                  if os.path.isfile(os.path.join(d, COMPLETE))]
+    candidates += [d for d in glob.glob(f"{glob.escape(path)}.old-*") if not missing_files(d, REQUIRED)]
+    return max(candidates, key=os.path.getmtime) if candidates else None
+
+
+def _fsync(path: str) -> None:
+    """Flush a file's or a folder's contents to disk (a rename is durable only after this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
@@ -77,25 +104,38 @@ def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    with open(os.path.join(tmp, "config.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(to_dict(config)))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"state_dict": state, "layout": asdict(model.layout)}
-    if ema_state is not None:
-        payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state.items()}
-    torch.save(payload, os.path.join(tmp, "model.pt"))
-    discretizer.save(os.path.join(tmp, "discretizer.npz"))
-    if trainer_state is not None:
-        torch.save(trainer_state, os.path.join(tmp, "trainer.pt"))
-    with open(os.path.join(tmp, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    try:
+        with open(os.path.join(tmp, "config.yaml"), "w") as f:
+            f.write(OmegaConf.to_yaml(to_dict(config)))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        payload = {"state_dict": state, "layout": asdict(model.layout)}
+        if ema_state is not None:
+            payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state.items()}
+        torch.save(payload, os.path.join(tmp, "model.pt"))
+        discretizer.save(os.path.join(tmp, "discretizer.npz"))
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(tmp, "trainer.pt"))
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+        for name in os.listdir(tmp):
+            _fsync(os.path.join(tmp, name))
+        open(os.path.join(tmp, COMPLETE), "w").close()
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves the previous checkpoint alone
+        raise
+    parent = os.path.dirname(os.path.abspath(path))
     if os.path.exists(path):  # rename(2) cannot replace a non-empty directory: move the old aside
         old = f"{path}.old-{os.getpid()}"
         os.replace(path, old)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # a crash before this line leaves both folders: see left_aside
+        _fsync(parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+        _fsync(parent)
+    for stale in glob.glob(f"{glob.escape(path)}.old-*") + glob.glob(f"{glob.escape(path)}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a save that was cut off earlier
 
 
 def load_torch_file(path: str) -> Any:
