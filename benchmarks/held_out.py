@@ -11,7 +11,6 @@ Prints a table and writes benchmarks/results/held_out.json (one entry per run an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -20,11 +19,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
     sys.path.append(ROOT)
-from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+from readme_blocks import load_results, markdown_table, publish  # noqa: E402  (the script's folder)
 
 from trajectory.checkpoint import load_checkpoint  # noqa: E402
 from trajectory.data.dataset import build_datasets  # noqa: E402
-from trajectory.io import save_json  # noqa: E402
 from trajectory.training.held_out import HeldOutMetrics  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "held_out.json")
@@ -36,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=2048)
     parser.add_argument("--readme", default=None, help="rewrite its held_out block with the table")
     args = parser.parse_args(argv)
-    results = json.load(open(OUT)) if os.path.isfile(OUT) else {}
+    results = load_results(OUT)
     for run in args.runs if args.runs != ["table"] else []:
         checkpoint = load_checkpoint(run)
         built = build_datasets(checkpoint.config.data)
@@ -60,23 +58,21 @@ def main(argv=None) -> int:
                   f"{values['ce_reward']:.3f} value {values['ce_value']:.3f}  obs MAE "
                   f"{values['obs_mae']:.3f} reward MAE {values['reward_mae']:.3f}  value corr "
                   f"{values['value_corr']:.2f} spread {values['value_spread_ratio']:.2f}")
-    save_json(results, OUT)
-    if args.readme:
-        replace_block(args.readme, "held_out", table(results))
+    publish(results, OUT, args.readme, "held_out", table)
     return 0
 
 
 def table(results: dict) -> str:
-    lines = ["| run | weights | tokens | CE obs | CE act | CE reward | CE value | obs MAE | reward MAE | "
-             "value corr | value spread ratio |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    columns = ["run", "weights", "tokens>", "CE obs>", "CE act>", "CE reward>", "CE value>", "obs MAE>",
+               "reward MAE>", "value corr>", "value spread ratio>"]
+    rows = []
     for key, r in results.items():
         seen = " (trained on them)" if r.get("trained_on_these_episodes") else ""
-        lines.append(f"| {key.split(':')[0]}{seen} | {r['weights']} | {r['tokens'] / 1e6:.0f}M | "
-                     f"{r['ce_obs']:.3f} | {r['ce_act']:.3f} | {r['ce_reward']:.3f} | "
-                     f"{r['ce_value']:.3f} | {r['obs_mae']:.3f} | {r['reward_mae']:.3f} | "
-                     f"{r['value_corr']:.2f} | {r['value_spread_ratio']:.2f} |")
-    return "\n".join(lines)
+        rows.append([f"{key.split(':')[0]}{seen}", r["weights"], f"{r['tokens'] / 1e6:.0f}M",
+                     *(f"{r[k]:.3f}" for k in ("ce_obs", "ce_act", "ce_reward", "ce_value", "obs_mae",
+                                               "reward_mae")),
+                     f"{r['value_corr']:.2f}", f"{r['value_spread_ratio']:.2f}"])
+    return markdown_table(columns, rows)
 
 
 if __name__ == "__main__":

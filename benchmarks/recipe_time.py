@@ -13,7 +13,6 @@ benchmarks/results/recipe_time.json (one entry per config).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,12 +24,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
     sys.path.append(ROOT)
-from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+from readme_blocks import load_results, markdown_table, publish  # noqa: E402  (the script's folder)
 
 from trajectory.config import TrainRunConfig  # noqa: E402
 from trajectory.configutil import build_config  # noqa: E402
 from trajectory.data.dataset import build_datasets  # noqa: E402
-from trajectory.io import save_json  # noqa: E402
 from trajectory.models.trajectory_model import TokenLayout  # noqa: E402
 from trajectory.training import distributed  # noqa: E402
 from trajectory.training.trainer import Trainer  # noqa: E402
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", default=None, help="rewrite its recipe_time block with a table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = json.load(open(OUT)) if os.path.isfile(OUT) else {}
+    results = load_results(OUT)
     for config in args.configs:
         entry = {**measure(config, args.steps, args.warmup), "threads": args.threads,
                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -83,23 +81,21 @@ def main(argv=None) -> int:
             f"in its {entry['budget_minutes']:g} minutes"
         print(f"{entry['config']}: batch {entry['batch_size']}, {entry['tokens_per_s']:,.0f} tokens/s "
               f"-> {hours}")
-    save_json(results, OUT)
-    if args.readme:
-        replace_block(args.readme, "recipe_time", table(results))
+    publish(results, OUT, args.readme, "recipe_time", table)
     return 0
 
 
 def table(results: dict) -> str:
-    lines = ["| recipe | batch | tokens/s (this machine) | budget | time on this machine |",
-             "| --- | ---: | ---: | --- | --- |"]
+    rows = []
     for config, r in results.items():
         if r["hours_for_budget"]:
             budget, cost = f"{r['max_tokens'] / 1e6:.0f}M tokens", f"{r['hours_for_budget']:.2f} h"
         else:
             budget = f"{r['budget_minutes']:g} min"
             cost = f"{r['tokens_in_budget_minutes'] / 1e6:.0f}M tokens"
-        lines.append(f"| `{config}` | {r['batch_size']} | {r['tokens_per_s']:,.0f} | {budget} | {cost} |")
-    return "\n".join(lines)
+        rows.append([f"`{config}`", r["batch_size"], f"{r['tokens_per_s']:,.0f}", budget, cost])
+    return markdown_table(["recipe", "batch>", "tokens/s (this machine)>", "budget", "time on this machine"],
+                          rows)
 
 
 if __name__ == "__main__":

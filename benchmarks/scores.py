@@ -29,7 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
     sys.path.append(ROOT)
-from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
+from readme_blocks import markdown_table, replace_block  # noqa: E402  (the script's folder)
 
 from trajectory.io import save_json  # noqa: E402
 from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS, summarize  # noqa: E402
@@ -131,20 +131,22 @@ def load_rows() -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| core | size | training | tokens | held-out CE obs / act / rew / val | actions | "
-             "normalized (± s.e.m.) | 95% CI | failed | seeds |",
-             "| --- | --- | --- | ---: | --- | --- | ---: | --- | ---: | --- |"]
+    """The protocol rows (25 full episodes or more); cut-short evaluations stay in the JSON only."""
+    columns = ["core", "size", "training", "tokens>", "held-out CE obs / act / rew / val", "actions",
+               "normalized (± s.e.m.)>", "95% CI", "failed>", "seeds"]
+    lines = []
     for r in rows:
+        if not r["protocol"]:
+            continue
         ce = r.get("held_out_ce")
-        ce_text = " / ".join(f"{ce[k]:.2f}" for k in ("obs", "act", "reward", "value")) if ce else "n/a"
-        tokens = f"{r['tokens'] / 1e6:.0f}M" if r.get("tokens") else "n/a"
         s = r["score"]
-        flag = "" if r["protocol"] else " (not protocol)"
-        lines.append(f"| {r['core']} | {r.get('size') or ''} | {r['training']}, {r['hardware']} | "
-                     f"{tokens} | {ce_text} | {r['actions']} | **{s['mean']:.1f}** ± {s['sem']:.1f}"
-                     f"{flag} | {s['ci95'][0]:.1f}-{s['ci95'][1]:.1f} | {r['failed']} of "
-                     f"{r['episodes']} | {r['seeds'][0]}-{r['seeds'][1]} |")
-    return "\n".join(lines)
+        lines.append([r["core"], r.get("size") or "", f"{r['training']}, {r['hardware']}",
+                      f"{r['tokens'] / 1e6:.0f}M" if r.get("tokens") else "n/a",
+                      " / ".join(f"{ce[k]:.2f}" for k in ("obs", "act", "reward", "value")) if ce
+                      else "n/a", r["actions"], f"**{s['mean']:.1f}** ± {s['sem']:.1f}",
+                      f"{s['ci95'][0]:.1f}-{s['ci95'][1]:.1f}", f"{r['failed']} of {r['episodes']}",
+                      f"{r['seeds'][0]}-{r['seeds'][1]}"])
+    return markdown_table(columns, lines)
 
 
 def same_run(a: dict, b: dict) -> bool:
@@ -156,8 +158,7 @@ def same_run(a: dict, b: dict) -> bool:
 
 def gains(rows: list[dict]) -> str:
     """Each planner row against the policy row of the same checkpoint and seeds (the same weights)."""
-    lines = ["| core | training | planner | seeds | planner − policy | failed: planner / policy |",
-             "| --- | --- | --- | --- | ---: | --- |"]
+    lines = []
     for r in rows:
         if r["planner_settings"]["planner"] == "policy" or not r["protocol"]:
             continue
@@ -169,13 +170,14 @@ def gains(rows: list[dict]) -> str:
         p = match[0]
         diff = r["score"]["mean"] - p["score"]["mean"]
         spread = (r["score"]["sem"] ** 2 + p["score"]["sem"] ** 2) ** 0.5
-        lines.append(f"| {r['core']} | {r['training']} | {r['actions']} | {r['seeds'][0]}-{r['seeds'][1]}"
-                     f" | **{diff:+.1f}** ± {spread:.1f} | {r['failed']} / {p['failed']} of "
-                     f"{r['episodes']} |")
-    return "\n".join(lines)
+        lines.append([r["core"], r["training"], r["actions"], f"{r['seeds'][0]}-{r['seeds'][1]}",
+                      f"**{diff:+.1f}** ± {spread:.1f}", f"{r['failed']} / {p['failed']} of {r['episodes']}"])
+    return markdown_table(["core", "training", "planner", "seeds", "planner − policy>",
+                           "failed: planner / policy"], lines)
 
 
 def plot(rows: list[dict], path: str) -> None:
+    rows = [r for r in rows if r["protocol"]]  # what the table shows
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 
@@ -23,9 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
     sys.path.append(ROOT)
-from readme_blocks import replace_block  # noqa: E402  (benchmarks/ is the script's folder)
-
-from trajectory.io import save_json  # noqa: E402
+from readme_blocks import load_results, markdown_table, publish  # noqa: E402  (the script's folder)
 
 
 def load_traces(folder: str) -> dict[str, np.ndarray]:
@@ -83,29 +80,25 @@ def main(argv=None) -> int:
               f"{a['realised_reward']:.2f}, over-estimation {a['over_estimation']:+.2f}, "
               f"corr {a['correlation']:.2f}, failed episodes "
               f"{(results[label]['failed'] or {}).get('episodes', 0)}")
-    existing = json.load(open(args.out)) if os.path.isfile(args.out) else {}
-    results = {**existing, **results}
-    save_json(results, args.out)
-    if args.readme:
-        replace_block(args.readme, "search_diagnostics", table(results))
+    publish({**load_results(args.out), **results}, args.out, args.readme, "search_diagnostics", table)
     return 0
 
 
 def table(results: dict) -> str:
-    lines = ["| evaluation | predicted reward / step | realised | over-estimation: all episodes | "
-             "failed episodes | others | log p(observation) / token: failed | others |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    columns = ["evaluation", "predicted reward / step>", "realised>", "over-estimation: all episodes>",
+               "failed episodes>", "others>", "log p(observation) / token: failed>", "others>"]
+
+    def fmt(d: dict, key: str, signed: bool = False) -> str:
+        return "n/a" if key not in d else (f"{d[key]:+.2f}" if signed else f"{d[key]:.2f}")
+    rows = []
     for label, r in results.items():
         failed, others = r.get("failed") or {}, r.get("not_failed") or {}
-
-        def fmt(d: dict, key: str, signed: bool = False) -> str:
-            return "n/a" if key not in d else (f"{d[key]:+.2f}" if signed else f"{d[key]:.2f}")
-        lines.append(f"| {label} | {r['all']['predicted_reward']:.2f} | {r['all']['realised_reward']:.2f}"
-                     f" | {r['all']['over_estimation']:+.2f} | {fmt(failed, 'over_estimation', True)} "
-                     f"({failed.get('episodes', 0)}) | {fmt(others, 'over_estimation', True)} | "
-                     f"{fmt(failed, 'observation_log_likelihood')} | "
-                     f"{fmt(others, 'observation_log_likelihood')} |")
-    return "\n".join(lines)
+        rows.append([label, fmt(r["all"], "predicted_reward"), fmt(r["all"], "realised_reward"),
+                     fmt(r["all"], "over_estimation", True),
+                     f"{fmt(failed, 'over_estimation', True)} ({failed.get('episodes', 0)})",
+                     fmt(others, "over_estimation", True), fmt(failed, "observation_log_likelihood"),
+                     fmt(others, "observation_log_likelihood")])
+    return markdown_table(columns, rows)
 
 
 if __name__ == "__main__":

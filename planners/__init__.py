@@ -9,16 +9,21 @@ from planners.policy import PolicyPlanner
 from trajectory.configutil import ConfigError
 
 PLANNERS = {
-    "beam": BeamPlanner,  # TT's beam search (optionally pessimistic: percentile, likelihood_weight)
+    "beam": BeamPlanner,  # TT's beam search (optionally wary: percentile, likelihood, support)
     "policy": PolicyPlanner,  # the model's own action distribution, no search
 }
 
 
+def check_planner(name: str) -> None:
+    """An unknown planner name is a config error listing the known ones (cheap: run it early)."""
+    if name not in PLANNERS:
+        raise ConfigError(f"unknown planner '{name}'; choose one of: {', '.join(PLANNERS)}")
+
+
 def build_planner(model, discretizer, layout, cfg, generator: torch.Generator | None = None):
     """The planner ``cfg.planner`` names, over ``model``."""
-    if cfg.planner not in PLANNERS:
-        raise ConfigError(f"unknown planner '{cfg.planner}'; choose one of: {', '.join(PLANNERS)}")
+    check_planner(cfg.planner)
     return PLANNERS[cfg.planner](model, discretizer, layout, cfg, generator)
 
 
-__all__ = ["PLANNERS", "BeamPlanner", "Plan", "PolicyPlanner", "build_planner"]
+__all__ = ["PLANNERS", "BeamPlanner", "Plan", "PolicyPlanner", "build_planner", "check_planner"]

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from planners import build_planner
-from planners.rollout import History
-from trajectory.checkpoint import load_checkpoint
+from planners.rollout import History, check_finite, load_for_eval, transition_tokens
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
 
@@ -38,11 +37,11 @@ class Agent:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", **settings) -> Agent:
-        """``settings``: any :class:`~trajectory.config.EvalConfig` field (planner, beam_width, ...)."""
-        checkpoint = load_checkpoint(path)
+        """``settings``: any :class:`~trajectory.config.EvalConfig` field (planner, beam_width,
+        quantize, ...); the model is loaded as ``eval.py`` loads it."""
         cfg = EvalConfig(checkpoints_path=path, device=device, **settings)
-        return cls(checkpoint.build_model(device, cfg.weights), checkpoint.discretizer,
-                   checkpoint.layout, cfg, device)
+        checkpoint, model = load_for_eval(cfg, torch.device(device))
+        return cls(model, checkpoint.discretizer, checkpoint.layout, cfg, device)
 
     def reset(self, envs: int = 1, max_steps: int | None = None) -> None:
         """Forget the history; the next ``act`` starts ``envs`` new episodes."""
@@ -61,9 +60,8 @@ class Agent:
         if obs.shape != (self.history.tokens.shape[0], o):
             raise ConfigError(f"act expects observations of shape {(self.history.tokens.shape[0], o)}"
                               f" (reset(envs=E) for E environments), got {obs.shape}")
-        if not np.isfinite(obs).all():
-            raise ConfigError("act got a non-finite observation")
         rows = np.arange(len(obs))
+        check_finite(obs, rows, self.history.length, self.cfg.env_id or "the environment")
         obs_tokens = self.discretizer.encode(obs, dims=slice(0, o))
         context = self.history.context(rows, obs_tokens, self.planner.context_transitions)
         plan = self.planner.plan(torch.as_tensor(context, device=self.device))
@@ -77,11 +75,9 @@ class Agent:
         if self._pending is None:
             raise ConfigError("record(reward) follows act(obs)")
         rewards = np.atleast_1d(np.asarray(reward, dtype=np.float64))
-        o, a = self.layout.obs_dim, self.layout.act_dim
-        reward_tokens = self.discretizer.encode(rewards, dims=o + a)
-        rows = np.arange(len(rewards))
-        tokens = np.concatenate([self._pending, reward_tokens[:, None],
-                                 np.zeros((len(rewards), 1), dtype=np.uint8)], axis=1)
-        self.history.append(rows, tokens)
+        obs_tokens, act_tokens = np.split(self._pending, [self.layout.obs_dim], axis=1)
+        self.history.append(np.arange(len(rewards)),
+                            transition_tokens(self.discretizer, self.layout, obs_tokens, act_tokens,
+                                              rewards))
         self.history.advance()
         self._pending = None

@@ -91,6 +91,25 @@ def random_context(layout: TokenLayout, cfg: EvalConfig, n_envs: int,
                          generator=generator)
 
 
+def feed(model, tokens: torch.Tensor, state):
+    """Feed tokens [R] or [R, t] to a step-form model; the logits of the next token [R, V] and the
+    new state."""
+    if tokens.dim() == 1:
+        tokens = tokens[:, None]
+    with op_group("model"):  # inside the planner's scope: the model's ops are grouped by kind
+        logits, state = model.step(tokens, state)
+    return logits[:, -1].float(), state
+
+
+def prefill(model, context: torch.Tensor, obs_dim: int):
+    """The context [E, L] in one parallel call: the next token's logits [E, V], the state, and the
+    model's surprise at the current observation (see :func:`observed_log_likelihood`)."""
+    state = model.init_state(context.shape[0], context.device)
+    with op_group("model"):
+        logits, state = model.step(context, state)
+    return logits[:, -1].float(), state, observed_log_likelihood(logits, context, obs_dim)
+
+
 def token_log_prob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """log p(token) under the unfiltered distribution.  logits [R, V], token [R] -> [R]."""
     return logits.float().log_softmax(-1).gather(-1, token[:, None].long()).squeeze(-1)
@@ -109,14 +128,6 @@ class BeamPlanner:
         self.quantile = parse_percentile(cfg.percentile)
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
 
-    def _feed(self, tokens: torch.Tensor, state):
-        """Feed tokens [R] or [R, t]; return the logits of the next token [R, V] and the state."""
-        if tokens.dim() == 1:
-            tokens = tokens[:, None]
-        with op_group("model"):  # inside the planner's scope: the model's ops are grouped by kind
-            logits, state = self.model.step(tokens, state)
-        return logits[:, -1].float(), state
-
     def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
         return read_scalar(logits, self.discretizer, dim, self.quantile)
 
@@ -131,11 +142,7 @@ class BeamPlanner:
         cfg, lay = self.cfg, self.layout
         o, a = lay.obs_dim, lay.act_dim
         envs, device = context.shape[0], context.device
-        state = self.model.init_state(envs, device)
-        with op_group("model"):
-            prefill, state = self.model.step(context, state)  # prefill: one parallel call
-        logits = prefill[:, -1].float()
-        surprise = observed_log_likelihood(prefill, context, o)
+        logits, state, surprise = prefill(self.model, context, o)
         discounts = cfg.discount ** torch.arange(cfg.beam_steps + 1, device=device, dtype=torch.float32)
         actions = torch.zeros(envs, 0, a, dtype=torch.long, device=device)
         rewards = torch.zeros(envs, 0, device=device)
@@ -156,9 +163,9 @@ class BeamPlanner:
                 token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
                 step_actions.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
-                logits, state = self._feed(token, state)
+                logits, state = feed(self.model, token, state)
             reward = self._read(logits, o + a)
-            logits, state = self._feed(logits.argmax(-1), state)  # the reward token, greedily
+            logits, state = feed(self.model, logits.argmax(-1), state)  # the reward token, greedily
             value = self._read(logits, o + a + 1)
             actions = torch.cat([actions, torch.stack(step_actions, dim=1)[:, None]], dim=1)
             rewards = torch.cat([rewards, reward[:, None]], dim=1)
@@ -178,12 +185,12 @@ class BeamPlanner:
             per_env = keep
 
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
-                logits, state = self._feed(logits.argmax(-1), state)  # value token (never seen)
+                logits, state = feed(self.model, logits.argmax(-1), state)  # value token (never seen)
                 for _ in range(o):
                     token = sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs)
                     log_lik = log_lik + token_log_prob(logits, token)
                     outside = outside + ((token == 0) | (token == last_bin)).float()
-                    logits, state = self._feed(token, state)
+                    logits, state = feed(self.model, token, state)
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
         return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise,
                     outside[best])

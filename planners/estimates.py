@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from trajectory.config import parse_percentile  # the one check of the setting, where it enters
 
-def parse_percentile(value: str) -> float | None:
-    """``'mean'`` -> None (expectation); ``'0.25'`` -> 0.25. Raises ValueError otherwise."""
-    if value == "mean":
-        return None
-    q = float(value)
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"percentile must be 'mean' or a number in (0, 1), got '{value}'")
-    return q
+__all__ = ["parse_percentile", "read_scalar"]
 
 
 def read_scalar(logits: torch.Tensor, discretizer, dim: int, quantile: float | None) -> torch.Tensor:

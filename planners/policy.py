@@ -3,22 +3,20 @@
 Per env step, for E environments at once: prefill the context, then choose the action tokens one
 dimension at a time, each conditioned on the ones before, either the most likely token
 (``policy_actions=greedy``) or a draw filtered by ``k_act`` / ``cdf_act`` (``sample``). The model
-then predicts the step's reward and the value after it, for the report only. One token per action
-dimension plus two: about a tenth of a beam-search step's model calls on one row per env instead of
-``beam_width * sample_expand``.
+then predicts the step's reward and the value after it, for the report only: the prefill, one call
+per action dimension and one for the reward, on one row per env (beam search at TT's settings:
+108 calls on up to ``beam_width * sample_expand`` rows).
 """
 from __future__ import annotations
 
 import torch
 
-from planners.beam import Plan, max_context_transitions, observed_log_likelihood, token_log_prob
+from planners.beam import Plan, feed, max_context_transitions, prefill, token_log_prob
 from planners.estimates import parse_percentile, read_scalar
 from planners.sampling import sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
-
-POLICY_ACTIONS = ("greedy", "sample")
 
 
 class PolicyPlanner:
@@ -31,11 +29,6 @@ class PolicyPlanner:
         self.quantile = parse_percentile(cfg.percentile)
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, 1))
 
-    def _feed(self, tokens: torch.Tensor, state):
-        with op_group("model"):
-            logits, state = self.model.step(tokens[:, None] if tokens.dim() == 1 else tokens, state)
-        return logits[:, -1].float(), state
-
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.policy_actions == "greedy":
             return logits.argmax(dim=-1)
@@ -46,19 +39,15 @@ class PolicyPlanner:
         """context: [E, n * transition_dim + obs_dim] tokens -> a one-transition plan per env."""
         with op_group("sampling_beam"):
             o, a = self.layout.obs_dim, self.layout.act_dim
-            state = self.model.init_state(context.shape[0], context.device)
-            with op_group("model"):
-                prefill, state = self.model.step(context, state)
-            logits = prefill[:, -1].float()
-            surprise = observed_log_likelihood(prefill, context, o)
+            logits, state, surprise = prefill(self.model, context, o)
             tokens, log_lik = [], torch.zeros(context.shape[0], device=context.device)
             for _ in range(a):
                 token = self._choose(logits)
                 tokens.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
-                logits, state = self._feed(token, state)
+                logits, state = feed(self.model, token, state)
             reward = read_scalar(logits, self.discretizer, o + a, self.quantile)
-            logits, _ = self._feed(logits.argmax(-1), state)
+            logits, _ = feed(self.model, logits.argmax(-1), state)
             value = read_scalar(logits, self.discretizer, o + a + 1, self.quantile)
             score = reward + self.cfg.discount * value
             return Plan(torch.stack(tokens, dim=1)[:, None], reward[:, None], value, score, log_lik,

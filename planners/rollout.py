@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from planners import build_planner
+from planners import build_planner, check_planner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
@@ -41,6 +41,15 @@ class History:
 
     def advance(self) -> None:
         self.length += 1
+
+
+def transition_tokens(discretizer, layout, obs_tokens: np.ndarray, act_tokens: np.ndarray,
+                      rewards: np.ndarray) -> np.ndarray:
+    """One transition per row for the history: observation, action and reward tokens, and a
+    placeholder for the value (never read: the model blanks value tokens). -> uint8 [R, D]."""
+    reward_tokens = discretizer.encode(rewards, dims=layout.obs_dim + layout.act_dim)
+    return np.concatenate([obs_tokens, act_tokens, reward_tokens[:, None],
+                           np.zeros((len(rewards), 1), dtype=np.uint8)], axis=1)
 
 
 def load_for_eval(cfg: EvalConfig, device: torch.device):
@@ -86,12 +95,12 @@ class EpisodeTrace:
             setattr(self, name, np.full((envs, steps), np.nan, dtype=np.float32))
         self.first_flip_step = np.full(envs, -1, dtype=np.int64)
 
-    def record_plan(self, rows: np.ndarray, t: int, plan, fresh: bool) -> None:
-        if fresh:  # a reused plan (plan_every > 1) predicted nothing new at this step
-            self.predicted_score[rows, t] = plan.score.cpu().numpy()
-            self.predicted_reward[rows, t] = plan.rewards[:, 0].cpu().numpy()
-            self.plan_log_likelihood[rows, t] = plan.log_likelihood.cpu().numpy()
-            self.observed_log_likelihood[rows, t] = plan.observed_log_likelihood.cpu().numpy()
+    def record_plan(self, rows: np.ndarray, t: int, plan) -> None:
+        """A new plan's predictions (steps that reuse a plan, plan_every > 1, stay NaN)."""
+        self.predicted_score[rows, t] = plan.score.cpu().numpy()
+        self.predicted_reward[rows, t] = plan.rewards[:, 0].cpu().numpy()
+        self.plan_log_likelihood[rows, t] = plan.log_likelihood.cpu().numpy()
+        self.observed_log_likelihood[rows, t] = plan.observed_log_likelihood.cpu().numpy()
 
     def record_step(self, rows: np.ndarray, t: int, rewards: np.ndarray, angles) -> None:
         self.reward[rows, t] = rewards
@@ -153,9 +162,8 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
         check_finite(obs[rows], rows, t, cfg.env_id)
         obs_tokens = discretizer.encode(obs[rows], dims=slice(0, o))
         offset = t % max(1, min(cfg.plan_every, cfg.beam_steps))
-        fresh = (offset == 0 or plan_tokens is None or len(plan_tokens) != len(rows)
-                 or offset >= plan_tokens.shape[1])
-        if fresh:
+        if (offset == 0 or plan_tokens is None or len(plan_tokens) != len(rows)
+                or offset >= plan_tokens.shape[1]):
             context = history.context(rows, obs_tokens, planner.context_transitions)
             start = time.perf_counter()
             plan = planner.plan(torch.as_tensor(context, device=device))
@@ -163,7 +171,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
             planning_seconds += time.perf_counter() - start
             plans += 1
             offset = 0
-        trace.record_plan(rows, t, plan, fresh)
+            trace.record_plan(rows, t, plan)
         act_tokens = plan_tokens[:, offset]  # [R, A]
         actions = discretizer.decode(act_tokens, dims=slice(o, o + a)).astype(np.float32)
         rewards = np.zeros(len(rows))
@@ -176,10 +184,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
             if cfg.render and i == 0 and t % 2 == 0:
                 frames.append(envs[0].render())
         trace.record_step(rows, t, rewards, obs[rows, angle_index] if angle_index is not None else None)
-        reward_tokens = discretizer.encode(rewards, dims=o + a)
-        row_tokens = np.concatenate([obs_tokens, act_tokens, reward_tokens[:, None],
-                                     np.zeros((len(rows), 1), dtype=np.uint8)], axis=1)
-        history.append(rows, row_tokens)
+        history.append(rows, transition_tokens(discretizer, layout, obs_tokens, act_tokens, rewards))
         history.advance()
         bar.set_postfix(mean_return=f"{returns.mean():.0f}",
                         flipped=int((trace.first_flip_step >= 0).sum()), refresh=False)
@@ -265,10 +270,7 @@ def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str |
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    from planners import PLANNERS
-
-    if cfg.planner not in PLANNERS:  # before any loading or env work
-        raise ConfigError(f"unknown planner '{cfg.planner}'; choose one of: {', '.join(PLANNERS)}")
+    check_planner(cfg.planner)  # before any loading or env work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -195,16 +195,26 @@ def test_time_budget_sets_the_schedule_horizon_from_measured_throughput(tmp_path
     assert saved.trainer_state["progress"]["horizon_tokens"] == horizon  # resume keeps the schedule
 
 
+def synthetic_builder(data_cfg):
+    """A dataset builder for train(): the synthetic windows, no held-out episodes."""
+    return TokenWindows(), discretizer(), {"obs_dim": LAYOUT.obs_dim, "act_dim": LAYOUT.act_dim}
+
+
+def two_step_run(tmp_path):
+    """train() for two steps on the synthetic windows into tmp_path/tiny; returns its config."""
+    from trajectory.training.trainer import train
+    cfg = tiny_config(tmp_path)
+    cfg.train.max_tokens = 2 * cfg.train.batch_size * (LAYOUT.max_tokens - 1)
+    train(cfg, dataset_builder=synthetic_builder)
+    return cfg
+
+
 def test_a_fresh_run_never_overwrites_an_existing_one_and_resume_takes_either_folder(tmp_path):
     from trajectory.configutil import ConfigError
     from trajectory.training.trainer import train
 
-    def builder(data_cfg):
-        return TokenWindows(), discretizer(), {"obs_dim": LAYOUT.obs_dim, "act_dim": LAYOUT.act_dim}
-
-    cfg = tiny_config(tmp_path)
-    cfg.train.max_tokens = 2 * cfg.train.batch_size * (LAYOUT.max_tokens - 1)
-    train(cfg, dataset_builder=builder)
+    builder = synthetic_builder
+    cfg = two_step_run(tmp_path)
     run_dir = tmp_path / "tiny"
     first = (run_dir / "checkpoint" / "model.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a trained run.*--resume"):
@@ -260,12 +270,8 @@ def test_resume_refuses_a_changed_data_model_or_batch(tmp_path):
     from trajectory.configutil import ConfigError
     from trajectory.training.trainer import train
 
-    def builder(data_cfg):
-        return TokenWindows(), discretizer(), {"obs_dim": LAYOUT.obs_dim, "act_dim": LAYOUT.act_dim}
-
-    cfg = tiny_config(tmp_path)
-    cfg.train.max_tokens = 2 * cfg.train.batch_size * (LAYOUT.max_tokens - 1)
-    train(cfg, dataset_builder=builder)
+    builder = synthetic_builder
+    cfg = two_step_run(tmp_path)
     run_dir = str(tmp_path / "tiny")
     for section, key, value in (("data", "n_bins", 8), ("model", "d_model", 32), ("train", "batch_size", 8)):
         changed = tiny_config(tmp_path)

@@ -124,18 +124,17 @@ def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves the previous checkpoint alone
         raise
-    parent = os.path.dirname(os.path.abspath(path))
     if os.path.exists(path):  # rename(2) cannot replace a non-empty directory: move the old aside
-        old = f"{path}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)  # a crash before this line leaves both folders: see left_aside
-        _fsync(parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-        _fsync(parent)
+        os.replace(path, f"{path}.old-{os.getpid()}")
+    os.replace(tmp, path)  # a crash just before this leaves both folders: see left_aside
+    _fsync(os.path.dirname(os.path.abspath(path)))
+    remove_left_aside(path)
+
+
+def remove_left_aside(path: str) -> None:
+    """Delete the ``.old-*`` / ``.tmp-*`` folders a checkpoint's saves left beside ``path``."""
     for stale in glob.glob(f"{glob.escape(path)}.old-*") + glob.glob(f"{glob.escape(path)}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a save that was cut off earlier
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_torch_file(path: str) -> Any:

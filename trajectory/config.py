@@ -86,6 +86,19 @@ class TrainRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def parse_percentile(value: str) -> float | None:
+    """``percentile``: 'mean' -> None (the expectation), '0.25' -> 0.25; anything else is an error."""
+    if value == "mean":
+        return None
+    try:
+        q = float(value)
+    except ValueError:
+        q = -1.0
+    if not 0.0 < q < 1.0:
+        raise ConfigError(f"percentile must be 'mean' or a number in (0, 1), got '{value}'")
+    return q
+
+
 @dataclass
 class EvalConfig:
     """Root config of ``eval.py`` and ``profile.py`` (flat keys, as in the TT projects)."""
@@ -125,14 +138,7 @@ class EvalConfig:
             raise ConfigError(f"policy_actions must be 'greedy' or 'sample', got '{self.policy_actions}'")
         if self.weights not in ("ema", "raw"):
             raise ConfigError(f"weights must be 'ema' or 'raw', got '{self.weights}'")
-        if self.percentile != "mean":
-            try:
-                q = float(self.percentile)
-            except ValueError:
-                q = -1.0
-            if not 0.0 < q < 1.0:
-                raise ConfigError(f"percentile must be 'mean' or a number in (0, 1), "
-                                  f"got '{self.percentile}'")
+        parse_percentile(self.percentile)
         modes = ("none", "dynamic", "static")
         for mode in self.quantize.split(","):
             if mode.strip() not in modes:

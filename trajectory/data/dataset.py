@@ -110,11 +110,10 @@ class TokenizedData:
 
     def split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """(tokens, lengths) of the training episodes and of the held-out ones."""
-        held = np.asarray(self.meta.get("held_out_episodes", []), dtype=np.int64)
-        in_held = episode_mask(self.lengths, held)
-        keep = ~np.isin(np.arange(len(self.lengths)), held)
-        return ((self.tokens[~in_held], self.lengths[keep]),
-                (self.tokens[in_held], self.lengths[~keep]))
+        held = np.isin(np.arange(len(self.lengths)), self.meta.get("held_out_episodes", []))  # [E]
+        in_held = np.repeat(held, self.lengths)  # [N]
+        return ((self.tokens[~in_held], self.lengths[~held]),
+                (self.tokens[in_held], self.lengths[held]))
 
 
 def tokenize(transitions: Transitions, cfg: DataConfig) -> TokenizedData:

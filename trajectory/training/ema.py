@@ -14,6 +14,8 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
         self.decay, self.updates = decay, updates
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.averaged = [k for k, v in self.state.items() if v.is_floating_point()]
+        self.copied = [k for k, v in self.state.items() if not v.is_floating_point()]
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
         for key, value in state.items():
@@ -25,9 +27,7 @@ class WeightAverage:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         current = model.state_dict()
-        floats = [k for k, v in self.state.items() if v.is_floating_point()]
-        torch._foreach_lerp_([self.state[k] for k in floats], [current[k].detach() for k in floats],
-                             1.0 - decay)
-        for key, value in self.state.items():
-            if not value.is_floating_point():
-                value.copy_(current[key])
+        torch._foreach_lerp_([self.state[k] for k in self.averaged],
+                             [current[k].detach() for k in self.averaged], 1.0 - decay)
+        for key in self.copied:  # integer buffers are not averaged
+            self.state[key].copy_(current[key])

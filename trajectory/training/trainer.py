@@ -18,7 +18,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
-from trajectory.checkpoint import CHECKPOINT_DIR, load_checkpoint, restore_weights, save_checkpoint
+from trajectory.checkpoint import (
+    CHECKPOINT_DIR,
+    left_aside,
+    load_checkpoint,
+    remove_left_aside,
+    restore_weights,
+    save_checkpoint,
+)
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, to_dict
 from trajectory.io import save_text
@@ -316,17 +323,17 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
     check_core_config(cfg.model.core, cfg.model.core_options)  # before any data is built
     checkpoint = None
     if resume_dir is not None:
-        resume_dir = run_folder(resume_dir)
-        checkpoint = load_checkpoint(resume_dir, with_trainer_state=True)
+        run_dir = run_folder(resume_dir)
+        checkpoint = load_checkpoint(run_dir, with_trainer_state=True)
         check_resumable_changes(checkpoint.config, cfg)
     else:
-        prepare_fresh_run(os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg)), cfg.overwrite)
+        run_dir = os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
+        prepare_fresh_run(run_dir, cfg.overwrite)
     ctx = distributed.setup(cfg.device)
     _install_sigterm_handler()
     try:
         if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ and ctx.world_size > 1:
             torch.set_num_threads(1)
-        run_dir = resume_dir or os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
         build = dataset_builder or build_datasets
         if ctx.is_main:  # build or verify the token cache once, then the others read it
             built = build(cfg.data)
@@ -377,8 +384,10 @@ def run_folder(path: str) -> str:
 
 
 def prepare_fresh_run(run_dir: str, overwrite: bool) -> None:
-    """Refuse to train a new run into a folder that holds one, unless asked to replace it."""
-    if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
+    """Refuse to train a new run into a folder that holds one (a checkpoint, or the folders a
+    cut-off save left beside it), unless asked to replace it."""
+    checkpoint = os.path.join(run_dir, CHECKPOINT_DIR)
+    if not os.path.isdir(checkpoint) and left_aside(checkpoint) is None:
         return
     if not overwrite:
         raise ConfigError(f"{run_dir} already holds a trained run: continue it with --resume "
@@ -386,6 +395,7 @@ def prepare_fresh_run(run_dir: str, overwrite: bool) -> None:
     import shutil
     for part in (CHECKPOINT_DIR, "tb"):  # the old run's logs would mix with the new one's
         shutil.rmtree(os.path.join(run_dir, part), ignore_errors=True)
+    remove_left_aside(checkpoint)
 
 
 def _plain(info: dict) -> dict:
