@@ -1,12 +1,17 @@
-"""Planning cost per environment step for every core: cached step form vs re-running the sequence.
+"""Planning cost per environment step for every core: shared-prefix step form, per-row step form,
+and re-running the sequence.
 
 At the halfcheetah defaults (25 envs, beam 32, 5 steps, 5 transitions of context, expand 2) on a
-TT-sized model (4 layers, 128 wide, 10-transition window, 100 bins) with random weights (cost does
-not depend on the weights), one planning call = one env step. The baseline is the way the original
-projects decoded: every new token re-runs the model on the whole sequence so far. Both run in this
-process, on the same inputs, so the ratio is measured side by side.
+TT-sized model (4 layers, 128 wide; ``--size cpu``: the CPU configs' 2 layers, 64 wide; 10-transition
+window, 100 bins) with random weights (cost does not depend on the weights), one planning call = one
+env step. Three ways, in this process on the same inputs, so the ratios are side by side:
 
-    python benchmarks/planning.py [--cores gpt,s5] [--envs 25] [--repeats 2] [--threads 2]
+* ``shared``: the step form with each environment's context kept once for its beams (the default);
+* ``plain``: the step form with every beam holding its own copy of the context (the reference);
+* ``recompute``: every new token re-runs the model on the whole sequence (how the original projects
+  decoded; ``--baseline-repeats 0`` skips it).
+
+    python benchmarks/planning.py [--size tt|cpu] [--cores gpt,s5] [--envs 25] [--threads 2]
 
 Prints a table and writes benchmarks/results/planning.json and a bar chart beside it
 (``--replot`` redraws the chart from the JSON alone).
@@ -20,20 +25,30 @@ import platform
 
 import torch
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
+from readme_blocks import markdown_table, replace_block
 
-from planners.beam import BeamPlanner, RecomputingModel, max_context_transitions, random_context
+from planners.beam import (
+    BeamPlanner,
+    PlainStateModel,
+    RecomputingModel,
+    max_context_transitions,
+    random_context,
+)
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
+from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.trajectory_model import TrajectoryModel
 from trajectory.profiling import TT_LAYOUT, random_discretizer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUT = TT_LAYOUT
+SIZES = {"tt": dict(d_model=128, n_layers=4, n_heads=4), "cpu": dict(d_model=64, n_layers=2, n_heads=4)}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="tt")
     parser.add_argument("--cores", default=",".join(CORES))
     parser.add_argument("--envs", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2)
@@ -41,14 +56,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(RESULTS, "planning.json"))
     parser.add_argument("--replot", action="store_true", help="only redraw the chart of --out")
+    parser.add_argument("--readme", default=None,
+                        help="rewrite the README block named after --out (planning_cpu.json: "
+                             "planning_cpu) with its table")
     args = parser.parse_args(argv)
     if args.replot:
         with open(args.out) as f:
             saved = json.load(f)
-        plot(saved["cores"], saved["settings"]["envs"], args.out.replace(".json", ".png"))
+        plot(saved["cores"], saved["settings"]["envs"], args.out.replace(".json", ".png"),
+             saved["settings"].get("size", "tt"))
+        if args.readme:
+            replace_block(args.readme, block_name(args.out), table(saved))
         return saved["cores"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as eval.py does
     cfg = EvalConfig(n_episodes=args.envs)
     disc = random_discretizer(LAYOUT)
     n_ctx = min(cfg.beam_context, max_context_transitions(LAYOUT, cfg.beam_steps))
@@ -56,50 +78,88 @@ def main(argv=None) -> dict:
     results = {}
     for name in args.cores.split(","):
         torch.manual_seed(0)
-        model = TrajectoryModel(ModelConfig(core=name), LAYOUT).eval()
-        cached_planner = BeamPlanner(model, disc, LAYOUT, cfg, torch.Generator().manual_seed(0))
-        naive_planner = BeamPlanner(RecomputingModel(model), disc, LAYOUT, cfg,
-                                    torch.Generator().manual_seed(0))
-        cached = timed(lambda: cached_planner.plan(context), args.repeats)
-        naive = timed(lambda: naive_planner.plan(context), args.baseline_repeats)
-        results[name] = {"ms_per_env_step_cached": cached * 1e3, "ms_per_env_step_recompute": naive * 1e3,
-                         "speedup": naive / cached,
-                         "ms_per_env_step_per_env_cached": cached * 1e3 / args.envs}
-        print(f"{name:7s} cached {cached * 1e3:9.1f} ms/env step   recompute {naive * 1e3:9.1f} ms   "
-              f"x{naive / cached:5.1f}", flush=True)
+        model = TrajectoryModel(ModelConfig(core=name, **SIZES[args.size]), LAYOUT).eval()
+
+        def planner(adapter):
+            return BeamPlanner(adapter, disc, LAYOUT, cfg, torch.Generator().manual_seed(0))
+        shared = timed(lambda: planner(model).plan(context), args.repeats)
+        plain = timed(lambda: planner(PlainStateModel(model)).plan(context), args.repeats)
+        row = {"ms_per_env_step_cached": shared * 1e3, "ms_per_env_step_plain": plain * 1e3,
+               "shared_vs_plain": plain / shared, "ms_per_env_step_per_env_cached": shared * 1e3 / args.envs}
+        line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   plain {plain * 1e3:9.1f} ms  "
+                f"x{plain / shared:4.2f}")
+        if args.baseline_repeats:
+            naive = timed(lambda: planner(RecomputingModel(model)).plan(context), args.baseline_repeats)
+            row.update(ms_per_env_step_recompute=naive * 1e3, speedup=naive / shared)
+            line += f"   recompute {naive * 1e3:9.1f} ms  x{naive / shared:5.1f}"
+        results[name] = row
+        print(line, flush=True)
         save(args, cfg, n_ctx, results)  # after every core: a long run keeps what it measured
-    plot(results, args.envs, args.out.replace(".json", ".png"))
+    plot(results, args.envs, args.out.replace(".json", ".png"), args.size)
+    if args.readme:
+        with open(args.out) as f:
+            replace_block(args.readme, block_name(args.out), table(json.load(f)))
     print(f"wrote {args.out}")
     return results
 
 
-def plot(results: dict, envs: int, path: str) -> None:
+def plot(results: dict, envs: int, path: str, size: str = "tt") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(results)
-    cached = [results[n]["ms_per_env_step_cached"] / 1e3 for n in names]
-    rerun = [results[n]["ms_per_env_step_recompute"] / 1e3 for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], rerun, 0.4, label="re-run the sequence per token", color="#bbbbbb")
-    ax.bar([i + 0.2 for i in x], cached, 0.4, label="step form with cache/state", color="#1f77b4")
-    for i, name in enumerate(names):
-        ax.annotate(f"{results[name]['speedup']:.0f}x", (i, rerun[i]), ha="center", va="bottom")
-    ax.set_xticks(list(x), names)
+    series = [("ms_per_env_step_recompute", "re-run the sequence per token", "#bbbbbb"),
+              ("ms_per_env_step_plain", "step form, context copied per beam", "#9ecae1"),
+              ("ms_per_env_step_cached", "step form, context shared by beams", "#1f77b4")]
+    series = [s for s in series if all(s[0] in results[n] for n in names)]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for j, (key, label, color) in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [results[n][key] / 1e3 for n in names], width, label=label, color=color)
+    ax.set_xticks(list(range(len(names))), names)
     ax.set_yscale("log")
-    ax.set_ylim(min(cached) / 2, max(rerun) * 3)
     ax.set_ylabel("seconds per env step")
-    ax.set_title(f"beam-search planning, {envs} envs, TT size, 2 CPU cores")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"beam-search planning, {envs} envs, {'TT size' if size == 'tt' else 'CPU size'}")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def block_name(out: str) -> str:
+    return os.path.splitext(os.path.basename(out))[0]
+
+
+def table(saved: dict) -> str:
+    """README table: seconds per env step with the shared prefix, the per-row reference, their
+    ratio, and re-running the sequence where it was measured."""
+    cores, settings = saved["cores"], saved["settings"]
+    recompute = all("ms_per_env_step_recompute" in row for row in cores.values())
+    plain = all("ms_per_env_step_plain" in row for row in cores.values())  # older files lack it
+    columns = ["core", "shared prefix, s / env step>" if plain else "step form, s / env step>"]
+    if plain:
+        columns += ["context per beam, s>", "speed-up>"]
+    if recompute:
+        columns += ["re-run per token, s>", "step form vs re-run>"]
+    rows = []
+    for name, row in cores.items():
+        cells = [name, f"{row['ms_per_env_step_cached'] / 1e3:.2f}"]
+        if plain:
+            cells += [f"{row['ms_per_env_step_plain'] / 1e3:.2f}", f"{row['shared_vs_plain']:.2f}x"]
+        if recompute:
+            cells += [f"{row['ms_per_env_step_recompute'] / 1e3:.0f}", f"{row['speedup']:.0f}x"]
+        rows.append(cells)
+    size = f"{settings.get('n_layers', 4)} layers x {settings.get('d_model', 128)} wide"
+    note = (f"({size}, {settings['envs']} envs x beam "
+            f"{settings['beam_width']} x expand {settings['sample_expand']}, {settings['threads']} threads, "
+            f"torch {settings['torch']})")
+    return markdown_table(columns, rows) + "\n\n" + note
 
 
 def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> None:
     out = {"settings": {"envs": args.envs, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
                         "context_transitions": n_ctx, "sample_expand": cfg.sample_expand,
-                        "d_model": 128, "n_layers": 4, "vocab": LAYOUT.vocab,
+                        "size": args.size, **SIZES[args.size], "vocab": LAYOUT.vocab,
                         "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine()},
            "cores": results}

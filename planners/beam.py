@@ -14,7 +14,8 @@ Per environment step, for E environments at once:
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
 top-k and every reordering goes through ``model.select_state``. The model is used only through
-``init_state`` / ``step`` / ``select_state``: a cached core decodes a token in O(1) or O(L) work;
+``init_state`` / ``step`` / ``select_state`` (and ``branch_state`` where it has one, which keeps each
+environment's context once for all its beams): a cached core decodes a token in O(1) or O(L) work;
 :class:`RecomputingModel` gives the same interface by re-running the whole sequence (the way the
 original projects decoded), for tests and benchmarks.
 """
@@ -46,6 +47,23 @@ class RecomputingModel:
 
     def select_state(self, state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return state.index_select(0, index)
+
+
+class PlainStateModel:
+    """A model seen without ``branch_state``: every beam copies its environment's whole context (the
+    planner's behaviour before shared prefixes; kept as the reference in benchmarks and tests)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def init_state(self, batch_size: int, device, dtype=torch.float32):
+        return self.model.init_state(batch_size, device, dtype)
+
+    def step(self, tokens: torch.Tensor, state):
+        return self.model.step(tokens, state)
+
+    def select_state(self, state, index: torch.Tensor):
+        return self.model.select_state(state, index)
 
 
 @dataclass
@@ -110,6 +128,15 @@ def prefill(model, context: torch.Tensor, obs_dim: int):
     return logits[:, -1].float(), state, observed_log_likelihood(logits, context, obs_dim)
 
 
+def branch(model, state, copies: int, index: torch.Tensor):
+    """Every environment's state becomes ``copies`` beams (``index`` repeats each row ``copies``
+    times): through the model's ``branch_state`` where it has one (the context is then kept once
+    per environment), else by copying rows with ``select_state``."""
+    if hasattr(model, "branch_state"):
+        return model.branch_state(state, copies)
+    return model.select_state(state, index)
+
+
 def token_log_prob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """log p(token) under the unfiltered distribution.  logits [R, V], token [R] -> [R]."""
     return logits.float().log_softmax(-1).gather(-1, token[:, None].long()).squeeze(-1)
@@ -153,7 +180,10 @@ class BeamPlanner:
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
-            state = self.model.select_state(state, index)
+            if t == 0:
+                state = branch(self.model, state, expand, index)
+            else:
+                state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
             log_lik, outside = log_lik[index], outside[index]
             per_env *= expand

@@ -19,6 +19,7 @@ from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
 from trajectory.envs import has_reference_returns, make_env, normalized_score, torso_angle_index
 from trajectory.io import save_json
+from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
 
@@ -271,6 +272,7 @@ def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str |
 
 def evaluate(cfg: EvalConfig) -> dict:
     check_planner(cfg.planner)  # before any loading or env work
+    reuse_freed_memory()  # planning reallocates large state buffers every reorder
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

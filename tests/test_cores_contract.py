@@ -116,3 +116,31 @@ def test_copy_task_loss_falls(core_name):
         losses.append(loss.item())
     initial = torch.log(torch.tensor(float(vocab))).item()  # chance level
     assert sum(losses[-20:]) / 20 < 0.3 * initial, f"{core_name}: loss {losses[-1]:.3f}"
+
+
+@torch.no_grad()
+def test_branched_state_equals_each_row_run_alone(core_name):
+    """Beams branched from different contexts, decoded in a chunk and token by token, reordered
+    within their environment and then across environments, match the parallel form on each row's
+    own whole sequence (a mix-up of environments' prefixes would fail)."""
+    core = make_core(core_name)
+    envs, copies, P = 3, 4, 10
+    context = torch.randn(envs, P, D)  # a different context per environment
+    suffix = torch.randn(envs * copies, 20, D)  # and a different continuation per row
+    state = core.init_state(envs, context.device, context.dtype)
+    _, state = core.step(context, state)
+    state = core.branch_state(state, copies)
+    origin = torch.arange(envs * copies)  # which suffix each row carries
+    outs = []
+    y, state = core.step(suffix[:, :3], state)  # a chunk
+    outs.append(y)
+    within = torch.tensor([1, 1, 0, 3, 4, 7, 7, 5, 11, 8, 9, 9])  # each row stays with its env
+    for start, index in ((3, within), (8, torch.tensor([0, 5, 9, 2]))):  # then envs mixed
+        state = core.select_state(state, index)
+        origin, outs = origin[index], [o[index] for o in outs]
+        for j in range(start, start + 5):
+            y, state = core.step(suffix[origin, j:j + 1], state)
+            outs.append(y)
+    expected = core(torch.cat([context.repeat_interleave(copies, 0)[origin], suffix[origin]], 1))
+    got = torch.cat(outs, 1)
+    torch.testing.assert_close(got, expected[:, P:P + got.shape[1]], atol=ATOL, rtol=0)

@@ -31,6 +31,7 @@ import torch
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.configutil import ConfigError
 from trajectory.io import save_json, save_text
+from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.ops.scopes import PREFIX, scopes_enabled
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 
@@ -340,6 +341,7 @@ def plot(report: dict, path: str) -> str | None:
 def profile_planning(cfg: EvalConfig) -> dict:
     if cfg.device != "cpu":
         raise ConfigError("profile.py reports CPU inference; use --device=cpu")
+    reuse_freed_memory()  # planning reallocates large state buffers every reorder
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.profile_steps < 1:

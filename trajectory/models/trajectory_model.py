@@ -159,5 +159,9 @@ class TrajectoryModel(nn.Module):
     def select_state(self, state: dict, index: torch.Tensor) -> dict:
         return {"core": self.core.select_state(state["core"], index), "pos": state["pos"]}
 
+    def branch_state(self, state: dict, copies: int) -> dict:
+        """Each row becomes ``copies`` consecutive rows continuing its history (see SequenceCore)."""
+        return {"core": self.core.branch_state(state["core"], copies), "pos": state["pos"]}
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

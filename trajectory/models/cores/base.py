@@ -8,6 +8,13 @@ It has two forms that compute the same function:
   state between calls; planners decode with it.
 
 ``select_state(state, index)`` gathers batch rows of a state (beam reordering and expansion).
+``branch_state(state, copies)`` turns each row into ``copies`` consecutive rows that continue the
+same history: a planner's beams of one environment. By default it is ``select_state`` with every row
+repeated; a core whose state grows with the history overrides it to keep the shared history once per
+original row (the *prefix*) and only what each copy adds after it per row (the *suffix*), so that
+decoding reads the prefix once per group and reordering copies only suffixes. Such a state still
+accepts any ``select_state`` index; one that mixes rows of different groups is first expanded to
+the plain form.
 ``step`` may write into the buffers of the state it is given (GPT's K/V cache and Hyena's history
 are preallocated and filled in place), so a state is consumed by ``step``: to continue one state in
 two ways, branch it with ``select_state`` first, which copies.
@@ -57,6 +64,28 @@ def map_state(state: State, fn) -> State:
     return state  # ints (e.g. a position counter) are shared by all rows
 
 
+def first_tensor(state: State) -> torch.Tensor | None:
+    """The first tensor of a nested state (its leading dimension is the number of rows)."""
+    if isinstance(state, torch.Tensor):
+        return state
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else ()
+    for value in values:
+        found = first_tensor(value)
+        if found is not None:
+            return found
+    return None
+
+
+def grouped_index(index: torch.Tensor, rows_per_group: int, groups: int) -> int | None:
+    """Rows per group after ``select_state(index)`` when every new row stays in its group, groups in
+    order with equally many rows each (what a beam planner does); None otherwise."""
+    if len(index) % groups:
+        return None
+    per = len(index) // groups
+    expected = torch.arange(groups, device=index.device).repeat_interleave(per)
+    return per if torch.equal(torch.div(index, rows_per_group, rounding_mode="floor"), expected) else None
+
+
 class SequenceCore(nn.Module):
     """Base class: subclasses define ``Options`` (a dataclass), forward, init_state and step."""
 
@@ -85,6 +114,11 @@ class SequenceCore(nn.Module):
 
     def select_state(self, state: State, index: torch.Tensor) -> State:
         return map_state(state, lambda t: t.index_select(0, index))
+
+    def branch_state(self, state: State, copies: int) -> State:
+        tensor = first_tensor(state)
+        index = torch.arange(tensor.shape[0], device=tensor.device).repeat_interleave(copies)
+        return self.select_state(state, index)
 
     def check_resets(self, resets: torch.Tensor | None) -> None:
         if resets is not None and not self.supports_resets:

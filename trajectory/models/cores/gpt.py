@@ -14,6 +14,14 @@ place, so decoding a token costs no copy of the cache (appending by concatenatio
 cache, every layer, every token). A chunk of ``t > 1`` tokens attends to the cache and causally
 within itself. ``select_state`` copies only the valid entries.
 
+Shared prefix (``branch_state``): a planner's beams of one environment share its context. The
+branched state keeps the context's keys/values once per environment (the prefix, ``[E, H, P, hd]``)
+and per row only the keys/values decoded after it (the suffix). A query attends to both in one
+softmax: its scores against the prefix come from one matrix product per environment (the queries of
+all its rows stacked), against the suffix from its own row; the two parts share the running maximum
+and the normalizer, so the result is the softmax over the concatenated keys. Reordering beams copies
+suffixes only.
+
 Context window. Positions are learned for ``max_len`` tokens, so ``forward`` refuses longer inputs.
 ``step`` keeps going past ``max_len`` as a sliding window: a token attends to itself and the
 ``max_len - 1`` tokens before it, the cache keeps the last ``max_len`` keys/values, and new tokens
@@ -35,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.cores.base import CoreConfig, SequenceCore, State, grouped_index
 from trajectory.models.ops.scopes import op_group
 
 KV = tuple[torch.Tensor, torch.Tensor, int]  # key and value buffers [B, H, cap, hd], valid length
@@ -82,6 +90,58 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y)), k, v
 
 
+    def forward_shared(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
+                       past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, t, D] of B = E * r rows, r consecutive rows per prefix; prefix keys/values
+        [E, H, P, hd]; past: the rows' suffix buffers [B, H, cap, hd] and their valid length (the
+        new entries are written in place; the caller keeps them within cap)."""
+        B, t, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (z.view(B, t, H, D // H).transpose(1, 2) for z in (q, k, v))  # [B, H, t, hd]
+        with op_group("attention"):
+            k_buf, v_buf, length = past
+            k_buf[:, :, length:length + t] = k
+            v_buf[:, :, length:length + t] = v
+            y = shared_prefix_attention(q, prefix[0], prefix[1], k_buf[:, :, :length + t],
+                                        v_buf[:, :, :length + t])
+        y = y.transpose(1, 2).reshape(B, t, D)
+        return self.resid_drop(self.proj(y)), k_buf, v_buf
+
+
+def shared_prefix_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
+                            suffix_k: torch.Tensor, suffix_v: torch.Tensor) -> torch.Tensor:
+    """softmax(q [k_prefix; k_suffix]^T / sqrt(hd)) [v_prefix; v_suffix] without repeating the prefix.
+
+    q [B, H, t, hd] with B = E * r (rows grouped by prefix); prefix_k/v [E, H, P, hd]; suffix_k/v
+    [B, H, S, hd] whose last t entries are the queries' own tokens (causal among them).
+    Returns [B, H, t, hd].
+    """
+    B, H, t, hd = q.shape
+    E = prefix_k.shape[0]
+    r, S = B // E, suffix_k.shape[2]
+    q = q * hd ** -0.5
+    grouped = q.view(E, r, H, t, hd).transpose(1, 2).reshape(E, H, r * t, hd)  # one product per env
+    prefix_scores = grouped @ prefix_k.transpose(-1, -2)  # [E, H, r t, P]
+    suffix_scores = q @ suffix_k.transpose(-1, -2)  # [B, H, t, S]
+    if t > 1:  # query i sees the suffix up to its own token S - t + i
+        lag = (torch.arange(t, device=q.device) + S - t)[:, None] - torch.arange(S, device=q.device)
+        suffix_scores = suffix_scores.masked_fill(lag < 0, float("-inf"))
+
+    def to_rows(z: torch.Tensor) -> torch.Tensor:  # [E, H, r t, ...] -> [B, H, t, ...]
+        return z.view(E, H, r, t, *z.shape[3:]).transpose(1, 2).reshape(B, H, t, *z.shape[3:])
+
+    def to_groups(z: torch.Tensor) -> torch.Tensor:  # [B, H, t, ...] -> [E, H, r t, ...]
+        return z.view(E, r, H, t, *z.shape[3:]).transpose(1, 2).reshape(E, H, r * t, *z.shape[3:])
+
+    top = torch.maximum(to_rows(prefix_scores.amax(-1)), suffix_scores.amax(-1))  # [B, H, t]
+    prefix_w = (prefix_scores - to_groups(top)[..., None]).exp_()
+    suffix_w = (suffix_scores - top[..., None]).exp_()
+    total = to_rows(prefix_w.sum(-1)) + suffix_w.sum(-1)  # [B, H, t]
+    out = to_rows(prefix_w @ prefix_v) + suffix_w @ suffix_v  # [B, H, t, hd]
+    return out / total[..., None]
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: CoreConfig, ratio: int, bias: bool):
         super().__init__()
@@ -106,6 +166,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 past: KV | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, k, v = self.attn(self.ln1(x), mask, past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), k, v
+
+    def forward_shared(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
+                       past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, k, v = self.attn.forward_shared(self.ln1(x), prefix, past)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
@@ -182,6 +248,10 @@ class GPTCore(SequenceCore):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x [B, t, D] following the state's tokens -> y [B, t, D], state with K/V appended
         (the last max_len entries)."""
+        if "prefix" in state:
+            if state["prefix"]["length"] + state["length"] + x.shape[1] <= self.cfg.max_len:
+                return self._step_shared(x, state)
+            state = self._unshare(state)  # about to slide past the window: the plain form does that
         t, window = x.shape[1], self.cfg.max_len
         pos, cached = state["pos"], state["length"]
         positions = (pos + torch.arange(t, device=x.device)).clamp(max=window - 1)  # [t]
@@ -198,13 +268,59 @@ class GPTCore(SequenceCore):
             values.append(v)
         return h, {"k": keys, "v": values, "length": min(cached + t, window), "pos": pos + t}
 
+    def _step_shared(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        t, pos, cached = x.shape[1], state["pos"], state["length"]
+        prefix = state["prefix"]
+        h = self.drop(x + self.pos_emb(pos + torch.arange(t, device=x.device)))
+        for block, pk, pv, k, v in zip(self.blocks, prefix["k"], prefix["v"], state["k"], state["v"]):
+            h, _, _ = block.forward_shared(h, (pk, pv), (k, v, cached))
+        return h, {**state, "length": cached + t, "pos": pos + t}
+
+    def branch_state(self, state: State, copies: int) -> State:
+        """Each row becomes ``copies`` rows sharing its keys/values as a prefix (kept once)."""
+        if "prefix" in state:
+            rows = state["k"][0].shape[0]
+            return self.select_state(state, torch.arange(rows, device=state["k"][0].device)
+                                     .repeat_interleave(copies))
+        length = state["length"]
+        rows, H, _, hd = state["k"][0].shape
+        room = self.cfg.max_len - length
+        suffix_shape = (rows * copies, H, room, hd)
+        like = state["k"][0]
+        return {"k": [like.new_empty(suffix_shape) for _ in state["k"]],
+                "v": [like.new_empty(suffix_shape) for _ in state["v"]],
+                "length": 0, "pos": state["pos"],
+                "prefix": {"k": [b[:, :, :length] for b in state["k"]],
+                           "v": [b[:, :, :length] for b in state["v"]],
+                           "length": length, "rows": copies}}
+
+    def _unshare(self, state: State) -> State:
+        """The plain form of a shared-prefix state: every row's full K/V buffers."""
+        prefix, length = state["prefix"], state["length"]
+        P, r = prefix["length"], prefix["rows"]
+
+        def join(pre: torch.Tensor, suf: torch.Tensor) -> torch.Tensor:
+            out = suf.new_empty((suf.shape[0], suf.shape[1], self.cfg.max_len, suf.shape[3]))
+            out[:, :, :P] = pre.repeat_interleave(r, dim=0)
+            out[:, :, P:P + length] = suf[:, :, :length]
+            return out
+        return {"k": [join(p, s) for p, s in zip(prefix["k"], state["k"])],
+                "v": [join(p, s) for p, s in zip(prefix["v"], state["v"])],
+                "length": P + length, "pos": state["pos"]}
+
     def select_state(self, state: State, index: torch.Tensor) -> State:
-        """Gather rows, copying only the valid entries of each buffer into fresh buffers."""
+        """Gather rows, copying only the valid entries of each buffer into fresh buffers (of a
+        shared-prefix state: only the suffixes, while rows stay with their prefix)."""
+        if "prefix" in state:
+            groups = state["prefix"]["k"][0].shape[0]
+            per_group = grouped_index(index, state["prefix"]["rows"], groups)
+            if per_group is None:
+                return self.select_state(self._unshare(state), index)
+            state = {**state, "prefix": {**state["prefix"], "rows": per_group}}
         length = state["length"]
 
         def gather(buffer: torch.Tensor) -> torch.Tensor:
             out = buffer.new_empty((len(index), *buffer.shape[1:]))
             out[:, :, :length] = buffer[:, :, :length].index_select(0, index)
             return out
-        return {"k": [gather(b) for b in state["k"]], "v": [gather(b) for b in state["v"]],
-                "length": length, "pos": state["pos"]}
+        return {**state, "k": [gather(b) for b in state["k"]], "v": [gather(b) for b in state["v"]]}

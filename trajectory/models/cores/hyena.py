@@ -15,6 +15,12 @@ Step form: each layer keeps the last ``kernel - 1`` inputs of the short convolut
 ``z^n`` of the long convolutions so far, in buffers preallocated for the filter length (written in
 place: no copy of the history per token). A new output is the dot product of that history with the
 filter, O(L * D) per token; the filter comes from a cache built once while gradients are off.
+
+Shared prefix (``branch_state``): a long convolution is linear in its input, so the output at a
+position after the prefix is the prefix's contribution plus the suffix's. The branched state
+computes the prefix's contribution to every later position once per original row, with one FFT per
+long convolution, and keeps per row only the inputs decoded after it: a decoded token then convolves
+with the suffix alone, and reordering copies suffixes only.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.cores.base import CoreConfig, SequenceCore, State, grouped_index
 from trajectory.models.ops.fftconv import fft_conv
 from trajectory.models.ops.scopes import op_group
 
@@ -162,6 +168,54 @@ class HyenaOperator(nn.Module):
         return self.out_proj(v.transpose(1, 2)), {"short": short, "hist": state["hist"],
                                                   "length": length + t}
 
+    def branch(self, state: dict, copies: int) -> dict:
+        """The layer's state with each row's history kept once as a prefix for ``copies`` rows."""
+        _, h, h_f = self.filters()
+        length = state["length"]
+        rows = state["short"].shape[0]
+        prefix_hist = [buffer[..., :length] for buffer in state["hist"]]
+        with op_group("fft"):  # the prefix's share of every later output: zero input after it
+            prefix_out = [fft_conv(F.pad(z, (0, self.max_len - length)), h[n], None, k_f=h_f[n])
+                          for n, z in enumerate(prefix_hist)]  # each [rows, D, max_len]
+        room = self.max_len - length
+        like = state["hist"][0]
+        return {"short": state["short"].repeat_interleave(copies, dim=0),
+                "hist": [like.new_empty((rows * copies, self.d, room)) for _ in range(self.order)],
+                "length": 0,
+                "prefix": {"hist": prefix_hist, "out": prefix_out, "length": length, "rows": copies}}
+
+    def unshare(self, state: dict) -> dict:
+        """The plain form of a branched layer state: every row's whole history."""
+        prefix, length = state["prefix"], state["length"]
+        P, r = prefix["length"], prefix["rows"]
+        hist = []
+        for pre, suffix in zip(prefix["hist"], state["hist"]):
+            out = suffix.new_empty((suffix.shape[0], self.d, self.max_len))
+            out[..., :P] = pre.repeat_interleave(r, dim=0)
+            out[..., P:P + length] = suffix[..., :length]
+            hist.append(out)
+        return {"short": state["short"], "hist": hist, "length": P + length}
+
+    def step_shared(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
+        """``step`` of a branched state: the suffix convolved here, the prefix's share read."""
+        B, t = u.shape[0], u.shape[1]  # u: [B, t, D]
+        window = torch.cat([state["short"], self.in_proj(u).transpose(1, 2)], dim=-1)
+        z = F.conv1d(window, self.short_conv.weight, self.short_conv.bias,
+                     groups=self.short_conv.groups)  # [B, (N+1)D, t]
+        short = window[..., window.shape[-1] - (self.kernel - 1):]
+        v, *gates = z.split(self.d, dim=1)
+        h, h_rev, h_f = self.filters()
+        prefix, length = state["prefix"], state["length"]
+        start = prefix["length"] + length  # absolute position of the first new token
+        groups = prefix["out"][0].shape[0]
+        for n, x in enumerate(gates):
+            buffer = state["hist"][n]
+            buffer[..., length:length + t] = v
+            y = self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # [B, D, t]
+            y = y.view(groups, B // groups, self.d, t) + prefix["out"][n][:, None, :, start:start + t]
+            v = x * y.view(B, self.d, t)
+        return self.out_proj(v.transpose(1, 2)), {**state, "short": short, "length": length + t}
+
     def _conv_tail(self, past: Tensor, t: int, n: int, h: Tensor, h_rev: Tensor,
                    h_f: Tensor) -> Tensor:
         """Outputs of the long conv ``n`` at the last ``t`` positions of ``past [B, D, p + t]``."""
@@ -193,7 +247,8 @@ class HyenaBlock(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
     def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
-        y, state = self.mixer.step(self.norm1(x), state)
+        mixer_step = self.mixer.step_shared if "prefix" in state else self.mixer.step
+        y, state = mixer_step(self.norm1(x), state)
         x = x + self.drop(y)
         return x + self.drop(self.mlp(self.norm2(x))), state
 
@@ -247,7 +302,13 @@ class HyenaCore(SequenceCore):
         return [block.mixer.init_state(batch_size, device, dtype) for block in self.blocks]
 
     def select_state(self, state: State, index: torch.Tensor) -> State:
-        """Gather rows, copying only the valid part of each history buffer."""
+        """Gather rows, copying only the valid part of each history buffer (of a branched state:
+        only the suffixes, while rows stay with their prefix)."""
+        if state and "prefix" in state[0]:
+            prefix = state[0]["prefix"]
+            per_group = grouped_index(index, prefix["rows"], prefix["out"][0].shape[0])
+            if per_group is None:
+                state = [block.mixer.unshare(layer) for block, layer in zip(self.blocks, state)]
         selected = []
         for layer in state:
             length = layer["length"]
@@ -256,12 +317,23 @@ class HyenaCore(SequenceCore):
                 out = buffer.new_empty((len(index), *buffer.shape[1:]))
                 out[..., :length] = buffer[..., :length].index_select(0, index)
                 hist.append(out)
-            selected.append({"short": layer["short"].index_select(0, index), "hist": hist,
-                             "length": length})
+            layer = {**layer, "short": layer["short"].index_select(0, index), "hist": hist}
+            if "prefix" in layer:
+                layer["prefix"] = {**layer["prefix"], "rows": per_group}
+            selected.append(layer)
         return selected
 
+    def branch_state(self, state: State, copies: int) -> State:
+        if state and "prefix" in state[0]:
+            rows = state[0]["short"].shape[0]
+            return self.select_state(state, torch.arange(rows, device=state[0]["short"].device)
+                                     .repeat_interleave(copies))
+        return [block.mixer.branch(layer, copies) for block, layer in zip(self.blocks, state)]
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        seen = state[0]["length"] if state else 0
+        seen = 0
+        if state:
+            seen = state[0]["length"] + (state[0]["prefix"]["length"] if "prefix" in state[0] else 0)
         self._check_length(seen + x.shape[1])  # x: [B, t, D]
         new_state = []
         for block, layer_state in zip(self.blocks, state):

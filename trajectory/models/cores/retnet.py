@@ -74,6 +74,25 @@ def retention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: to
     return o, new_state
 
 
+def retention_token(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
+                    log_gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (6) for one token, updating ``state`` in place (decoding is bound by the state's memory
+    traffic: one read for the output and one read-write for the update, no temporaries).
+
+    q, k [B, H, 1, dk]; v [B, H, 1, dv]; state [B, H, dk, dv] (consumed). Returns o [B, H, 1, dv]
+    and the state: o = gamma q S + (q . k) v, S <- gamma S + k^T v, which is Eq. (7) with C = 1.
+    """
+    B, H, _, dk = q.shape
+    dv = v.shape[-1]
+    gamma = log_gamma.float().exp().to(q.dtype).view(1, H, 1, 1)
+    o = (q @ state) * gamma + (q * k).sum(-1, keepdim=True) * v  # [B, H, 1, dv]
+    if not state.is_contiguous():
+        state = state.contiguous()
+    state.mul_(gamma)
+    state.view(B * H, dk, dv).baddbmm_(k.reshape(B * H, dk, 1), v.reshape(B * H, 1, dv))
+    return o, state
+
+
 def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_gamma: torch.Tensor,
               positions: torch.Tensor, resets: torch.Tensor | None = None,
               state: torch.Tensor | None = None, chunk_size: int = 0,
@@ -86,14 +105,17 @@ def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_gamma: torc
     T = q.shape[2]
     q = q * q.shape[-1] ** -0.5
     v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)  # [B, H, T, dv + 1]
-    size = chunk_size if chunk_size > 0 else T
-    outs = []
-    for s in range(0, T, size):
-        e = min(s + size, T)
-        o, state = retention_chunk(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], state, log_gamma,
-                                   None if resets is None else resets[:, s:e])
-        outs.append(o)
-    o = torch.cat(outs, dim=2)  # [B, H, T, dv + 1]
+    if T == 1 and state is not None and resets is None and not torch.is_grad_enabled():
+        o, state = retention_token(q, k, v, state, log_gamma)
+    else:
+        size = chunk_size if chunk_size > 0 else T
+        outs = []
+        for s in range(0, T, size):
+            e = min(s + size, T)
+            o, state = retention_chunk(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], state, log_gamma,
+                                       None if resets is None else resets[:, s:e])
+            outs.append(o)
+        o = torch.cat(outs, dim=2)  # [B, H, T, dv + 1]
     lg = log_gamma.float()[None, :, None]  # [1, H, 1]
     decay_sum = torch.expm1((positions.float()[:, None, :] + 1) * lg) / torch.expm1(lg)  # [B, H, T]
     o = o * decay_sum.rsqrt().to(o.dtype)[..., None]  # D~ row normalization
@@ -247,7 +269,8 @@ class RetNetCore(SequenceCore):
         return {"S": [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks], "pos": 0}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x [B, t, D] following the state's tokens -> y [B, t, D], new state."""
+        """x [B, t, D] following the state's tokens -> y [B, t, D], new state. One token at a time
+        updates the state's tensors in place (the state is consumed: branch with select_state)."""
         B, t, _ = x.shape
         pos = state["pos"]
         positions = (pos + torch.arange(t, device=x.device)).expand(B, t)
