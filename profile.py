@@ -19,7 +19,7 @@ python profile.py --config=configs/eval_base.yaml compare=gpt,hyena,retnet,s5 qu
 
 def profile_job(cfg: EvalConfig) -> None:
     try:
-        from trajectory.profiling import profile_planning
+        from planners.profiling import profile_planning
     except ImportError as err:
         raise SystemExit(f"error: profiling is not available in this installation ({err})") from None
     profile_planning(cfg)

@@ -34,12 +34,12 @@ from planners.beam import (
     max_context_transitions,
     random_context,
 )
+from planners.profiling import TT_LAYOUT, random_discretizer
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.trajectory_model import TrajectoryModel
-from trajectory.profiling import TT_LAYOUT, random_discretizer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUT = TT_LAYOUT

@@ -29,12 +29,12 @@ import torch
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
 
 from planners.beam import BeamPlanner, random_context
+from planners.profiling import TT_LAYOUT, random_discretizer
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
-from trajectory.profiling import TT_LAYOUT, random_discretizer
 from trajectory.quantize import calibration_windows, quantize_model, save_quantized, state_bytes
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
+from planners.profiling import GROUPS, group_of_op, profile_planning
 from trajectory.checkpoint import save_checkpoint
 from trajectory.config import EvalConfig, TrainRunConfig
 from trajectory.configutil import ConfigError
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
-from trajectory.profiling import GROUPS, group_of_op, profile_planning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=6)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -208,3 +209,67 @@ print("done")
                             text=True, timeout=120)
     assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
     assert "warn" not in result.stderr.lower(), result.stderr[-2000:]
+
+
+def test_deprecation_filters_stay_inside_the_package_calls():
+    """Importing the package and quantizing leave the program's own warning filters as they were:
+    a deprecation warning raised by other code with the same words still reaches it."""
+    script = """
+import warnings
+before = list(warnings.filters)
+import torch
+from trajectory.config import ModelConfig
+from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+from trajectory.quantize import quantize_model
+layout = TokenLayout(obs_dim=3, act_dim=2, vocab=16, seq_len=3)
+model = TrajectoryModel(ModelConfig(core="gpt", d_model=16, n_layers=1, n_heads=2), layout).eval()
+tokens = torch.randint(0, 16, (4, layout.max_tokens - 1))
+quantize_model(model, "static", [tokens])(tokens)
+assert [f for f in warnings.filters if "quantiz" in str(f[1])] == [], warnings.filters[:5]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    warnings.warn("torch.ao.quantization is deprecated (raised by the user's own code)")
+assert len(caught) == 1
+print("done")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
+
+
+@torch.no_grad()
+def test_eval_reuses_the_saved_int8_model_only_when_it_matches_the_weights(trained, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from trajectory.data import dataset as dataset_module
+    from trajectory.quantize import quantize_checkpoint_model
+    calls = []
+
+    class Windows:  # the checkpoint's training windows, as build_dataset would give them
+        tokens = TokenWindows(n=64, seed=2).tokens
+
+        def __len__(self):
+            return len(self.tokens)
+
+        def batch(self, index):
+            return {"x": self.tokens[index, :-1]}
+
+    def fake_build_dataset(data_cfg):
+        calls.append(data_cfg)
+        return Windows(), None, None
+    monkeypatch.setattr(dataset_module, "build_dataset", fake_build_dataset)
+    checkpoint = SimpleNamespace(config=SimpleNamespace(data="data config"))
+    model = trained["gpt"]
+    first, info = quantize_checkpoint_model(checkpoint, model, "static", 1, out_dir=str(tmp_path))
+    assert len(calls) == 1 and info["reused_saved_file"] is False and os.path.isfile(info["path"])
+    again, info = quantize_checkpoint_model(checkpoint, model, "static", 1, out_dir=str(tmp_path))
+    assert len(calls) == 1 and info["reused_saved_file"] is True  # no recalibration, no dataset
+    tokens = held_out(8)
+    assert torch.equal(again(tokens), first(tokens))
+    _, info = quantize_checkpoint_model(checkpoint, model, "static", 2, out_dir=str(tmp_path))
+    assert len(calls) == 2 and info["reused_saved_file"] is False  # other settings: made again
+    changed = TrajectoryModel(model.cfg, model.layout).eval()  # other weights: made again
+    changed.load_state_dict(model.state_dict())
+    next(changed.parameters()).add_(0.01)
+    _, info = quantize_checkpoint_model(checkpoint, changed, "static", 2, out_dir=str(tmp_path))
+    assert len(calls) == 3 and info["reused_saved_file"] is False

@@ -18,8 +18,11 @@ leading shape, so planning uses a quantized model exactly as a float one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import os
+import types
 import warnings
 from collections.abc import Iterable
 
@@ -33,11 +36,35 @@ from trajectory.models.trajectory_model import EinLinear, TrajectoryModel
 MODES = ("none", "dynamic", "static")
 
 # torch.ao announces its deprecation on import and on quantized-tensor creation (every static
-# forward); the package chose this backend on purpose, so users are not told about it each call.
-for _message in ("torch.ao.quantization is deprecated", "torch.quantize_per_tensor",
+# forward); the package chose this backend on purpose, so its users are not told about it each call.
+# The filters apply only inside the package's own quantization calls and quantized forwards
+# (:func:`quiet_deprecations`): other code in the same program keeps every warning.
+_DEPRECATIONS = ("torch.ao.quantization is deprecated", "torch.quantize_per_tensor",
                  "must run observer before calling calculate_qparams", "reduce_range will be deprecated",
-                 "TypedStorage is deprecated"):
-    warnings.filterwarnings("ignore", message=f".*{_message}.*")
+                 "TypedStorage is deprecated")
+
+
+@contextlib.contextmanager
+def quiet_deprecations():
+    """Silence torch.ao's deprecation notices inside the block only."""
+    with warnings.catch_warnings():
+        for message in _DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=f".*{message}.*")
+        yield
+
+
+def _quiet_forward(module: nn.Module, *args, **kwargs):
+    with quiet_deprecations():
+        return type(module).forward(module, *args, **kwargs)
+
+
+def _quiet_forwards(model: nn.Module) -> None:
+    """Run every quantized module's forward inside :func:`quiet_deprecations` (a bound method, so
+    a deep copy of the model rebinds it to the copy)."""
+    for module in model.modules():
+        if type(module).__module__.startswith("torch.ao.") and "forward" not in vars(module):
+            module.forward = types.MethodType(_quiet_forward, module)
+
 
 MODEL_FLOAT_OPS = {
     "token embedding lookup": "a gather, no arithmetic to quantize",
@@ -113,6 +140,14 @@ def _wrap_static(model: nn.Module, targets: list[str]) -> None:
 
 def _convert(model: TrajectoryModel, mode: str, calibration: Iterable[torch.Tensor] | None
              ) -> TrajectoryModel:
+    with quiet_deprecations():
+        model = _convert_loudly(model, mode, calibration)
+    _quiet_forwards(model)
+    return model
+
+
+def _convert_loudly(model: TrajectoryModel, mode: str, calibration: Iterable[torch.Tensor] | None
+                    ) -> TrajectoryModel:
     from torch.ao import quantization as tq
     targets = int8_targets(model)
     if mode == "dynamic":
@@ -164,10 +199,12 @@ def calibration_windows(dataset, n_batches: int, batch_size: int = 64, seed: int
 
 
 # -- saving and loading ------------------------------------------------------------------------
-def save_quantized(model: TrajectoryModel, path: str) -> int:
-    """Write the quantized weights (int8 packed, with scales) atomically; returns bytes on disk."""
+def save_quantized(model: TrajectoryModel, path: str, source: dict | None = None) -> int:
+    """Write the quantized weights (int8 packed, with scales) atomically, with ``source`` (what
+    they were made from, see :func:`quantize_checkpoint_model`); returns bytes on disk."""
     mode = getattr(model, "quantization", "none")
-    save_torch({"mode": mode, "state_dict": model.state_dict()}, path)
+    with quiet_deprecations():  # packed int8 weights serialize through TypedStorage
+        save_torch({"mode": mode, "state_dict": model.state_dict(), "source": source}, path)
     return os.path.getsize(path)
 
 
@@ -178,14 +215,16 @@ def load_quantized(float_model: TrajectoryModel, path: str) -> TrajectoryModel:
         raise QuantizationError(f"no quantized model at {path}; quantize it again "
                                 f"(eval.py quantize=dynamic|static writes one)")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_deprecations():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
         mode = saved["mode"]
     except Exception as err:
         raise QuantizationError(f"cannot read {path} ({type(err).__name__}): the file is corrupt; "
                                 f"delete it and quantize again") from None
     model = _convert(_with_linear_heads(float_model), mode, calibration=None)
     try:
-        model.load_state_dict(saved["state_dict"])
+        with quiet_deprecations():
+            model.load_state_dict(saved["state_dict"])
     except (RuntimeError, KeyError) as err:  # quantized modules raise KeyError on missing keys
         raise QuantizationError(f"{path} does not fit this checkpoint's model ({err}); "
                                 f"quantize it again") from None
@@ -199,30 +238,63 @@ def quantize_checkpoint_model(checkpoint, model: TrajectoryModel, mode: str,
     """eval.py / profile.py: quantize a checkpoint's model, calibrating ``static`` on windows of the
     checkpoint's own training data; save the result under ``out_dir`` when given.
 
+    A file saved there earlier is loaded instead when it was made from the same weights with the
+    same settings (no recalibration, no dataset needed); otherwise it is made again and replaced.
     Returns the model and a summary for reports (mode, int8 layers, what stays float, size)."""
     if mode == "none":
         return model, {"mode": "none"}
-    calibration = None
-    if mode == "static":
-        from trajectory.data.dataset import build_dataset
-        from trajectory.data.sources import DatasetError
-        try:
-            dataset, _, _ = build_dataset(checkpoint.config.data)
-        except (DatasetError, FileNotFoundError) as err:
-            raise QuantizationError(f"static quantization calibrates on the checkpoint's training "
-                                    f"data, which is not available here: {err}\nUse quantize=dynamic, "
-                                    f"or make the dataset available.") from None
-        calibration = calibration_windows(dataset, calibration_batches, batch_size, seed)
-    quantized = quantize_model(model, mode, calibration)
+    source = {"weights": weights_fingerprint(model), "mode": mode,
+              "calibration_batches": calibration_batches if mode == "static" else 0,
+              "batch_size": batch_size, "seed": seed}
+    path = os.path.join(out_dir, f"model_int8_{mode}.pt") if out_dir is not None else None
+    quantized = None
+    if path is not None and saved_source(path) == source:
+        quantized = load_quantized(model, path)
+    reused = quantized is not None
+    if quantized is None:
+        calibration = None
+        if mode == "static":
+            from trajectory.data.dataset import build_dataset
+            from trajectory.data.sources import DatasetError
+            try:
+                dataset, _, _ = build_dataset(checkpoint.config.data)
+            except (DatasetError, FileNotFoundError) as err:
+                raise QuantizationError(f"static quantization calibrates on the checkpoint's training "
+                                        f"data, which is not available here: {err}\nUse quantize=dynamic, "
+                                        f"or make the dataset available.") from None
+            calibration = calibration_windows(dataset, calibration_batches, batch_size, seed)
+        quantized = quantize_model(model, mode, calibration)
     info = {"mode": mode, "backend": f"torch.ao eager ({torch.backends.quantized.engine})",
             "int8_linear_layers": sum(hasattr(m, "weight") and type(m).__module__.startswith(
                 "torch.ao.nn.quantized") for m in quantized.modules()),
-            "calibration_batches": calibration_batches if mode == "static" else 0,
+            "calibration_batches": source["calibration_batches"],
             "stays_float": float_ops(model)}
-    if out_dir is not None:
-        path = os.path.join(out_dir, f"model_int8_{mode}.pt")
-        info["path"], info["bytes"] = path, save_quantized(quantized, path)
+    if path is not None:
+        if not reused:
+            save_quantized(quantized, path, source)
+        info["path"], info["bytes"], info["reused_saved_file"] = path, os.path.getsize(path), reused
     return quantized, info
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A digest of the model's parameters and buffers (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def saved_source(path: str) -> dict | None:
+    """What a file of :func:`save_quantized` was made from (None: no file, unreadable, or none)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with quiet_deprecations():
+            return torch.load(path, map_location="cpu", weights_only=True).get("source")
+    except Exception:  # a corrupt file is made again
+        return None
 
 
 def state_bytes(model: nn.Module, path: str) -> int:

@@ -1,6 +1,6 @@
 """Named regions for the profiler: which op group a stretch of model or planner code belongs to.
 
-``trajectory.profiling`` turns these names into the op-group breakdown of its reports. Scopes are
+``planners.profiling`` turns these names into the op-group breakdown of its reports. Scopes are
 off unless a profile is running, so training and planning (and torch.compile) never see them.
 """
 from __future__ import annotations

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from planners.beam import BeamPlanner, random_context
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.configutil import ConfigError
 from trajectory.io import save_json, save_text
@@ -216,7 +217,6 @@ def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
 # -- one subject ---------------------------------------------------------------------------------
 def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
                     flops_cache: dict) -> dict:
-    from planners.beam import BeamPlanner, random_context
     layout = subject.layout
     context = random_context(layout, cfg, cfg.n_episodes, torch.Generator().manual_seed(cfg.seed))
     planner = BeamPlanner(subject.model, subject.discretizer, layout, cfg,
