@@ -97,3 +97,27 @@ def test_cli_help_and_tiny_run(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["steps"] == 5
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_half_written_datasets_of_dead_processes_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from trajectory.data.generate import OWNER_FILE, remove_stale_generations
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that has ended
+    host = socket.gethostname()
+    owners = {".generating-dead": f"{host} {dead.pid}", ".generating-alive": f"{host} {os.getpid()}",
+              ".generating-elsewhere": f"another-host {dead.pid}"}
+    for name, owner in owners.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / OWNER_FILE).write_text(owner)
+        (folder / "episode.hdf5").write_bytes(b"x" * 10)
+    (tmp_path / ".generating-no-owner").mkdir()  # too recent to judge without an owner
+    (tmp_path / "halfcheetah").mkdir()  # a finished dataset is never touched
+    removed = remove_stale_generations(str(tmp_path))
+    assert [os.path.basename(f) for f in removed] == [".generating-dead"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".generating-alive", ".generating-elsewhere", ".generating-no-owner", "halfcheetah"]

@@ -323,3 +323,20 @@ def test_a_save_cut_off_between_its_renames_or_while_writing_loses_nothing(tmp_p
     trainer.save({})  # the next save puts checkpoint/ back and clears what the crash left
     assert sorted(os.listdir(trainer.run_dir)) == ["checkpoint"] + (["tb"] if os.path.isdir(
         os.path.join(trainer.run_dir, "tb")) else [])
+
+
+def test_a_time_budgeted_bar_counts_minutes_of_the_budget(tmp_path):
+    from trajectory.training.monitor import TrainLogger
+    logger = TrainLogger(str(tmp_path), True, total_steps=100, initial_step=10, budget_minutes=20,
+                         initial_minutes=5.0)
+    assert logger.bar.total == 20 and logger.bar.n == 5.0  # a resumed run starts where it was
+    logger.advance(11, torch.tensor(1.0), minutes=7.5)
+    logger.set_total(3)  # a step estimate does not replace the budget
+    assert logger.bar.total == 20 and logger.bar.n == 7.5
+    logger.advance(12, torch.tensor(1.0), minutes=25.0)  # the last step may end past the budget
+    assert logger.bar.n == 20
+    logger.close()
+    steps = TrainLogger(str(tmp_path / "steps"), True, total_steps=100)
+    steps.advance(40, torch.tensor(1.0), minutes=3.0)
+    assert steps.bar.total == 100 and steps.bar.n == 40
+    steps.close()

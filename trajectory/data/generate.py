@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -161,6 +162,42 @@ def _check_readable(root: str, dataset_id: str, episodes: int) -> None:
                            f"expected {episodes}")
 
 
+GENERATING_PREFIX = ".generating-"
+OWNER_FILE = "owner"  # "<host> <pid>" of the process writing the folder
+STALE_WITHOUT_OWNER_S = 6 * 3600  # a folder with no readable owner is left alone this long
+
+
+def _owner_alive(folder: str) -> bool:
+    try:
+        host, pid = open(os.path.join(folder, OWNER_FILE)).read().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return time.time() - os.path.getmtime(folder) < STALE_WITHOUT_OWNER_S
+    if host != socket.gethostname():
+        return True  # another machine's process (shared disk): not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_generations(root: str) -> list[str]:
+    """Delete half-written datasets (``.generating-*``, about 200 MB each) left by a generation that
+    was killed; a folder whose process still runs on this machine is kept. Returns what was removed."""
+    removed = []
+    if not os.path.isdir(root):
+        return removed
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if name.startswith(GENERATING_PREFIX) and os.path.isdir(folder) and not _owner_alive(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def generate_dataset(root: str, dataset_id: str = REPRO_ID, *, episodes: int = REPRO_EPISODES,
                      max_steps: int = REPRO_MAX_STEPS, seed: int = REPRO_SEED, num_envs: int = 100,
                      policy_path: str = DEFAULT_POLICY, env_id: str = "HalfCheetah-v5",
@@ -175,8 +212,11 @@ def generate_dataset(root: str, dataset_id: str = REPRO_ID, *, episodes: int = R
     if os.path.exists(final):
         raise FileExistsError(f"Minari dataset already exists: {final} (delete it to regenerate)")
     os.makedirs(root, exist_ok=True)
+    remove_stale_generations(root)
     start = time.time()
-    tmp_root = tempfile.mkdtemp(prefix=".generating-", dir=root)  # hidden: Minari skips it
+    tmp_root = tempfile.mkdtemp(prefix=GENERATING_PREFIX, dir=root)  # hidden: Minari skips it
+    with open(os.path.join(tmp_root, OWNER_FILE), "w") as f:
+        f.write(f"{socket.gethostname()} {os.getpid()}\n")
     try:
         rounds = rollout_rounds(policy_path, env_id, episodes, max_steps, seed, num_envs, progress)
         returns, steps = _write_dataset(tmp_root, dataset_id, rounds, env_id, episodes, max_steps)

@@ -253,6 +253,8 @@ def load_reproduction(cache_dir: str = "data", progress: bool = True) -> Transit
 
     root = os.path.join(cache_dir, "minari")
     path = os.path.join(root, generate.REPRO_ID)
+    for folder in generate.remove_stale_generations(root):
+        print(f"[data] removed {folder}, left half-written by a generation that was stopped", flush=True)
     if not os.path.isfile(os.path.join(path, "data", "metadata.json")):
         print(f"[data] generating {generate.REPRO_NAME} ({generate.REPRO_EPISODES} episodes) into "
               f"{path}; this happens once", flush=True)

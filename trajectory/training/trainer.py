@@ -222,7 +222,10 @@ class Trainer:
         total_steps = self.cfg.train.epochs * self.steps_per_epoch
         if tc.max_tokens:
             total_steps = min(total_steps, -(-tc.max_tokens // self.tokens_per_step))
-        logger = TrainLogger(self.run_dir, self.ctx.is_main, total_steps, self.progress.step)
+        timed = bool(tc.budget_minutes) and not tc.max_tokens  # the budget decides when it ends
+        logger = TrainLogger(self.run_dir, self.ctx.is_main, total_steps, self.progress.step,
+                             budget_minutes=tc.budget_minutes if timed else 0.0,
+                             initial_minutes=self.progress.minutes)
         session_start, minutes_before = time.time(), self.progress.minutes
         first_step, self._probe = self.progress.step, None
         metrics: dict = {}
@@ -238,7 +241,7 @@ class Trainer:
                 metrics = self._reduce(stats, tokens_per_s)
                 logger.log(self.progress.step, metrics)
                 window_start, window_tokens = time.time(), 0
-            logger.advance(self.progress.step, stats["loss"])
+            logger.advance(self.progress.step, stats["loss"], self.progress.minutes)
             session_steps = self.progress.step - first_step
             if (tc.budget_minutes and not tc.max_tokens and session_steps >= HORIZON_PROBE_STEPS
                     and (session_steps - HORIZON_PROBE_STEPS) % HORIZON_UPDATE_STEPS == 0):
