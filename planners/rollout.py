@@ -17,7 +17,13 @@ from planners import build_planner, check_planner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
-from trajectory.envs import has_reference_returns, make_env, normalized_score, torso_angle_index
+from trajectory.envs import (
+    has_reference_returns,
+    make_env,
+    normalized_score,
+    render_kwargs,
+    torso_angle_index,
+)
 from trajectory.io import save_json
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
@@ -142,7 +148,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
     returns returns, lengths, timings and the :class:`EpisodeTrace`."""
     from tqdm import tqdm
 
-    envs = [make_env(cfg.env_id, **({"render_mode": "rgb_array"} if cfg.render and i == 0 else {}))
+    envs = [make_env(cfg.env_id, **(render_kwargs(cfg.env_id) if cfg.render and i == 0 else {}))
             for i in range(cfg.n_episodes)]
     check_env_matches(envs[0], layout, cfg.env_id, cfg.checkpoints_path or "the model")
     o, a = layout.obs_dim, layout.act_dim

@@ -222,3 +222,32 @@ def test_the_agent_acts_as_the_rollout_does(monkeypatch, planner):
     with pytest.raises(ConfigError, match="record"):
         agent.act(obs)
         agent.act(obs)
+
+
+def test_the_filming_camera_keeps_the_agent_in_view_far_down_the_track():
+    """The cheetah is moved 25 m from where the episode started (what a running agent covers in
+    about 300 steps); the camera eval.py films with must still see it."""
+    import mujoco
+
+    from trajectory.envs import render_kwargs
+    try:
+        env = make_env("HalfCheetah-v5", width=160, height=120, **render_kwargs("HalfCheetah-v5"))
+        env.reset(seed=0)
+        env.render()
+    except Exception as err:  # a machine without any OpenGL backend
+        pytest.skip(f"no MuJoCo renderer here: {err}")
+    sim = env.unwrapped
+    qpos = sim.data.qpos.copy()
+    qpos[0] = 25.0
+    sim.set_state(qpos, sim.data.qvel.copy())
+    camera = sim.mujoco_renderer.camera_id
+    assert camera is not None and camera >= 0, "eval.py films with the free camera, which stays behind"
+    renderer = mujoco.Renderer(sim.model, 120, 160)
+    renderer.enable_segmentation_rendering()  # per pixel: the object drawn there
+    renderer.update_scene(sim.data, camera=camera)
+    segmentation = renderer.render()
+    ids, kinds = segmentation[..., 0], segmentation[..., 1]
+    agent = (kinds == mujoco.mjtObj.mjOBJ_GEOM) & (ids >= 0) & (sim.model.geom_bodyid[ids.clip(0)] > 0)
+    assert agent.mean() > 0.01  # the cheetah covers a visible part of the frame, not just floor
+    renderer.close()
+    env.close()

@@ -61,6 +61,24 @@ def make_env(env_id: str = "HalfCheetah-v5", **kwargs):
                          f"'gymnasium[mujoco]' (pip install -e .)") from None
 
 
+# The MuJoCo locomotion models define a camera named "track" that follows the torso; gymnasium's
+# default free camera stays where the episode started, so a running agent leaves the picture.
+_TRACKING_CAMERA = {"halfcheetah": "track", "hopper": "track", "walker2d": "track"}
+
+
+def render_kwargs(env_id: str) -> dict:
+    """``make_env`` arguments for filming ``env_id``: RGB frames from a camera that follows the
+    agent where the model has one."""
+    kwargs = {"render_mode": "rgb_array"}
+    try:
+        camera = _TRACKING_CAMERA.get(env_family(env_id))
+    except ValueError:
+        camera = None
+    if camera:
+        kwargs["camera_name"] = camera
+    return kwargs
+
+
 # Observation index of the torso's pitch angle (qpos[2], "rooty", after gymnasium drops the x
 # position): the same in HalfCheetah, Hopper and Walker2d.
 _TORSO_ANGLE_INDEX = {"halfcheetah": 1, "hopper": 1, "walker2d": 1}
