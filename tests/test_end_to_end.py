@@ -93,3 +93,59 @@ def test_sigterm_stops_training_at_a_step_boundary_and_saves(tmp_path):
     assert process.returncode == 0, output[-3000:]
     metrics = json.loads((tmp_path / "runs" / "tiny" / "checkpoint" / "metrics.json").read_text())
     assert metrics["stop_reason"] == "signal" and metrics["progress"]["step"] >= 1
+
+
+def saved_folder(run_dir) -> int | None:
+    """Identity of the run's current checkpoint folder (each save renames a new one in)."""
+    try:
+        return (run_dir / "checkpoint").stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def test_sigkill_during_saves_never_loses_the_checkpoint_and_resume_is_exact(tmp_path):
+    """train.py saving at every step is killed with SIGKILL at random moments, five times over;
+    each time a complete checkpoint loads, and the run resumed after every kill ends with exactly
+    the weights of the same run never interrupted."""
+    import random
+    import signal
+    import time
+
+    import torch
+
+    from trajectory.checkpoint import load_checkpoint
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source)
+    common = [f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", "data.seq_len=4",
+              "data.n_bins=16", "model.core=s5", "model.d_model=16", "model.n_layers=1",
+              "train.batch_size=8", "train.max_tokens=60000", "train.save_every=1", "train.log_every=1",
+              f"runs_dir={tmp_path / 'runs'}"]
+    train = [sys.executable, os.path.join(ROOT, "train.py")]
+    cli([*train[1:], *common, "name=straight"], cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "killed"
+    rng = random.Random(0)
+    steps_seen = []
+    for attempt in range(5):
+        args = [*train, "--resume", str(run_dir)] if attempt else [*train, *common, "name=killed"]
+        before = saved_folder(run_dir)
+        process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+        deadline = time.time() + 300
+        while saved_folder(run_dir) == before and time.time() < deadline:  # this process has saved
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        checkpoint = load_checkpoint(str(run_dir), with_trainer_state=True)  # complete, every time
+        steps_seen.append(checkpoint.trainer_state["progress"]["step"])
+    # never back to an older save, and the resumed processes trained and saved before their kill
+    assert steps_seen == sorted(steps_seen) and len(set(steps_seen)) > 1, steps_seen
+    cli([*train[1:], "--resume", str(run_dir)], cwd=tmp_path)
+    straight = load_checkpoint(str(tmp_path / "runs" / "straight"), with_trainer_state=True)
+    resumed = load_checkpoint(str(run_dir), with_trainer_state=True)
+    assert resumed.trainer_state["progress"]["step"] == straight.trainer_state["progress"]["step"]
+    assert steps_seen[0] < resumed.trainer_state["progress"]["step"], steps_seen  # kills hit training
+    print("steps at the kills:", steps_seen)
+    for name, tensor in straight.model_state.items():
+        assert torch.equal(tensor, resumed.model_state[name]), name

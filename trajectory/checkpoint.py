@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -85,7 +86,8 @@ def left_aside(path: str) -> str | None:
     """The newest complete ``<path>.tmp-*`` (marked COMPLETE) or ``<path>.old-*`` folder."""
     candidates = [d for d in glob.glob(f"{glob.escape(path)}.tmp-*")
                   if os.path.isfile(os.path.join(d, COMPLETE))]
-    candidates += [d for d in glob.glob(f"{glob.escape(path)}.old-*") if not missing_files(d, REQUIRED)]
+    candidates += [d for d in glob.glob(f"{glob.escape(path)}.old-*")
+                   if os.path.isfile(os.path.join(d, COMPLETE)) or not missing_files(d, REQUIRED)]
     return max(candidates, key=os.path.getmtime) if candidates else None
 
 
@@ -98,25 +100,19 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
-                    discretizer: Discretizer, trainer_state: dict | None, metrics: dict,
-                    ema_state: dict[str, torch.Tensor] | None = None) -> None:
+def write_checkpoint_folder(path: str, write: Callable[[str], None]) -> None:
+    """Replace the checkpoint folder ``path`` atomically and durably; every trainer saves this way.
+
+    ``write(folder)`` fills a fresh temporary folder beside ``path``; its files and the folder are
+    fsynced and marked COMPLETE, the old checkpoint is moved aside and the new one renamed in, and
+    the parent folder is fsynced. A crash at any point leaves a loadable checkpoint: the previous
+    one, the new one, or (between the two renames) a complete folder that :func:`checkpoint_dir`
+    finds beside ``path``. A failed ``write`` removes its temporary folder."""
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        with open(os.path.join(tmp, "config.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml(to_dict(config)))
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        payload = {"state_dict": state, "layout": asdict(model.layout)}
-        if ema_state is not None:
-            payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state.items()}
-        torch.save(payload, os.path.join(tmp, "model.pt"))
-        discretizer.save(os.path.join(tmp, "discretizer.npz"))
-        if trainer_state is not None:
-            torch.save(trainer_state, os.path.join(tmp, "trainer.pt"))
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1)
+        write(tmp)
         for name in os.listdir(tmp):
             _fsync(os.path.join(tmp, name))
         open(os.path.join(tmp, COMPLETE), "w").close()
@@ -129,6 +125,25 @@ def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
     os.replace(tmp, path)  # a crash just before this leaves both folders: see left_aside
     _fsync(os.path.dirname(os.path.abspath(path)))
     remove_left_aside(path)
+
+
+def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
+                    discretizer: Discretizer, trainer_state: dict | None, metrics: dict,
+                    ema_state: dict[str, torch.Tensor] | None = None) -> None:
+    def write(folder: str) -> None:
+        with open(os.path.join(folder, "config.yaml"), "w") as f:
+            f.write(OmegaConf.to_yaml(to_dict(config)))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        payload = {"state_dict": state, "layout": asdict(model.layout)}
+        if ema_state is not None:
+            payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state.items()}
+        torch.save(payload, os.path.join(folder, "model.pt"))
+        discretizer.save(os.path.join(folder, "discretizer.npz"))
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+    write_checkpoint_folder(path, write)
 
 
 def remove_left_aside(path: str) -> None:

@@ -7,7 +7,8 @@
         metrics.json     last training / validation metrics and the evaluation history
         trainer.pt       optimizer, step, schedule length, history, RNG: what ``--resume`` needs
 
-Each file is written atomically (temporary name, then rename).
+The folder is written as a whole, durably (trajectory.checkpoint.write_checkpoint_folder): a crash
+leaves the previous checkpoint or the new one, never a mix.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from experiments.lm.config import LMRunConfig
 from experiments.lm.model import LanguageModel
 from experiments.lm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
-from trajectory.checkpoint import CHECKPOINT_DIR, checkpoint_dir, resumable_folder
+from trajectory.checkpoint import CHECKPOINT_DIR, checkpoint_dir, resumable_folder, write_checkpoint_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import missing_files, save_json, save_text, save_torch
 
@@ -36,16 +37,20 @@ class LMCheckpoint:
 
 def save_lm_checkpoint(run_dir: str, cfg: LMRunConfig, model: LanguageModel, tokenizer: Tokenizer,
                        metrics: dict, trainer_state: dict | None = None) -> str:
-    folder = os.path.join(run_dir, CHECKPOINT_DIR)
-    if trainer_state is not None:  # first: a crash between files leaves weights older, never newer
-        save_torch(trainer_state, os.path.join(folder, "trainer.pt"))
-    save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch({"state_dict": state, "vocab_size": model.vocab_size, "max_len": model.max_len},
-               os.path.join(folder, "model.pt"))
-    save_tokenizer(tokenizer, os.path.join(folder, "tokenizer.json"))
-    save_json(metrics, os.path.join(folder, "metrics.json"))
-    return folder
+    path = os.path.join(run_dir, CHECKPOINT_DIR)
+
+    def write(folder: str) -> None:
+        if trainer_state is not None:
+            save_torch(trainer_state, os.path.join(folder, "trainer.pt"))
+        save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_torch({"state_dict": state, "vocab_size": model.vocab_size, "max_len": model.max_len},
+                   os.path.join(folder, "model.pt"))
+        save_tokenizer(tokenizer, os.path.join(folder, "tokenizer.json"))
+        save_json(metrics, os.path.join(folder, "metrics.json"))
+    os.makedirs(run_dir, exist_ok=True)
+    write_checkpoint_folder(path, write)
+    return path
 
 
 def resumable_config(path: str) -> str:

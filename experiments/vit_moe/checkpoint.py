@@ -6,7 +6,8 @@
         metrics.json    per-epoch history and parameter counts
         trainer.pt      optimizer, step and epoch: what ``--resume`` needs (saved at each epoch's end)
 
-Each file is written atomically (temporary name, then rename).
+The folder is written as a whole, durably (trajectory.checkpoint.write_checkpoint_folder): a crash
+leaves the previous checkpoint or the new one, never a mix.
 """
 from __future__ import annotations
 
@@ -20,20 +21,28 @@ from omegaconf import OmegaConf
 from experiments.vit_moe.config import RunConfig
 from experiments.vit_moe.data import ImageSpec
 from experiments.vit_moe.model import ViT
-from trajectory.checkpoint import CheckpointError, checkpoint_dir, resumable_folder
+from trajectory.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    resumable_folder,
+    write_checkpoint_folder,
+)
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import save_json, save_text, save_torch
 
 
 def save_checkpoint(folder: str, cfg: RunConfig, model: ViT, metrics: dict,
                     trainer_state: dict | None = None) -> None:
-    if trainer_state is not None:  # first: a crash between files leaves weights older, never newer
-        save_torch(trainer_state, os.path.join(folder, "trainer.pt"))
-    save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(folder, "config.yaml"))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch({"state_dict": state, "spec": dataclasses.asdict(model.spec)},
-               os.path.join(folder, "model.pt"))
-    save_json(metrics, os.path.join(folder, "metrics.json"))
+    def write(tmp: str) -> None:
+        if trainer_state is not None:
+            save_torch(trainer_state, os.path.join(tmp, "trainer.pt"))
+        save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(tmp, "config.yaml"))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_torch({"state_dict": state, "spec": dataclasses.asdict(model.spec)},
+                   os.path.join(tmp, "model.pt"))
+        save_json(metrics, os.path.join(tmp, "metrics.json"))
+    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
+    write_checkpoint_folder(folder, write)
 
 
 def load_checkpoint(path: str, device: str = "cpu") -> tuple[RunConfig, ViT, dict]:
