@@ -56,7 +56,8 @@ class LMTrainConfig:
     decay_tokens: int = 0  # cosine horizon in tokens; 0: max_steps * batch_size * seq_len
     min_lr_ratio: float = 0.1
     max_steps: int = 2000
-    budget_minutes: float = 0.0  # also stop after this wall time (0: no limit)
+    budget_minutes: float = 0.0  # also stop after this much training time, counted over the whole
+    # run across resumes, as train.py does (0: no limit)
     eval_every: int = 250  # steps between validation passes (and checkpoints)
     eval_tokens: int = 131072  # validation tokens per pass (0: the whole split)
     log_every: int = 10  # steps

@@ -69,6 +69,7 @@ class LMTrainer:
         self.tokens_per_step = tc.batch_size * cfg.data.seq_len
         self.horizon = tc.max_steps * self.tokens_per_step
         self.step = 0
+        self.minutes = 0.0  # training time of the whole run, across resumes (what budgets count)
         self.history: list[dict] = []
 
     def train_step(self) -> dict[str, float]:
@@ -92,12 +93,13 @@ class LMTrainer:
 
     def trainer_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "step": self.step, "horizon": self.horizon,
-                "history": self.history, "rng": rng_state()}
+                "history": self.history, "rng": rng_state(), "minutes": self.minutes}
 
     def restore(self, model_state: dict, state: dict) -> None:
         restore_weights(self.model, self.optimizer, model_state, state["optimizer"])
         self.step, self.history = state["step"], list(state["history"])
         self.horizon = state["horizon"]  # the schedule keeps the length it started with
+        self.minutes = state.get("minutes", 0.0)  # older checkpoints did not count it
         set_rng_state(state["rng"])
 
     def save(self, metrics: dict) -> None:
@@ -119,6 +121,7 @@ class LMTrainer:
         tc = self.cfg.train
         logger = TrainLogger(self.run_dir, self.ctx.is_main, tc.max_steps)
         start = window_start = time.time()
+        minutes_before = self.minutes
         train_loss, metrics, stop = float("nan"), {}, "max_steps"
         self.model.train()
         while self.step < tc.max_steps:
@@ -132,7 +135,8 @@ class LMTrainer:
                 logger.postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 window_start = time.time()
             logger.advance(self.step, stats["loss"])
-            over = bool(tc.budget_minutes) and (time.time() - start) / 60 >= tc.budget_minutes
+            self.minutes = minutes_before + (time.time() - start) / 60
+            over = bool(tc.budget_minutes) and self.minutes >= tc.budget_minutes  # the whole run's
             if tc.budget_minutes and distributed.any_rank(self.ctx, over):
                 stop = "budget_minutes"
                 break

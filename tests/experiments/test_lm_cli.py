@@ -149,3 +149,18 @@ def test_every_shipped_lm_config_loads(path):
     else:
         cfg = build_config(LMRunConfig, path)
         assert cfg.model.core in LM_CORES
+
+
+def test_time_budgets_count_the_whole_run_across_resumes(tmp_path):
+    """As in train.py: a run that has already trained for longer than the budget it is resumed
+    with stops after one step, however fresh the process."""
+    assert train_main([*tiny_args(tmp_path, "s5", steps=2), "name=run"]) == 0
+    state_file = tmp_path / "runs" / "run" / "checkpoint" / "trainer.pt"
+    state = torch.load(state_file, weights_only=True)
+    assert state["minutes"] > 0  # the time trained so far is saved
+    state["minutes"] = 10.0  # as if this run had trained ten minutes
+    torch.save(state, state_file)
+    assert train_main(["--resume", str(tmp_path / "runs" / "run"), "train.max_steps=50",
+                       "train.budget_minutes=5"]) == 0
+    metrics = load_lm_checkpoint(str(tmp_path / "runs" / "run")).metrics
+    assert metrics["stop_reason"] == "budget_minutes" and metrics["step"] == 3
