@@ -340,3 +340,16 @@ def test_a_time_budgeted_bar_counts_minutes_of_the_budget(tmp_path):
     steps.advance(40, torch.tensor(1.0), minutes=3.0)
     assert steps.bar.total == 100 and steps.bar.n == 40
     steps.close()
+
+
+def test_resuming_a_run_that_finished_its_epochs_ends_cleanly(tmp_path):
+    first = make_trainer(tmp_path)
+    first.cfg.train.epochs = 1
+    metrics = first.fit()
+    assert metrics["stop_reason"] == "epochs" and first.progress.step == first.steps_per_epoch
+    again = make_trainer(tmp_path)
+    again.cfg.train.epochs = 1
+    again.restore(load_checkpoint(str(tmp_path), with_trainer_state=True))
+    metrics = again.fit()  # nothing left to train: no step, no crash, the checkpoint still loads
+    assert metrics["stop_reason"] == "epochs" and again.progress.step == first.steps_per_epoch
+    assert load_checkpoint(str(tmp_path)).metrics["stop_reason"] == "epochs"
