@@ -43,3 +43,24 @@ def test_test_process_imports_stdlib_profile():
     import cProfile
     import profile
     assert hasattr(profile, "run") and hasattr(cProfile, "run")
+
+
+@pytest.mark.parametrize("args, names", [
+    (["train.py", "model.core=gtp"], "'gtp'"),
+    (["train.py", "model.core_options.foo=1"], "'foo'"),
+    (["eval.py", "planner=bem"], "'bem'"),
+    (["eval.py", "percentile=2"], "'2'"),
+    (["profile.py", "quantize=int4"], "'int4'"),
+    (["-m", "experiments.lm.train", "model.core=gtp"], "'gtp'"),
+    (["-m", "experiments.vit_moe.train", "model.variant=foo"], "'foo'"),
+    (["-m", "trajectory.data.sac", "no_such_key=1"], "'no_such_key'"),
+    (["-m", "trajectory.data.generate", "--episodes", "0"], "--episodes"),
+    (["-m", "trajectory.data.policy_card", "missing.pt"], "missing.pt"),
+])
+def test_every_cli_refuses_bad_input_in_a_line_or_two_before_any_work(args, names):
+    result = run(args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and names in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.strip().splitlines()
+             if not line.startswith(("usage:", " "))]  # argparse's usage lines come first
+    assert len(lines) <= 2, result.stderr  # the error, and the valid choices where there are some

@@ -28,6 +28,7 @@ from experiments.lm.model import LanguageModel
 from trajectory.checkpoint import checkpoint_dir, load_torch_file, restore_weights, trainer_state_file
 from trajectory.cli import run_resumable
 from trajectory.configutil import ConfigError
+from trajectory.models.cores import check_core_config
 from trajectory.training import distributed
 from trajectory.training.monitor import TrainLogger
 from trajectory.training.optim import lr_at, make_optimizer
@@ -167,6 +168,8 @@ def set_threads(threads: int, ctx: distributed.DistContext) -> None:
 
 
 def train(cfg: LMRunConfig, resume_dir: str | None = None) -> dict:
+    from experiments.lm.model import LM_CORES
+    check_core_config(cfg.model.core, cfg.model.core_options, registry=LM_CORES)  # before any data
     resumed = None
     if resume_dir is not None:
         from experiments.lm.checkpoint import load_lm_checkpoint

@@ -255,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env-id", default="HalfCheetah-v5")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    for name in ("episodes", "max_steps", "num_envs", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not os.path.isfile(args.policy):
+        parser.error(f"no behaviour policy at {args.policy}; pass --policy <file.pt> (the package "
+                     f"ships {DEFAULT_POLICY})")
     torch.set_num_threads(args.threads)
     summary = generate_dataset(args.out, args.dataset_id, episodes=args.episodes,
                                max_steps=args.max_steps, seed=args.seed, num_envs=args.num_envs,

@@ -42,6 +42,11 @@ def main(argv=None) -> None:
     parser.add_argument("dest", nargs="?", default=DEFAULT_POLICY)
     parser.add_argument("--episodes", type=int, default=10)
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.snapshot):
+        parser.error(f"no policy snapshot at {args.snapshot}; pass a .pt file written by "
+                     f"python -m trajectory.data.sac")
+    if args.episodes < 1:
+        parser.error(f"--episodes must be at least 1, got {args.episodes}")
     torch.set_num_threads(1)
     info = card(args.snapshot, args.episodes)
     shutil.copyfile(args.snapshot, args.dest + ".tmp")
