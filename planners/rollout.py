@@ -17,6 +17,7 @@ from planners import build_planner, check_planner
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
+from trajectory.cpu import thread_advice
 from trajectory.envs import (
     has_reference_returns,
     make_env,
@@ -279,6 +280,9 @@ def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str |
 def evaluate(cfg: EvalConfig) -> dict:
     check_planner(cfg.planner)  # before any loading or env work
     reuse_freed_memory()  # planning reallocates large state buffers every reorder
+    advice = thread_advice(cfg.threads) if cfg.device == "cpu" else None
+    if advice:
+        print(advice, flush=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

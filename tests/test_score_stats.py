@@ -79,3 +79,4 @@ def test_a_report_without_reference_returns_keeps_the_returns():
     report = build_report(cfg, checkpoint, SimpleNamespace(quantization_info={}), result, 1.0)
     assert report["normalized_scores"] is None and report["score_units"] == "return"
     assert report["score"]["mean"] == pytest.approx(4.0) and report["returns"] == [4.0, 3.0, 5.0]
+
