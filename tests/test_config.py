@@ -65,3 +65,14 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="bad.yaml") as err:
         parse_cli(TrainRunConfig, [f"--config={path}"])
     assert "model.n_layers" in str(err.value)
+
+
+def test_a_removed_setting_in_a_saved_config_still_loads_but_is_refused_on_the_command_line(tmp_path):
+    from trajectory.config import TrainRunConfig
+    from trajectory.configutil import ConfigError, build_config, from_dict
+    saved = tmp_path / "config.yaml"
+    saved.write_text("name: old\ntrain:\n  batch_size: 32\n  num_workers: 0\n")  # written before removal
+    assert build_config(TrainRunConfig, str(saved)).train.batch_size == 32
+    assert from_dict(TrainRunConfig, {"train": {"num_workers": 0, "lr": 0.1}}).train.lr == 0.1
+    with pytest.raises(ConfigError, match="unknown config key 'train.num_workers'"):
+        build_config(TrainRunConfig, None, ["train.num_workers=2"])

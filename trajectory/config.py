@@ -7,7 +7,7 @@ under ``configs/`` override them, and the command line overrides both (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 from trajectory.configutil import ConfigError
 
@@ -69,12 +69,14 @@ class TrainConfig:
     save_every: int = 1000  # steps
     bf16: bool = True  # autocast to bf16 on CUDA
     compile: bool = False  # torch.compile the model
-    num_workers: int = 0
 
 
 @dataclass
 class TrainRunConfig:
     """Root config of ``train.py``."""
+
+    # settings that were removed; configs saved with them still load (they did nothing)
+    retired_keys: ClassVar[tuple[str, ...]] = ("train.num_workers",)
 
     name: str = ""  # run name; runs/<name>/ (default: <dataset>-<core>)
     runs_dir: str = "runs"

@@ -12,6 +12,7 @@ key and the valid choices.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -127,7 +128,10 @@ def build_config(schema_cls: Type[T], config_path: str | None = None,
     schema = schema_cls()
     merged = OmegaConf.structured(schema)
     if config_path is not None:
-        merged = _merge(merged, load_yaml(config_path), schema, f"file '{config_path}'")
+        loaded = load_yaml(config_path)
+        if getattr(schema_cls, "retired_keys", ()):
+            loaded = OmegaConf.create(without_retired_keys(schema_cls, OmegaConf.to_container(loaded)))
+        merged = _merge(merged, loaded, schema, f"file '{config_path}'")
     if overrides:
         try:
             cli = OmegaConf.from_dotlist(list(overrides))
@@ -154,7 +158,25 @@ def to_dict(config: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore
 
 
+def without_retired_keys(schema_cls: type, data: dict) -> dict:
+    """``data`` without the keys the schema lists in ``retired_keys`` (dotted paths of settings that
+    were removed), so that configs saved before a removal still load."""
+    retired = getattr(schema_cls, "retired_keys", ())
+    if not retired:
+        return data
+    data = copy.deepcopy(data)
+    for dotted in retired:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
 def from_dict(schema_cls: Type[T], data: dict, origin: str = "a saved config") -> T:
     schema = schema_cls()
+    data = without_retired_keys(schema_cls, data)
     merged = _merge(OmegaConf.structured(schema), OmegaConf.create(data), schema, origin)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -11,11 +11,12 @@ import os
 import sys
 from dataclasses import dataclass
 
-from experiments.vit_moe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from experiments.vit_moe.checkpoint import load_checkpoint, save_checkpoint
 from experiments.vit_moe.data import DataError, load_images
 from experiments.vit_moe.train import evaluate, parameter_counts
 from trajectory.checkpoint import CHECKPOINT_DIR
 from trajectory.cli import run
+from trajectory.configutil import ConfigError
 from trajectory.training.distributed import DistContext
 
 EXAMPLES = """
@@ -56,11 +57,11 @@ def evaluate_run(cfg: EvalConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     def job(cfg: EvalConfig) -> None:
         if not cfg.run:
-            raise SystemExit("error: name the run to score: run=runs/<name>")
+            raise ConfigError("name the run to score: run=runs/<name>")
         try:
             print(json.dumps(evaluate_run(cfg), indent=1))
-        except (CheckpointError, DataError, ValueError) as err:
-            raise SystemExit(f"error: {err}") from None
+        except (DataError, ValueError) as err:  # CheckpointError is a ConfigError already
+            raise ConfigError(str(err)) from None
 
     return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, job)
 

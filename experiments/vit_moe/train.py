@@ -20,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from experiments.vit_moe.checkpoint import (
-    CheckpointError,
     checkpoint_dir,
     load_checkpoint,
     resumable_config,
@@ -260,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     def job(cfg: RunConfig, resume_dir: str | None) -> None:
         try:
             metrics = train(cfg, resume_dir)
-        except (DataError, ConfigError, CheckpointError) as err:
-            raise SystemExit(f"error: {err}") from None
+        except DataError as err:  # ConfigErrors (CheckpointError too) reach run() as they are
+            raise ConfigError(str(err)) from None
         if int(os.environ.get("RANK", 0)) == 0:
             last = metrics["history"][-1]
             print(f"{cfg.model.variant}: test accuracy {last['test_accuracy']:.4f} after "
