@@ -17,12 +17,21 @@ python train.py --resume runs/<name> [train.budget_minutes=10 ...]
 """
 
 
-def main(argv=None) -> int:
-    from trajectory.checkpoint import resumable_config
+def _train(cfg: TrainRunConfig, resume_dir: str | None):
     from trajectory.training.trainer import train
+    return train(cfg, resume_dir=resume_dir)
+
+
+def _resumable_config(path: str) -> str:
+    from trajectory.checkpoint import resumable_config
+    return resumable_config(path)
+
+
+def main(argv=None) -> int:
+    # torch is imported only once the command line has parsed: a mistyped key is reported at once
     # resuming continues the saved run: its config, with the CLI's overrides (e.g. budgets)
-    return run_resumable(TrainRunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
-                         lambda cfg, resume_dir: train(cfg, resume_dir=resume_dir), resumable_config)
+    return run_resumable(TrainRunConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, _train,
+                         _resumable_config)
 
 if __name__ == "__main__":
     sys.exit(main())
