@@ -62,12 +62,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.replot:
         with open(args.out) as f:
-            saved = json.load(f)
-        plot(saved["cores"], saved["settings"]["envs"], args.out.replace(".json", ".png"),
-             saved["settings"].get("size", "tt"))
-        if args.readme:
-            replace_block(args.readme, block_name(args.out), table(saved))
-        return saved["cores"]
+            return publish(json.load(f), args)
     if args.threads:
         torch.set_num_threads(args.threads)
     reuse_freed_memory()  # as eval.py does
@@ -94,13 +89,18 @@ def main(argv=None) -> dict:
             line += f"   recompute {naive * 1e3:9.1f} ms  x{naive / shared:5.1f}"
         results[name] = row
         print(line, flush=True)
-        save(args, cfg, n_ctx, results)  # after every core: a long run keeps what it measured
-    plot(results, args.envs, args.out.replace(".json", ".png"), args.size)
-    if args.readme:
-        with open(args.out) as f:
-            replace_block(args.readme, block_name(args.out), table(json.load(f)))
+        saved = save(args, cfg, n_ctx, results)  # after every core: a long run keeps what it measured
     print(f"wrote {args.out}")
-    return results
+    return publish(saved, args)
+
+
+def publish(saved: dict, args) -> dict:
+    """The chart beside ``--out`` and, with ``--readme``, the README block named after it."""
+    plot(saved["cores"], saved["settings"]["envs"], args.out.replace(".json", ".png"),
+         saved["settings"].get("size", "tt"))
+    if args.readme:
+        replace_block(args.readme, block_name(args.out), table(saved))
+    return saved["cores"]
 
 
 def plot(results: dict, envs: int, path: str, size: str = "tt") -> None:
@@ -156,7 +156,7 @@ def table(saved: dict) -> str:
     return markdown_table(columns, rows) + "\n\n" + note
 
 
-def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> None:
+def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> dict:
     out = {"settings": {"envs": args.envs, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
                         "context_transitions": n_ctx, "sample_expand": cfg.sample_expand,
                         "size": args.size, **SIZES[args.size], "vocab": LAYOUT.vocab,
@@ -164,6 +164,7 @@ def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> None:
                         "cpu": platform.processor() or platform.machine()},
            "cores": results}
     save_json(out, args.out)
+    return out
 
 
 if __name__ == "__main__":

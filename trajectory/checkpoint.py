@@ -110,7 +110,7 @@ def write_checkpoint_folder(path: str, write: Callable[[str], None]) -> None:
     finds beside ``path``. A failed ``write`` removes its temporary folder."""
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    os.makedirs(tmp)  # and the run folder above it, on a first save
     try:
         write(tmp)
         for name in os.listdir(tmp):

@@ -208,27 +208,35 @@ def save_quantized(model: TrajectoryModel, path: str, source: dict | None = None
     return os.path.getsize(path)
 
 
-def load_quantized(float_model: TrajectoryModel, path: str) -> TrajectoryModel:
-    """Rebuild a model saved by :func:`save_quantized` on the architecture of ``float_model``
-    (built from the same checkpoint); no calibration is needed, the scales are in the file."""
+def read_quantized(path: str) -> dict:
+    """The contents of a file of :func:`save_quantized`: mode, state dict and source."""
     if not os.path.isfile(path):
         raise QuantizationError(f"no quantized model at {path}; quantize it again "
                                 f"(eval.py quantize=dynamic|static writes one)")
     try:
         with quiet_deprecations():
             saved = torch.load(path, map_location="cpu", weights_only=True)
-        mode = saved["mode"]
+        if not isinstance(saved, dict) or "mode" not in saved:
+            raise ValueError("not a quantized model")
     except Exception as err:
         raise QuantizationError(f"cannot read {path} ({type(err).__name__}): the file is corrupt; "
                                 f"delete it and quantize again") from None
-    model = _convert(_with_linear_heads(float_model), mode, calibration=None)
+    return saved
+
+
+def load_quantized(float_model: TrajectoryModel, path: str, saved: dict | None = None) -> TrajectoryModel:
+    """Rebuild a model saved by :func:`save_quantized` on the architecture of ``float_model``
+    (built from the same checkpoint); no calibration is needed, the scales are in the file.
+    ``saved``: the file's contents when :func:`read_quantized` already read them."""
+    saved = read_quantized(path) if saved is None else saved
+    model = _convert(_with_linear_heads(float_model), saved["mode"], calibration=None)
     try:
         with quiet_deprecations():
             model.load_state_dict(saved["state_dict"])
     except (RuntimeError, KeyError) as err:  # quantized modules raise KeyError on missing keys
         raise QuantizationError(f"{path} does not fit this checkpoint's model ({err}); "
                                 f"quantize it again") from None
-    model.quantization = mode
+    model.quantization = saved["mode"]
     return model
 
 
@@ -248,8 +256,13 @@ def quantize_checkpoint_model(checkpoint, model: TrajectoryModel, mode: str,
               "batch_size": batch_size, "seed": seed}
     path = os.path.join(out_dir, f"model_int8_{mode}.pt") if out_dir is not None else None
     quantized = None
-    if path is not None and saved_source(path) == source:
-        quantized = load_quantized(model, path)
+    if path is not None and os.path.isfile(path):
+        try:
+            saved = read_quantized(path)
+        except QuantizationError:  # a corrupt file is made again
+            saved = {}
+        if saved.get("source") == source:
+            quantized = load_quantized(model, path, saved)
     reused = quantized is not None
     if quantized is None:
         calibration = None
@@ -284,17 +297,6 @@ def weights_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
-
-
-def saved_source(path: str) -> dict | None:
-    """What a file of :func:`save_quantized` was made from (None: no file, unreadable, or none)."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with quiet_deprecations():
-            return torch.load(path, map_location="cpu", weights_only=True).get("source")
-    except Exception:  # a corrupt file is made again
-        return None
 
 
 def state_bytes(model: nn.Module, path: str) -> int:

@@ -48,7 +48,6 @@ def save_lm_checkpoint(run_dir: str, cfg: LMRunConfig, model: LanguageModel, tok
                    os.path.join(folder, "model.pt"))
         save_tokenizer(tokenizer, os.path.join(folder, "tokenizer.json"))
         save_json(metrics, os.path.join(folder, "metrics.json"))
-    os.makedirs(run_dir, exist_ok=True)
     write_checkpoint_folder(path, write)
     return path
 

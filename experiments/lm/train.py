@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from experiments.lm.checkpoint import resumable_config, save_lm_checkpoint
 from experiments.lm.config import LMRunConfig
 from experiments.lm.dataset import TokenData, evaluate, prepare_data, train_batch
-from experiments.lm.model import LanguageModel
+from experiments.lm.model import LM_CORES, LanguageModel
 from trajectory.checkpoint import checkpoint_dir, load_torch_file, restore_weights, trainer_state_file
 from trajectory.cli import run_resumable
 from trajectory.configutil import ConfigError
@@ -168,7 +168,6 @@ def set_threads(threads: int, ctx: distributed.DistContext) -> None:
 
 
 def train(cfg: LMRunConfig, resume_dir: str | None = None) -> dict:
-    from experiments.lm.model import LM_CORES
     check_core_config(cfg.model.core, cfg.model.core_options, registry=LM_CORES)  # before any data
     resumed = None
     if resume_dir is not None:

@@ -41,7 +41,6 @@ def save_checkpoint(folder: str, cfg: RunConfig, model: ViT, metrics: dict,
         save_torch({"state_dict": state, "spec": dataclasses.asdict(model.spec)},
                    os.path.join(tmp, "model.pt"))
         save_json(metrics, os.path.join(tmp, "metrics.json"))
-    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
     write_checkpoint_folder(folder, write)
 
 

@@ -176,11 +176,11 @@ def _owner_alive(folder: str) -> bool:
     if host != socket.gethostname():
         return True  # another machine's process (shared disk): not ours to judge
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, under another user
+        pass
     return True
 
 

@@ -23,20 +23,18 @@ def build_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None
     """Instantiate the core called ``name``; ``options`` are checked against its ``Options``.
     ``registry`` lets a subpackage offer more cores than ``CORES`` (default)."""
     registry = CORES if registry is None else registry
-    if name not in registry:
-        raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(registry)}")
-    cls = registry[name]
-    opts = from_dict(cls.Options, dict(options or {}), origin=f"model.core_options for '{name}'")
-    return cls(cfg, opts)
+    options = check_core_config(name, options, registry)  # first: an unknown name is a ConfigError
+    return registry[name](cfg, options)
 
 
 def check_core_config(name: str, options: dict[str, Any] | None = None,
-                      registry: dict[str, type[SequenceCore]] | None = None) -> None:
-    """The checks of :func:`build_core` without building anything: run them before long work."""
+                      registry: dict[str, type[SequenceCore]] | None = None) -> Any:
+    """The checks of :func:`build_core` without building anything (run them before long work);
+    returns the core's parsed ``Options``."""
     registry = CORES if registry is None else registry
     if name not in registry:
         raise ConfigError(f"unknown core '{name}'; choose one of: {', '.join(registry)}")
-    from_dict(registry[name].Options, dict(options or {}), origin=f"model.core_options for '{name}'")
+    return from_dict(registry[name].Options, dict(options or {}), origin=f"model.core_options for '{name}'")
 
 
 __all__ = ["CORES", "check_core_config", "CoreConfig", "ResetsUnsupported", "SequenceCore", "build_core"]

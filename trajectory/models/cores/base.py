@@ -76,14 +76,14 @@ def first_tensor(state: State) -> torch.Tensor | None:
     return None
 
 
-def grouped_index(index: torch.Tensor, rows_per_group: int, groups: int) -> int | None:
-    """Rows per group after ``select_state(index)`` when every new row stays in its group, groups in
-    order with equally many rows each (what a beam planner does); None otherwise."""
+def stays_grouped(index: torch.Tensor, rows: int, groups: int) -> bool:
+    """Whether ``select_state(index)`` over ``rows`` rows in ``groups`` equal consecutive groups keeps
+    every new row in its group, groups in order with equally many rows each (what a beam planner
+    does), so that a state shared per group can stay shared."""
     if len(index) % groups:
-        return None
-    per = len(index) // groups
-    expected = torch.arange(groups, device=index.device).repeat_interleave(per)
-    return per if torch.equal(torch.div(index, rows_per_group, rounding_mode="floor"), expected) else None
+        return False
+    expected = torch.arange(groups, device=index.device).repeat_interleave(len(index) // groups)
+    return torch.equal(torch.div(index, rows // groups, rounding_mode="floor"), expected)
 
 
 class SequenceCore(nn.Module):

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajectory.models.cores.base import CoreConfig, SequenceCore, State, grouped_index
+from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
 from trajectory.models.ops.scopes import op_group
 
 KV = tuple[torch.Tensor, torch.Tensor, int]  # key and value buffers [B, H, cap, hd], valid length
@@ -249,7 +249,7 @@ class GPTCore(SequenceCore):
         """x [B, t, D] following the state's tokens -> y [B, t, D], state with K/V appended
         (the last max_len entries)."""
         if "prefix" in state:
-            if state["prefix"]["length"] + state["length"] + x.shape[1] <= self.cfg.max_len:
+            if state["pos"] + x.shape[1] <= self.cfg.max_len:  # pos: prefix and suffix tokens
                 return self._step_shared(x, state)
             state = self._unshare(state)  # about to slide past the window: the plain form does that
         t, window = x.shape[1], self.cfg.max_len
@@ -277,31 +277,29 @@ class GPTCore(SequenceCore):
         return h, {**state, "length": cached + t, "pos": pos + t}
 
     def branch_state(self, state: State, copies: int) -> State:
-        """Each row becomes ``copies`` rows sharing its keys/values as a prefix (kept once)."""
-        if "prefix" in state:
-            rows = state["k"][0].shape[0]
-            return self.select_state(state, torch.arange(rows, device=state["k"][0].device)
-                                     .repeat_interleave(copies))
+        """Each row becomes ``copies`` rows sharing its keys/values as a prefix (kept once).
+        The prefix is ``{"k": [...], "v": [...]}`` per layer, ``[E, H, P, hd]``; its length and the
+        rows per environment follow from the shapes."""
+        if "prefix" in state:  # already shared: copy suffixes like any reorder
+            return super().branch_state(state, copies)
         length = state["length"]
         rows, H, _, hd = state["k"][0].shape
-        room = self.cfg.max_len - length
-        suffix_shape = (rows * copies, H, room, hd)
-        like = state["k"][0]
-        return {"k": [like.new_empty(suffix_shape) for _ in state["k"]],
-                "v": [like.new_empty(suffix_shape) for _ in state["v"]],
+        suffix_shape = (rows * copies, H, self.cfg.max_len - length, hd)
+        return {"k": [b.new_empty(suffix_shape) for b in state["k"]],
+                "v": [b.new_empty(suffix_shape) for b in state["v"]],
                 "length": 0, "pos": state["pos"],
                 "prefix": {"k": [b[:, :, :length] for b in state["k"]],
-                           "v": [b[:, :, :length] for b in state["v"]],
-                           "length": length, "rows": copies}}
+                           "v": [b[:, :, :length] for b in state["v"]]}}
 
     def _unshare(self, state: State) -> State:
         """The plain form of a shared-prefix state: every row's full K/V buffers."""
         prefix, length = state["prefix"], state["length"]
-        P, r = prefix["length"], prefix["rows"]
+        P = prefix["k"][0].shape[2]
+        rows_per_env = state["k"][0].shape[0] // prefix["k"][0].shape[0]
 
         def join(pre: torch.Tensor, suf: torch.Tensor) -> torch.Tensor:
             out = suf.new_empty((suf.shape[0], suf.shape[1], self.cfg.max_len, suf.shape[3]))
-            out[:, :, :P] = pre.repeat_interleave(r, dim=0)
+            out[:, :, :P] = pre.repeat_interleave(rows_per_env, dim=0)
             out[:, :, P:P + length] = suf[:, :, :length]
             return out
         return {"k": [join(p, s) for p, s in zip(prefix["k"], state["k"])],
@@ -311,12 +309,9 @@ class GPTCore(SequenceCore):
     def select_state(self, state: State, index: torch.Tensor) -> State:
         """Gather rows, copying only the valid entries of each buffer into fresh buffers (of a
         shared-prefix state: only the suffixes, while rows stay with their prefix)."""
-        if "prefix" in state:
-            groups = state["prefix"]["k"][0].shape[0]
-            per_group = grouped_index(index, state["prefix"]["rows"], groups)
-            if per_group is None:
-                return self.select_state(self._unshare(state), index)
-            state = {**state, "prefix": {**state["prefix"], "rows": per_group}}
+        if "prefix" in state and not stays_grouped(index, state["k"][0].shape[0],
+                                                   state["prefix"]["k"][0].shape[0]):
+            return self.select_state(self._unshare(state), index)
         length = state["length"]
 
         def gather(buffer: torch.Tensor) -> torch.Tensor:

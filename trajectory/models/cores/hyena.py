@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajectory.models.cores.base import CoreConfig, SequenceCore, State, grouped_index
+from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
 from trajectory.models.ops.fftconv import fft_conv
 from trajectory.models.ops.scopes import op_group
 
@@ -160,16 +160,29 @@ class HyenaOperator(nn.Module):
         short = window[..., window.shape[-1] - (self.kernel - 1):]  # last kernel - 1 inputs
         v, *gates = z.split(self.d, dim=1)
         h, h_rev, h_f = self.filters()
-        length = state["length"]
+        length, prefix = state["length"], state.get("prefix")
         for n, x in enumerate(gates):
             buffer = state["hist"][n]
             buffer[..., length:length + t] = v  # in place: branch states with select_state
-            v = x * self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # past [B, D, p + t]
-        return self.out_proj(v.transpose(1, 2)), {"short": short, "hist": state["hist"],
-                                                  "length": length + t}
+            y = self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # [B, D, t]
+            if prefix is not None:  # a branched state: add the shared prefix's share
+                y = self._with_prefix(y, prefix, n, length)
+            v = x * y
+        return self.out_proj(v.transpose(1, 2)), {**state, "short": short, "length": length + t}
+
+    def _with_prefix(self, y: Tensor, prefix: dict, n: int, length: int) -> Tensor:
+        """y [B, D, t] (the suffix's share, ``length`` suffix tokens before it) plus the prefix's
+        share at the same positions, read from ``prefix["out"][n]`` [E, D, max_len]."""
+        out = prefix["out"][n]
+        start = prefix["hist"][n].shape[-1] + length  # absolute position of the first new token
+        B, t = y.shape[0], y.shape[-1]
+        E = out.shape[0]
+        return (y.view(E, B // E, self.d, t) + out[:, None, :, start:start + t]).view(B, self.d, t)
 
     def branch(self, state: dict, copies: int) -> dict:
-        """The layer's state with each row's history kept once as a prefix for ``copies`` rows."""
+        """The layer's state with each row's history kept once as a prefix for ``copies`` rows:
+        ``{"hist": inputs [E, D, P], "out": their share of every output position [E, D, max_len]}``
+        per long convolution (the prefix length and rows per group follow from the shapes)."""
         _, h, h_f = self.filters()
         length = state["length"]
         rows = state["short"].shape[0]
@@ -177,44 +190,24 @@ class HyenaOperator(nn.Module):
         with op_group("fft"):  # the prefix's share of every later output: zero input after it
             prefix_out = [fft_conv(F.pad(z, (0, self.max_len - length)), h[n], None, k_f=h_f[n])
                           for n, z in enumerate(prefix_hist)]  # each [rows, D, max_len]
-        room = self.max_len - length
         like = state["hist"][0]
         return {"short": state["short"].repeat_interleave(copies, dim=0),
-                "hist": [like.new_empty((rows * copies, self.d, room)) for _ in range(self.order)],
-                "length": 0,
-                "prefix": {"hist": prefix_hist, "out": prefix_out, "length": length, "rows": copies}}
+                "hist": [like.new_empty((rows * copies, self.d, self.max_len - length))
+                         for _ in range(self.order)],
+                "length": 0, "prefix": {"hist": prefix_hist, "out": prefix_out}}
 
     def unshare(self, state: dict) -> dict:
         """The plain form of a branched layer state: every row's whole history."""
         prefix, length = state["prefix"], state["length"]
-        P, r = prefix["length"], prefix["rows"]
+        P = prefix["hist"][0].shape[-1]
+        rows_per_group = state["short"].shape[0] // prefix["hist"][0].shape[0]
         hist = []
         for pre, suffix in zip(prefix["hist"], state["hist"]):
             out = suffix.new_empty((suffix.shape[0], self.d, self.max_len))
-            out[..., :P] = pre.repeat_interleave(r, dim=0)
+            out[..., :P] = pre.repeat_interleave(rows_per_group, dim=0)
             out[..., P:P + length] = suffix[..., :length]
             hist.append(out)
         return {"short": state["short"], "hist": hist, "length": P + length}
-
-    def step_shared(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
-        """``step`` of a branched state: the suffix convolved here, the prefix's share read."""
-        B, t = u.shape[0], u.shape[1]  # u: [B, t, D]
-        window = torch.cat([state["short"], self.in_proj(u).transpose(1, 2)], dim=-1)
-        z = F.conv1d(window, self.short_conv.weight, self.short_conv.bias,
-                     groups=self.short_conv.groups)  # [B, (N+1)D, t]
-        short = window[..., window.shape[-1] - (self.kernel - 1):]
-        v, *gates = z.split(self.d, dim=1)
-        h, h_rev, h_f = self.filters()
-        prefix, length = state["prefix"], state["length"]
-        start = prefix["length"] + length  # absolute position of the first new token
-        groups = prefix["out"][0].shape[0]
-        for n, x in enumerate(gates):
-            buffer = state["hist"][n]
-            buffer[..., length:length + t] = v
-            y = self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # [B, D, t]
-            y = y.view(groups, B // groups, self.d, t) + prefix["out"][n][:, None, :, start:start + t]
-            v = x * y.view(B, self.d, t)
-        return self.out_proj(v.transpose(1, 2)), {**state, "short": short, "length": length + t}
 
     def _conv_tail(self, past: Tensor, t: int, n: int, h: Tensor, h_rev: Tensor,
                    h_f: Tensor) -> Tensor:
@@ -247,8 +240,7 @@ class HyenaBlock(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
     def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
-        mixer_step = self.mixer.step_shared if "prefix" in state else self.mixer.step
-        y, state = mixer_step(self.norm1(x), state)
+        y, state = self.mixer.step(self.norm1(x), state)
         x = x + self.drop(y)
         return x + self.drop(self.mlp(self.norm2(x))), state
 
@@ -304,11 +296,9 @@ class HyenaCore(SequenceCore):
     def select_state(self, state: State, index: torch.Tensor) -> State:
         """Gather rows, copying only the valid part of each history buffer (of a branched state:
         only the suffixes, while rows stay with their prefix)."""
-        if state and "prefix" in state[0]:
-            prefix = state[0]["prefix"]
-            per_group = grouped_index(index, prefix["rows"], prefix["out"][0].shape[0])
-            if per_group is None:
-                state = [block.mixer.unshare(layer) for block, layer in zip(self.blocks, state)]
+        if state and "prefix" in state[0] and not stays_grouped(
+                index, state[0]["short"].shape[0], state[0]["prefix"]["hist"][0].shape[0]):
+            state = [block.mixer.unshare(layer) for block, layer in zip(self.blocks, state)]
         selected = []
         for layer in state:
             length = layer["length"]
@@ -317,23 +307,19 @@ class HyenaCore(SequenceCore):
                 out = buffer.new_empty((len(index), *buffer.shape[1:]))
                 out[..., :length] = buffer[..., :length].index_select(0, index)
                 hist.append(out)
-            layer = {**layer, "short": layer["short"].index_select(0, index), "hist": hist}
-            if "prefix" in layer:
-                layer["prefix"] = {**layer["prefix"], "rows": per_group}
-            selected.append(layer)
+            selected.append({**layer, "short": layer["short"].index_select(0, index), "hist": hist})
         return selected
 
     def branch_state(self, state: State, copies: int) -> State:
-        if state and "prefix" in state[0]:
-            rows = state[0]["short"].shape[0]
-            return self.select_state(state, torch.arange(rows, device=state[0]["short"].device)
-                                     .repeat_interleave(copies))
+        if state and "prefix" in state[0]:  # already shared: copy suffixes like any reorder
+            return super().branch_state(state, copies)
         return [block.mixer.branch(layer, copies) for block, layer in zip(self.blocks, state)]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         seen = 0
-        if state:
-            seen = state[0]["length"] + (state[0]["prefix"]["length"] if "prefix" in state[0] else 0)
+        if state:  # tokens before x: the suffix's, after the shared prefix's when branched
+            layer = state[0]
+            seen = layer["length"] + (layer["prefix"]["hist"][0].shape[-1] if "prefix" in layer else 0)
         self._check_length(seen + x.shape[1])  # x: [B, t, D]
         new_state = []
         for block, layer_state in zip(self.blocks, state):

@@ -2,8 +2,8 @@
 
 Beam planning allocates and frees the same large state buffers (tens of MB) many times per
 environment step. glibc serves blocks that large with fresh ``mmap`` pages and unmaps them on free,
-so every reorder pays the kernel for zeroed pages on first touch; on a 2-core machine that was a
-quarter of GPT's planning time. Raising glibc's mmap and trim thresholds makes freed buffers come
+so every reorder pays the kernel for zeroed pages on first touch (a large share of GPT's planning
+time in profiles on 2 cores). Raising glibc's mmap and trim thresholds makes freed buffers come
 back from the heap (the effect of PyTorch's CPU tuning advice to run under a caching allocator such
 as jemalloc, without a preload). Elsewhere (no glibc) this does nothing.
 """
