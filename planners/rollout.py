@@ -158,6 +158,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
     planner = build_planner(model, discretizer, layout, cfg, generator)
     obs = np.stack([env.reset(seed=cfg.seed + i)[0] for i, env in enumerate(envs)])
     returns, lengths = np.zeros(len(envs)), np.zeros(len(envs), dtype=int)
+    terminal_step = np.full(len(envs), -1, dtype=np.int64)  # where the env ended an episode itself
     active = np.ones(len(envs), dtype=bool)
     history = History(len(envs), cfg.max_episode_steps, layout)
     trace = EpisodeTrace(len(envs), cfg.max_episode_steps)
@@ -187,6 +188,8 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
             obs[i], rewards[j], terminated, truncated, _ = envs[i].step(actions[j])
             returns[i] += rewards[j]
             lengths[i] += 1
+            if terminated:
+                terminal_step[i] = t
             if terminated or truncated:
                 active[i] = False
             if cfg.render and i == 0 and t % 2 == 0:
@@ -200,7 +203,8 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
             break
     for env in envs:
         env.close()
-    return {"returns": returns, "lengths": lengths, "planning_seconds": planning_seconds,
+    return {"returns": returns, "lengths": lengths, "terminal_step": terminal_step,
+            "planning_seconds": planning_seconds,
             "plans": plans, "frames": frames, "context_transitions": planner.context_transitions,
             "trace": trace}
 
@@ -350,7 +354,7 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
     scores = normalized_score(cfg.env_id, returns) if has_reference_returns(cfg.env_id) else None
     env_steps = int(result["lengths"].max())
     trace = result["trace"]
-    failures = failed_episodes(returns, trace.first_flip_step)
+    failures = failed_episodes(returns, trace.first_flip_step, result["terminal_step"])
     return {
         "checkpoint": checkpoint.path, "core": checkpoint.config.model.core,
         "size": f"{checkpoint.config.model.d_model}x{checkpoint.config.model.n_layers}",

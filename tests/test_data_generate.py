@@ -121,3 +121,95 @@ def test_half_written_datasets_of_dead_processes_are_removed(tmp_path):
     assert [os.path.basename(f) for f in removed] == [".generating-dead"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".generating-alive", ".generating-elsewhere", ".generating-no-owner", "halfcheetah"]
+
+
+@pytest.fixture(scope="module")
+def hopper_policy(tmp_path_factory):
+    """A small untrained Hopper policy: its hopper falls within tens of steps (a true terminal)."""
+    import torch
+
+    from trajectory.data.sac import SquashedGaussianActor, save_policy
+    torch.manual_seed(0)
+    actor = SquashedGaussianActor(1, 11, 3, 16)
+    path = str(tmp_path_factory.mktemp("policy") / "hopper.pt")
+    save_policy(path, actor.state_dict(), 11, 3, 16, {"env_id": "Hopper-v5"})
+    return path
+
+
+def make_hopper(root, policy, steps, num_envs=3) -> dict:
+    return generate.generate_dataset(str(root), "test/hopper/gen-v0", steps=steps, max_steps=1000,
+                                     seed=0, num_envs=num_envs, policy_path=policy,
+                                     env_id="Hopper-v5", progress=False)
+
+
+def test_step_budget_with_terminals_writes_exactly_the_budget(hopper_policy, tmp_path, monkeypatch):
+    summary = make_hopper(tmp_path / "a", hopper_policy, steps=300)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "a"))
+    episodes = list(minari.load_dataset("test/hopper/gen-v0").iterate_episodes())
+    lengths = [len(ep.rewards) for ep in episodes]
+    assert sum(lengths) == summary["steps"] == 300 and summary["episodes"] == len(episodes) > 3
+    for ep in episodes[:-1]:  # every whole episode ended by falling, at its last step only
+        np.testing.assert_array_equal(np.flatnonzero(ep.terminations), [len(ep.rewards) - 1])
+        assert not ep.truncations.any() and len(ep.rewards) < 1000
+    last = episodes[-1]  # cut by the budget: a truncation, not a terminal
+    assert last.truncations[-1] and not last.terminations.any()
+    assert summary["terminated_episodes"] == len(episodes) - 1
+    whole = [float(ep.rewards.sum()) for ep in episodes[:-1]]  # the cut episode is not a return
+    assert summary["return_mean"] == pytest.approx(np.mean(whole))
+    assert [ep.id for ep in episodes] == list(range(len(episodes)))
+
+
+def test_a_smaller_budget_keeps_a_prefix_of_the_same_episodes(hopper_policy, tmp_path, monkeypatch):
+    make_hopper(tmp_path / "big", hopper_policy, steps=300)
+    make_hopper(tmp_path / "small", hopper_policy, steps=120)
+    read = {}
+    for name in ("big", "small"):
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / name))
+        read[name] = list(minari.load_dataset("test/hopper/gen-v0").iterate_episodes())
+    small, big = read["small"], read["big"]
+    assert sum(len(ep.rewards) for ep in small) == 120
+    for a, b in zip(small[:-1], big):
+        np.testing.assert_array_equal(a.observations, b.observations)
+        np.testing.assert_array_equal(a.actions, b.actions)
+    cut = small[-1]  # the cut episode is the start of the same episode in the bigger dataset
+    np.testing.assert_array_equal(cut.actions, big[len(small) - 1].actions[:len(cut.actions)])
+
+
+def test_policy_of_another_environment_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="17 observation dimensions, Hopper-v5 has 11"):
+        generate.generate_dataset(str(tmp_path), "test/hopper/gen-v0", steps=10, env_id="Hopper-v5",
+                                  progress=False)
+    assert not (tmp_path / "test").exists()
+
+
+def test_every_reproduction_names_an_environment_policy_and_a_million_steps():
+    from trajectory.envs import env_family
+    assert sorted(generate.REPRODUCTIONS) == ["halfcheetah-medium", "hopper-medium", "walker2d-medium"]
+    for name, repro in generate.REPRODUCTIONS.items():
+        assert name == f"{env_family(repro.env_id)}-medium" and repro.steps == 1_000_000
+        assert repro.dataset_id == f"trajectory/{env_family(repro.env_id)}/medium-v0"
+
+
+def test_generated_terminals_reach_rows_and_windows(hopper_policy, tmp_path):
+    """On generated Hopper data the penalty lands on the falls only, value-to-go restarts at every
+    episode, and padded windows never mix two episodes."""
+    from trajectory.data.dataset import WindowDataset, joined_rows
+    from trajectory.data.sources import load_minari_path
+
+    make_hopper(tmp_path, hopper_policy, steps=200)
+    tr = load_minari_path(str(tmp_path / "test/hopper/gen-v0"), "generated hopper")
+    assert tr.env_id.startswith("Hopper") and tr.terminals.sum() >= 3 and tr.timeouts.sum() == 1
+    plain, penalised = joined_rows(tr, 0.99, 0.0), joined_rows(tr, 0.99, -100.0)
+    np.testing.assert_allclose(penalised[:, -2] - plain[:, -2], -100.0 * tr.terminals)
+    starts, lengths = tr.episode_bounds()
+    ends = starts + lengths - 1
+    np.testing.assert_array_equal(penalised[ends, -1], 0.0)  # nothing follows an episode's end
+    before_fall = ends[tr.terminals[ends]] - 1  # the step before a fall sees the penalty coming
+    np.testing.assert_allclose(penalised[before_fall, -1], plain[before_fall + 1, -2] - 100.0)
+    tokens = np.arange(1, len(tr) + 1, dtype=np.int64)[:, None].repeat(3, 1)  # token = step index
+    windows = WindowDataset(tokens, lengths, seq_len=4)
+    assert len(windows) == len(tr)
+    episode = np.repeat(np.arange(len(lengths)), lengths)
+    for i in range(len(windows)):
+        real = windows[i]["x"][windows[i]["x"] > 0]  # padding is token 0
+        assert len(set(episode[real.numpy() - 1].tolist())) == 1

@@ -1,4 +1,5 @@
 """Sources: D4RL-layout HDF5 files, Minari ids, the local reproduction, and every bad input."""
+import dataclasses
 import os
 
 import h5py
@@ -168,12 +169,13 @@ def test_corrupt_minari_dataset(tiny_minari, tmp_path):
 
 
 def test_reproduction_generated_on_first_use_then_reused(tmp_path, monkeypatch):
-    monkeypatch.setattr(generate, "REPRO_EPISODES", 2)
-    monkeypatch.setattr(generate, "REPRO_MAX_STEPS", 20)
+    small = dataclasses.replace(generate.REPRODUCTIONS["halfcheetah-medium"], steps=40, max_steps=20)
+    monkeypatch.setitem(generate.REPRODUCTIONS, "halfcheetah-medium", small)
     assert source_identity("halfcheetah-medium", str(tmp_path)) is None
     tr = load_transitions("halfcheetah-medium", cache_dir=str(tmp_path))
     assert len(tr) == 40 and tr.source == "halfcheetah-medium" and tr.env_id == "HalfCheetah-v5"
-    assert (tmp_path / "minari" / generate.REPRO_ID / "data" / "metadata.json").is_file()
+    assert len(tr.episode_returns) == 2  # two whole episodes of the 20-step limit
+    assert (tmp_path / "minari" / small.dataset_id / "data" / "metadata.json").is_file()
     identity = source_identity("halfcheetah-medium", str(tmp_path))
     assert identity is not None
 
@@ -184,3 +186,14 @@ def test_reproduction_generated_on_first_use_then_reused(tmp_path, monkeypatch):
     again = load_transitions("halfcheetah-medium", cache_dir=str(tmp_path))
     np.testing.assert_array_equal(again.actions, tr.actions)
     assert source_identity("halfcheetah-medium", str(tmp_path)) == identity
+
+
+def test_reproduction_without_its_policy_and_missing_d4rl_ids_name_the_fix(tmp_path, monkeypatch):
+    gone = dataclasses.replace(generate.REPRODUCTIONS["hopper-medium"], policy=str(tmp_path / "no.pt"))
+    monkeypatch.setitem(generate.REPRODUCTIONS, "hopper-medium", gone)
+    with pytest.raises(DatasetError, match="behaviour policy .*no.pt is missing"):
+        load_transitions("hopper-medium", cache_dir=str(tmp_path))
+    assert not (tmp_path / "minari" / gone.dataset_id).exists()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    with pytest.raises(DatasetError, match="mujoco/walker2d/medium-v0.*data.source=walker2d-medium"):
+        load_transitions("mujoco/walker2d/medium-v0", cache_dir=str(tmp_path))

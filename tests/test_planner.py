@@ -251,3 +251,59 @@ def test_the_filming_camera_keeps_the_agent_in_view_far_down_the_track():
     assert agent.mean() > 0.01  # the cheetah covers a visible part of the frame, not just floor
     renderer.close()
     env.close()
+
+
+def test_envs_that_terminate_at_different_steps_leave_the_batch(monkeypatch):
+    """Hopper episodes end when the hopper falls: each env leaves the planning batch at its own step,
+    and its return and length are its own."""
+    import gymnasium as gym
+
+    import planners.rollout as rollout_module
+    from trajectory.score_stats import failed_episodes
+
+    ends = {}  # env -> the step at which it terminates
+    rewards = {}
+
+    class FallsAt(gym.Wrapper):
+        def reset(self, *, seed=None, options=None):
+            self.t, self.end = 0, 2 + 2 * (seed - 100)  # env i (seed 100 + i) ends at step 2 + 2i
+            ends[seed - 100], rewards[seed - 100] = self.end, []
+            return self.env.reset(seed=seed, options=options)
+
+        def step(self, action):
+            obs, reward, _, truncated, info = self.env.step(action)
+            self.t += 1
+            rewards[self.env.unwrapped._seed - 100].append(reward)
+            return obs, reward, self.t == self.end, truncated, info
+
+    class SeedRecorder(gym.Wrapper):
+        def reset(self, *, seed=None, options=None):
+            self.env.unwrapped._seed = seed
+            return self.env.reset(seed=seed, options=options)
+
+    monkeypatch.setattr(rollout_module, "make_env",
+                        lambda *a, **k: FallsAt(SeedRecorder(make_env(*a, **k))))
+    batch_sizes = []
+    original = rollout_module.build_planner
+
+    def recording_planner(*args, **kwargs):
+        planner = original(*args, **kwargs)
+        plan = planner.plan
+        planner.plan = lambda context: (batch_sizes.append(len(context)), plan(context))[1]
+        return planner
+
+    monkeypatch.setattr(rollout_module, "build_planner", recording_planner)
+    layout = TokenLayout(obs_dim=11, act_dim=3, vocab=10, seq_len=4)
+    cfg = eval_cfg(env_id="Hopper-v5", n_episodes=3, seed=100, max_episode_steps=20, beam_steps=1,
+                   beam_context=1)
+    result = rollout(tiny_model("s5", layout), fitted_discretizer(layout), layout, cfg,
+                     torch.device("cpu"), progress=False)
+    assert result["lengths"].tolist() == [ends[i] for i in range(3)] == [2, 4, 6]
+    assert result["terminal_step"].tolist() == [1, 3, 5]
+    np.testing.assert_allclose(result["returns"], [sum(rewards[i]) for i in range(3)])
+    assert batch_sizes == [3, 3, 2, 2, 1, 1]  # the batch shrinks as envs finish; then it stops
+    trace = result["trace"]
+    assert np.isnan(trace.reward[0, 2:]).all() and not np.isnan(trace.reward[2, :6]).any()
+    failures = failed_episodes(result["returns"], trace.first_flip_step, result["terminal_step"])
+    assert [(f["episode"], f["step"]) for f in failures] == [(0, 1), (1, 3), (2, 5)]
+    assert all(f["reason"].startswith("fell") for f in failures)

@@ -28,12 +28,18 @@ def summarize(scores, resamples: int = 10_000, seed: int = 0) -> dict:
     return {"n": n, "mean": float(scores.mean()), "sem": sem, "ci95": [float(low), float(high)]}
 
 
-def failed_episodes(returns, first_flip_step) -> list[dict]:
-    """Episodes whose torso passed 90 degrees at some step (``first_flip_step[i] >= 0``, the first
+def failed_episodes(returns, first_flip_step, terminal_step=None) -> list[dict]:
+    """Episodes the environment ended early (``terminal_step[i] >= 0``: Hopper or Walker2d fell, at
+    that step), whose torso passed 90 degrees at some step (``first_flip_step[i] >= 0``, the first
     such step) or whose return is below 0, as ``{"episode", "step", "reason", "return"}``."""
     failures = []
-    for i, (ret, step) in enumerate(zip(returns, first_flip_step)):
-        if step >= 0:
+    if terminal_step is None:
+        terminal_step = np.full(len(returns), -1)
+    for i, (ret, step, fell) in enumerate(zip(returns, first_flip_step, terminal_step)):
+        if fell >= 0:
+            failures.append({"episode": i, "step": int(fell), "reason": "fell (the environment ended "
+                             "the episode)", "return": float(ret)})
+        elif step >= 0:
             failures.append({"episode": i, "step": int(step), "reason": "torso past 90 degrees",
                              "return": float(ret)})
         elif ret < 0:

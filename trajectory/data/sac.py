@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trajectory.configutil import ConfigError
 from trajectory.envs import make_env
 from trajectory.io import save_torch
 
@@ -54,6 +55,14 @@ class SACConfig:
     target_low: float = 4300.0  # D4RL's halfcheetah-medium mean return is about 4,800
     target_high: float = 5300.0
     stop_when_all_in_range: bool = True  # stop once every member has a snapshot in range
+    # which return the target range applies to: "deterministic" (mean action) or "stochastic" (sampled
+    # actions, as the dataset generator acts; for Hopper and Walker2d the two differ by hundreds)
+    select_by: str = "deterministic"
+    keep_all_in_range: bool = False  # snapshot every evaluation in range, not only the first
+
+    def __post_init__(self) -> None:
+        if self.select_by not in ("deterministic", "stochastic"):
+            raise ConfigError(f"select_by must be 'deterministic' or 'stochastic', got '{self.select_by}'")
 
 
 class EnsembleLinear(nn.Module):
@@ -292,19 +301,24 @@ def train(cfg: SACConfig) -> dict:
             returns = evaluate(agent.actor, cfg.env_id, cfg.eval_episodes, 10_000 + step, device)
             record = {"step": step, "minutes": (time.time() - start) / 60,
                       "mean_return": returns.mean(1).round(1).tolist()}
+            if cfg.select_by == "stochastic":
+                returns = evaluate(agent.actor, cfg.env_id, cfg.eval_episodes, 20_000 + step, device,
+                                   deterministic=False)
+                record["stochastic_mean_return"] = returns.mean(1).round(1).tolist()
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.write(json.dumps(record))
             for k, mean in enumerate(returns.mean(1)):
                 writer.add_scalar(f"eval/return/member{k}", mean, step)
-                if cfg.target_low <= mean <= cfg.target_high and k not in first_in_range:
+                in_range = cfg.target_low <= mean <= cfg.target_high
+                if in_range and (k not in first_in_range or cfg.keep_all_in_range):
                     meta = {"member": k, "seed": cfg.seed + k, "train_steps": step,
                             "wall_minutes": record["minutes"], "screen_returns": returns[k].tolist(),
-                            "env_id": cfg.env_id, "device": cfg.device}
+                            "screen_mode": cfg.select_by, "env_id": cfg.env_id, "device": cfg.device}
                     path = os.path.join(cfg.out, "candidates", f"member{k}_step{step}.pt")
                     save_policy(path, agent.actor.member_state_dict(k), obs_dim, act_dim,
                                 cfg.hidden, meta)
-                    first_in_range[k] = meta
+                    first_in_range.setdefault(k, meta)
             if cfg.stop_when_all_in_range and len(first_in_range) == cfg.members:
                 break
         if cfg.budget_minutes and time.time() - start > 60 * cfg.budget_minutes:

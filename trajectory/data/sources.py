@@ -175,15 +175,17 @@ def find_minari(dataset_id: str, cache_dir: str) -> str | None:
 
 
 def _missing_minari(dataset_id: str, cache_dir: str) -> DatasetError:
-    hint = ""
-    if "halfcheetah" in dataset_id and "medium" in dataset_id:
-        hint = " (D4RL's halfcheetah-medium-v2 is Minari's mujoco/halfcheetah/medium-v0)"
+    hint, local = "", "data.source=halfcheetah-medium"
+    for family in _FAMILY_ENV_IDS:
+        if family in dataset_id and "medium" in dataset_id:
+            hint = f" (D4RL's {family}-medium-v2 is Minari's mujoco/{family}/medium-v0)"
+            local = f"data.source={family}-medium"
     return DatasetError(
         f"Minari dataset '{dataset_id}' is not available locally{hint}; searched "
         f"'{os.path.join(cache_dir, 'minari')}' and '{minari_store()}'. Either run "
         f"`minari download {dataset_id}` on a machine with network (copy the folder over and/or set "
         f"MINARI_DATASETS_PATH), set data.download=true here if this machine has network, or use the "
-        f"local reproduction: data.source=halfcheetah-medium")
+        f"local reproduction: {local}")
 
 
 def _download_minari(dataset_id: str) -> str:
@@ -246,53 +248,63 @@ def load_minari(dataset_id: str, *, download: bool = False, cache_dir: str = "da
     return load_minari_path(path, f"Minari dataset '{dataset_id}'")
 
 
-# ---------------------------------------------------------------------- the local reproduction
-def load_reproduction(cache_dir: str = "data", progress: bool = True) -> Transitions:
-    """halfcheetah-medium reproduced locally: generated once into ``<cache_dir>/minari``."""
+# ---------------------------------------------------------------------- the local reproductions
+def load_reproduction(name: str = "halfcheetah-medium", cache_dir: str = "data",
+                      progress: bool = True) -> Transitions:
+    """A D4RL medium dataset reproduced locally (:data:`generate.REPRODUCTIONS`): generated once
+    into ``<cache_dir>/minari``, then read from there."""
     from trajectory.data import generate
 
+    repro = generate.REPRODUCTIONS[name]
     root = os.path.join(cache_dir, "minari")
-    path = os.path.join(root, generate.REPRO_ID)
+    path = os.path.join(root, repro.dataset_id)
     for folder in generate.remove_stale_generations(root):
         print(f"[data] removed {folder}, left half-written by a generation that was stopped", flush=True)
     if not os.path.isfile(os.path.join(path, "data", "metadata.json")):
-        print(f"[data] generating {generate.REPRO_NAME} ({generate.REPRO_EPISODES} episodes) into "
-              f"{path}; this happens once", flush=True)
-        generate.generate_dataset(root, generate.REPRO_ID, episodes=generate.REPRO_EPISODES,
-                                  max_steps=generate.REPRO_MAX_STEPS, seed=generate.REPRO_SEED,
+        if not os.path.isfile(repro.policy):
+            raise DatasetError(f"cannot generate {name}: its behaviour policy {repro.policy} is "
+                               f"missing; reinstall the package (pip install -e .) or pass "
+                               f"--policy to python -m trajectory.data.generate")
+        print(f"[data] generating {name} ({repro.steps:,} steps of {repro.env_id}) into {path}; "
+              f"this happens once", flush=True)
+        generate.generate_dataset(root, repro.dataset_id, steps=repro.steps, max_steps=repro.max_steps,
+                                  seed=repro.seed, policy_path=repro.policy, env_id=repro.env_id,
                                   progress=progress)
-    transitions = load_minari_path(path, f"the {generate.REPRO_NAME} reproduction")
-    transitions.source = generate.REPRO_NAME
+    transitions = load_minari_path(path, f"the {name} reproduction")
+    transitions.source = name
     return transitions
 
 
 # ---------------------------------------------------------------------- one entry point
+def reproduction_names() -> list[str]:
+    from trajectory.data.generate import REPRODUCTIONS
+    return sorted(REPRODUCTIONS)
+
+
 def source_kind(spec: str) -> str:
     """'reproduction' | 'hdf5' | 'minari' for a data.source string; unknown forms raise."""
-    from trajectory.data.generate import REPRO_NAME
-
-    if spec == REPRO_NAME:
+    if spec in reproduction_names():
         return "reproduction"
     if spec.lower().endswith((".hdf5", ".h5")) or os.path.isfile(spec):
         return "hdf5"
     if MINARI_ID_RE.match(spec):
         return "minari"
     raise DatasetError(f"unknown data source '{spec}'. Use a Minari id such as "
-                       f"'mujoco/halfcheetah/medium-v0', a path to a D4RL-layout .hdf5 file, or "
-                       f"'{REPRO_NAME}' (the local reproduction)")
+                       f"'mujoco/halfcheetah/medium-v0', a path to a D4RL-layout .hdf5 file, or a "
+                       f"local reproduction: {', '.join(reproduction_names())}")
 
 
 def source_identity(spec: str, cache_dir: str = "data") -> str | None:
     """A string that changes whenever the data behind ``spec`` changes (file path, size and
     modification time), or None when the data is not on disk yet. Used to key caches."""
-    from trajectory.data.generate import REPRO_ID
+    from trajectory.data.generate import REPRODUCTIONS
 
     kind = source_kind(spec)
     if kind == "hdf5":
         files = [spec] if os.path.isfile(spec) else []
     else:
         if kind == "reproduction":
-            path = os.path.join(cache_dir, "minari", REPRO_ID)
+            path = os.path.join(cache_dir, "minari", REPRODUCTIONS[spec].dataset_id)
             path = path if os.path.isfile(os.path.join(path, "data", "metadata.json")) else None
         else:
             path = find_minari(spec, cache_dir)
@@ -306,14 +318,15 @@ def source_identity(spec: str, cache_dir: str = "data") -> str | None:
 
 def load_transitions(spec: str, *, download: bool = False, cache_dir: str = "data",
                      env_id: str | None = None) -> Transitions:
-    """Load ``spec`` (Minari id, D4RL-layout HDF5 path, or ``halfcheetah-medium``) as Transitions.
+    """Load ``spec`` (Minari id, D4RL-layout HDF5 path, or a reproduction such as
+    ``halfcheetah-medium``) as Transitions.
 
     ``env_id`` sets the environment of an HDF5 source (by default its ``env_id`` attribute, else
     inferred from the file name, e.g. ``halfcheetah_medium-v2.hdf5`` -> HalfCheetah-v5); Minari
     datasets name their own."""
     kind = source_kind(spec)
     if kind == "reproduction":
-        return load_reproduction(cache_dir)
+        return load_reproduction(spec, cache_dir)
     if kind == "hdf5":
         return load_hdf5(spec, env_id)
     return load_minari(spec, download=download, cache_dir=cache_dir)
