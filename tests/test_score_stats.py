@@ -73,7 +73,8 @@ def test_a_report_without_reference_returns_keeps_the_returns():
     cfg = EvalConfig(env_id="InvertedPendulum-v5", n_episodes=3, max_episode_steps=4, seed=7)
     trace = EpisodeTrace(envs=3, steps=4)
     result = {"returns": np.array([4.0, 3.0, 5.0]), "lengths": np.array([4, 4, 4]),
-              "terminal_step": np.array([-1, -1, -1]), "planning_seconds": 0.1, "plans": 4, "context_transitions": 1, "trace": trace}
+              "terminal_step": np.array([-1, -1, -1]), "planning_seconds": 0.1, "plans": 4,
+              "context_transitions": 1, "trace": trace}
     checkpoint = SimpleNamespace(path="runs/x", config=SimpleNamespace(model=ModelConfig()),
                                  metrics={}, weights_name=lambda w: "raw")
     report = build_report(cfg, checkpoint, SimpleNamespace(quantization_info={}), result, 1.0)
