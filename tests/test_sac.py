@@ -57,3 +57,32 @@ def test_committed_behaviour_policy_matches_its_card():
     # so compare to the card's spread rather than bit for bit)
     card_returns = card["deterministic"]["returns"][:2]
     assert abs(returns[0].mean() - sum(card_returns) / 2) < 2 * card["deterministic"]["std"]
+
+
+def test_a_run_saves_refuses_to_restart_over_itself_and_resumes(tmp_path):
+    import pytest
+
+    from trajectory.configutil import ConfigError
+    base = dict(out=str(tmp_path / "sac"), members=1, hidden=16, random_steps=30, batch_size=8,
+                eval_every=40, eval_episodes=1, target_low=-1e9, target_high=1e9, save_every=40,
+                stop_when_all_in_range=False, env_id="Hopper-v5")
+    train(SACConfig(**base, max_steps=80))
+    progress = json.load(open(tmp_path / "sac" / "checkpoint" / "progress.json"))
+    assert progress["step"] == 80 and progress["buffer_size"] == 80
+    saved = torch.load(tmp_path / "sac" / "checkpoint" / "state.pt", weights_only=True)
+    with pytest.raises(ConfigError, match="already holds a SAC run: pass resume=true"):
+        train(SACConfig(**base, max_steps=120))
+    with pytest.raises(ConfigError, match="hidden was 16, now 32"):
+        train(SACConfig(**{**base, "hidden": 32}, max_steps=120, resume=True))
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(SACConfig(**{**base, "out": str(tmp_path / "other")}, max_steps=120, resume=True))
+    summary = train(SACConfig(**base, max_steps=100, resume=True))  # 20 more steps, then a last save
+    assert summary["steps"] == 100
+    state = torch.load(tmp_path / "sac" / "checkpoint" / "state.pt", weights_only=True)
+    # the replay buffer kept the first 80 transitions and appended 20
+    assert state["buffer"]["obs"].shape[1] == 100
+    torch.testing.assert_close(state["buffer"]["obs"][:, :80], saved["buffer"]["obs"])
+    assert not torch.equal(state["actor"]["net.0.weight"], saved["actor"]["net.0.weight"])  # it trained
+    assert json.load(open(tmp_path / "sac" / "checkpoint" / "progress.json"))["step"] == 100
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "sac" / "evals.jsonl")]
+    assert steps == [40, 80]  # the resumed part evaluates on its own schedule (next: 120)

@@ -59,6 +59,8 @@ class SACConfig:
     # actions, as the dataset generator acts; for Hopper and Walker2d the two differ by hundreds)
     select_by: str = "deterministic"
     keep_all_in_range: bool = False  # snapshot every evaluation in range, not only the first
+    save_every: int = 10_000  # env steps between checkpoints (<out>/checkpoint; 0: never)
+    resume: bool = False  # continue from <out>/checkpoint (episodes in progress start over)
 
     def __post_init__(self) -> None:
         if self.select_by not in ("deterministic", "stochastic"):
@@ -249,10 +251,83 @@ def load_policy(path: str, device="cpu") -> SquashedGaussianActor:
     return actor.to(device).eval()
 
 
+# what must match between a checkpoint and the run resuming it
+RESUME_KEYS = ("env_id", "members", "seed", "hidden", "batch_size", "gamma", "tau", "lr")
+
+
+def save_training_state(path: str, cfg: SACConfig, agent: SACAgent, buffer: ReplayBuffer,
+                        progress: dict) -> None:
+    """Everything a run needs to go on (networks, optimizers, temperature, replay buffer, random
+    states), written durably: a crash while saving keeps the previous checkpoint."""
+    from trajectory.checkpoint import write_checkpoint_folder
+
+    n = min(buffer.size, buffer.capacity)
+    state = {"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
+             "target": agent.target.state_dict(), "log_alpha": agent.log_alpha.detach(),
+             "actor_opt": agent.actor_opt.state_dict(), "critic_opt": agent.critic_opt.state_dict(),
+             "alpha_opt": agent.alpha_opt.state_dict(), "torch_rng": torch.get_rng_state(),
+             "buffer": {name: getattr(buffer, name)[:, :n].cpu()
+                        for name in ("obs", "act", "rew", "next_obs", "done")}}
+    meta = {**progress, "buffer_size": buffer.size,
+            "config": {k: getattr(cfg, k) for k in RESUME_KEYS}}
+
+    def write(folder: str) -> None:
+        torch.save(state, os.path.join(folder, "state.pt"))
+        with open(os.path.join(folder, "progress.json"), "w") as f:
+            json.dump(meta, f)
+
+    write_checkpoint_folder(path, write)
+
+
+def load_training_state(path: str, cfg: SACConfig, agent: SACAgent, buffer: ReplayBuffer) -> dict:
+    """Restore what :func:`save_training_state` wrote into ``agent`` and ``buffer``; returns the
+    progress record (step, minutes, numpy random state, ...)."""
+    from trajectory.checkpoint import checkpoint_dir
+
+    folder = checkpoint_dir(os.path.dirname(path))
+    try:
+        meta = json.load(open(os.path.join(folder, "progress.json")))
+        state = torch.load(os.path.join(folder, "state.pt"), map_location=buffer.obs.device,
+                           weights_only=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"cannot resume from {path} ({err}): it is missing or unreadable; start "
+                          f"afresh with another out= (or delete the folder)") from None
+    changed = {k: (v, getattr(cfg, k)) for k, v in meta["config"].items() if getattr(cfg, k) != v}
+    if changed:
+        raise ConfigError("cannot resume: " + ", ".join(f"{k} was {a!r}, now {b!r}"
+                                                        for k, (a, b) in changed.items())
+                          + "; resume with the same settings or start a new out=")
+    agent.actor.load_state_dict(state["actor"])
+    agent.critic.load_state_dict(state["critic"])
+    agent.target.load_state_dict(state["target"])
+    with torch.no_grad():
+        agent.log_alpha.copy_(state["log_alpha"])
+    agent.actor_opt.load_state_dict(state["actor_opt"])
+    agent.critic_opt.load_state_dict(state["critic_opt"])
+    agent.alpha_opt.load_state_dict(state["alpha_opt"])
+    torch.set_rng_state(state["torch_rng"])
+    if meta["buffer_size"] > buffer.capacity:
+        raise ConfigError(f"cannot resume: the run has taken {meta['buffer_size']} steps, more than "
+                          f"max_steps={cfg.max_steps}; raise max_steps to continue it")
+    for name, saved in state["buffer"].items():
+        getattr(buffer, name)[:, :saved.shape[1]] = saved
+    buffer.size = meta["buffer_size"]
+    return meta
+
+
 def train(cfg: SACConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    checkpoint = os.path.join(cfg.out, "checkpoint")
+    from trajectory.checkpoint import left_aside
+    saved = os.path.isdir(checkpoint) or left_aside(checkpoint) is not None
+    if saved and not cfg.resume:
+        raise ConfigError(f"{cfg.out} already holds a SAC run: pass resume=true to continue it, or "
+                          f"choose another out=")
+    if cfg.resume and not saved:
+        raise ConfigError(f"resume=true, but {checkpoint} does not exist: drop resume=true to start "
+                          f"a new run there")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -260,16 +335,32 @@ def train(cfg: SACConfig) -> dict:
     device = torch.device(cfg.device)
     os.makedirs(os.path.join(cfg.out, "candidates"), exist_ok=True)
     envs = [make_env(cfg.env_id) for _ in range(cfg.members)]
-    obs = np.stack([env.reset(seed=cfg.seed + k)[0] for k, env in enumerate(envs)])
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     agent = SACAgent(cfg, obs_dim, act_dim, device)
     buffer = ReplayBuffer(cfg.members, cfg.max_steps, obs_dim, act_dim, device)
+    first_in_range: dict[int, dict] = {}
+    first_step, elapsed = 1, 0.0
+    if cfg.resume:
+        progress = load_training_state(checkpoint, cfg, agent, buffer)
+        first_step, elapsed = progress["step"] + 1, 60 * progress["minutes"]
+        first_in_range = {int(k): v for k, v in progress["first_in_range"].items()}
+        rng.bit_generator.state = progress["numpy_rng"]
+    # a resumed run starts new episodes (seeded by the step, so they differ from the first ones)
+    obs = np.stack([env.reset(seed=cfg.seed + k + 1_000_003 * (first_step - 1))[0]
+                    for k, env in enumerate(envs)])
     writer = SummaryWriter(os.path.join(cfg.out, "tb"))
     log_path = os.path.join(cfg.out, "evals.jsonl")
-    first_in_range: dict[int, dict] = {}
     episode_return = np.zeros(cfg.members)
-    start = time.time()
-    bar = tqdm(range(1, cfg.max_steps + 1), desc="SAC", unit="step", mininterval=5)
+    start = time.time() - elapsed
+    step = first_step - 1
+
+    def save(at_step: int) -> None:
+        save_training_state(checkpoint, cfg, agent, buffer,
+                            {"step": at_step, "minutes": (time.time() - start) / 60,
+                             "first_in_range": first_in_range, "numpy_rng": rng.bit_generator.state})
+
+    bar = tqdm(range(first_step, cfg.max_steps + 1), desc="SAC", unit="step", mininterval=5,
+               initial=first_step - 1, total=cfg.max_steps)
     for step in bar:
         if step <= cfg.random_steps:
             action = rng.uniform(-1, 1, size=(cfg.members, act_dim)).astype(np.float32)
@@ -321,8 +412,12 @@ def train(cfg: SACConfig) -> dict:
                     first_in_range.setdefault(k, meta)
             if cfg.stop_when_all_in_range and len(first_in_range) == cfg.members:
                 break
+        if cfg.save_every and step % cfg.save_every == 0:
+            save(step)
         if cfg.budget_minutes and time.time() - start > 60 * cfg.budget_minutes:
             break
+    if cfg.save_every and step >= first_step and step % cfg.save_every:  # the last steps, too
+        save(step)
     writer.close()
     summary = {"steps": step, "minutes": (time.time() - start) / 60,
                "first_in_range": first_in_range}
