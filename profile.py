@@ -18,6 +18,11 @@ python profile.py --config=configs/eval_base.yaml compare=gpt,hyena,retnet,s5 qu
 
 
 def profile_job(cfg: EvalConfig) -> None:
+    from planners import check_planner
+    from trajectory.models.cores import check_core_config
+    check_planner(cfg.planner)  # torch-free checks first: a mistyped name is reported at once
+    for core in filter(None, (c.strip() for c in cfg.compare.split(","))):
+        check_core_config(core)
     try:
         from planners.profiling import profile_planning
     except ImportError as err:

@@ -1,29 +1,48 @@
 """Planners: how a trained trajectory model chooses actions. A new planner is one class with
-``plan(context) -> Plan`` and one line in :data:`PLANNERS`; ``eval.py planner=<name>`` picks it."""
+``plan(context) -> Plan`` and one line in :data:`PLANNER_CATALOG`; ``eval.py planner=<name>`` picks it.
+
+The catalog names classes by import path, so :func:`check_planner` runs before torch is imported."""
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import Any
 
-from planners.beam import BeamPlanner, Plan
-from planners.policy import PolicyPlanner
 from trajectory.configutil import ConfigError
 
-PLANNERS = {
-    "beam": BeamPlanner,  # TT's beam search (optionally wary: percentile, likelihood, support)
-    "policy": PolicyPlanner,  # the model's own action distribution, no search
+PLANNER_CATALOG = {
+    # TT's beam search (optionally wary: percentile, likelihood, support)
+    "beam": "planners.beam:BeamPlanner",
+    "policy": "planners.policy:PolicyPlanner",  # the model's own action distribution, no search
 }
 
 
 def check_planner(name: str) -> None:
-    """An unknown planner name is a config error listing the known ones (cheap: run it early)."""
-    if name not in PLANNERS:
-        raise ConfigError(f"unknown planner '{name}'; choose one of: {', '.join(PLANNERS)}")
+    """An unknown planner name is a config error listing the known ones (torch-free: run it first)."""
+    if name not in PLANNER_CATALOG:
+        raise ConfigError(f"unknown planner '{name}'; choose one of: {', '.join(PLANNER_CATALOG)}")
 
 
-def build_planner(model, discretizer, layout, cfg, generator: torch.Generator | None = None):
-    """The planner ``cfg.planner`` names, over ``model``."""
-    check_planner(cfg.planner)
-    return PLANNERS[cfg.planner](model, discretizer, layout, cfg, generator)
+def planner_class(name: str) -> type:
+    check_planner(name)
+    module, attr = PLANNER_CATALOG[name].split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["PLANNERS", "BeamPlanner", "Plan", "PolicyPlanner", "build_planner", "check_planner"]
+def build_planner(model, discretizer, layout, cfg, generator=None):
+    """The planner ``cfg.planner`` names, over ``model``; ``generator`` (a torch.Generator) seeds it."""
+    return planner_class(cfg.planner)(model, discretizer, layout, cfg, generator)
+
+
+def __getattr__(name: str) -> Any:
+    # the torch-side names load on first use, so importing this package stays torch-free
+    if name == "PLANNERS":
+        return {planner: planner_class(planner) for planner in PLANNER_CATALOG}
+    if name in ("BeamPlanner", "Plan"):
+        return getattr(importlib.import_module("planners.beam"), name)
+    if name == "PolicyPlanner":
+        return getattr(importlib.import_module("planners.policy"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["PLANNERS", "PLANNER_CATALOG", "BeamPlanner", "Plan", "PolicyPlanner", "build_planner",
+           "check_planner", "planner_class"]

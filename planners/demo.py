@@ -56,6 +56,8 @@ def evaluate_both(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def demo(cfg: DemoConfig) -> dict:
+    from trajectory.models.cores import check_core_config
+    check_core_config(cfg.core)  # torch-free: a mistyped core is reported at once
     from trajectory.checkpoint import CHECKPOINT_DIR
     from trajectory.config import TrainRunConfig
     from trajectory.data.dataset import build_dataset, describe

@@ -45,7 +45,7 @@ def test_test_process_imports_stdlib_profile():
     assert hasattr(profile, "run") and hasattr(cProfile, "run")
 
 
-@pytest.mark.parametrize("args, names", [
+BAD_INPUTS = [
     (["train.py", "model.core=gtp"], "'gtp'"),
     (["train.py", "model.core_options.foo=1"], "'foo'"),
     (["eval.py", "planner=bem"], "'bem'"),
@@ -56,7 +56,13 @@ def test_test_process_imports_stdlib_profile():
     (["-m", "trajectory.data.sac", "no_such_key=1"], "'no_such_key'"),
     (["-m", "trajectory.data.generate", "--episodes", "0"], "--episodes"),
     (["-m", "trajectory.data.policy_card", "missing.pt"], "missing.pt"),
-])
+    (["profile.py", "compare=gpt,s6"], "'s6'"),
+    (["-m", "planners.demo", "core=gtp"], "'gtp'"),
+    (["-m", "experiments.lm.train", "model.core=s5", "model.core_options.foo=1"], "'foo'"),
+]
+
+
+@pytest.mark.parametrize("args, names", BAD_INPUTS)
 def test_every_cli_refuses_bad_input_in_a_line_or_two_before_any_work(args, names):
     result = run(args)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -64,3 +70,17 @@ def test_every_cli_refuses_bad_input_in_a_line_or_two_before_any_work(args, name
     lines = [line for line in result.stderr.strip().splitlines()
              if not line.startswith(("usage:", " "))]  # argparse's usage lines come first
     assert len(lines) <= 2, result.stderr  # the error, and the valid choices where there are some
+
+
+@pytest.mark.parametrize("args, names", BAD_INPUTS)
+def test_bad_input_is_refused_before_torch_is_imported(args, names):
+    """Importing torch alone takes seconds: every check of a config (core and planner names, core
+    options included) runs before it, so a typo is reported at once."""
+    launch = (f"runpy.run_module({args[1]!r}, run_name='__main__', alter_sys=True)" if args[0] == "-m"
+              else f"runpy.run_path({args[0]!r}, run_name='__main__')")
+    argv = [args[1] if args[0] == "-m" else args[0], *args[2 if args[0] == "-m" else 1:]]
+    probe = (f"import runpy, sys\nsys.argv = {argv!r}\ntry:\n    {launch}\nexcept SystemExit as e:\n"
+             f"    code = e.code\nprint('exit', code, 'torch' in sys.modules)")
+    result = run(["-c", probe])
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 False", result.stdout + result.stderr[-2000:]
+    assert names in result.stderr

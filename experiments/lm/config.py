@@ -35,7 +35,7 @@ class LMDataConfig:
 
 @dataclass
 class LMModelConfig:
-    core: str = "gpt"  # gpt | hyena | retnet | s5 | simple_rnn (see experiments.lm.model.LM_CORES)
+    core: str = "gpt"  # gpt | hyena | retnet | s5 | simple_rnn (see experiments.lm.catalog)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4

@@ -2,8 +2,8 @@
 
     tokens [B, T] -> Embedding [B, T, D] -> core (parallel or step form) -> LayerNorm -> head [B, T, V]
 
-The core comes from :data:`LM_CORES`: the package's cores (``trajectory.models.cores.CORES``) plus
-the SimpleRNN family defined in this experiment. Generation uses the core's step form only.
+The core comes from :data:`experiments.lm.catalog.LM_CORE_CATALOG`: the package's cores plus the
+SimpleRNN family defined in this experiment. Generation uses the core's step form only.
 
 Token embeddings start at unit scale (PyTorch's N(0, 1)) and the head is a separate matrix by
 default. At GPT-2's N(0, 0.02) the tokens are swamped by the GPT core's N(0, 1) position
@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.lm.catalog import LM_CORE_CATALOG
 from experiments.lm.config import LMModelConfig
-from experiments.lm.simple_rnn import SimpleRNNCore
-from trajectory.models.cores import CORES, CoreConfig, SequenceCore, build_core
+from trajectory.models.cores import CoreConfig, SequenceCore, build_core
 
-LM_CORES: dict[str, type[SequenceCore]] = {**CORES, "simple_rnn": SimpleRNNCore}
+LM_CORES: dict[str, type[SequenceCore]] = {name: entry.load() for name, entry in LM_CORE_CATALOG.items()}
 
 
 def build_lm_core(name: str, cfg: CoreConfig, options: dict[str, Any] | None = None) -> SequenceCore:
-    return build_core(name, cfg, options, registry=LM_CORES)
+    return build_core(name, cfg, options, catalog=LM_CORE_CATALOG)
 
 
 class LanguageModel(nn.Module):

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.lm.catalog import SimpleRNNOptions
 from trajectory.models.cores import CoreConfig, SequenceCore
 from trajectory.models.cores.base import State
 from trajectory.models.ops.scan import linear_scan
@@ -189,13 +190,7 @@ class SimpleRNNCore(SequenceCore):
 
     supports_resets = True
 
-    @dataclass
-    class Options:
-        variant: str = "scan"  # simple | seqfirst[_cont] | fused[_cont] | kvout[_cont] | scan
-        d_key: int = 0  # key / query / gate width (0: d_model)
-        d_value: int = 0  # value width (0: d_model)
-        gate_bias: float = 3.0  # initial forget-gate bias: sigmoid(3) = 0.95
-        mlp_ratio: int = 0  # width of a GELU MLP after each recurrence, in d_model (0: none)
+    Options = SimpleRNNOptions
 
     def __init__(self, cfg: CoreConfig, options: Options | None = None):
         super().__init__(cfg, options)

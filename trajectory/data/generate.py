@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from trajectory.envs import REF_RETURNS, env_family, has_reference_returns, make_env, normalized_score
 
@@ -87,6 +86,7 @@ def rollout_rounds(policy_path: str, env_id: str, *, episodes: int | None = None
                    progress: bool = True) -> Iterator[list]:
     """Yield lists of ``EpisodeBuffer`` in episode order (about ``num_envs`` per list) until
     ``episodes`` whole episodes or exactly ``steps`` transitions (the last episode cut) are out."""
+    import torch
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from tqdm import tqdm
 
@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isfile(policy):
         parser.error(f"no behaviour policy at {policy}; pass --policy <file.pt> (the package ships "
                      f"one per reproduction in {os.path.normpath(ASSETS)})")
+    import torch  # only now: a bad argument is reported before torch loads
     torch.set_num_threads(args.threads)
     steps = None if args.episodes is not None else (args.steps or repro.steps)
     summary = generate_dataset(args.out, args.dataset_id or repro.dataset_id, episodes=args.episodes,

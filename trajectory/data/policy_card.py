@@ -14,15 +14,16 @@ import os
 import shutil
 
 import numpy as np
-import torch
 
-from trajectory.data.sac import evaluate, load_policy
 from trajectory.envs import normalized_score
 
 DEFAULT_POLICY = os.path.join(os.path.dirname(__file__), "..", "assets", "halfcheetah_medium_policy.pt")
 
 
 def card(snapshot: str, episodes: int, seed: int = 0) -> dict:
+    import torch
+
+    from trajectory.data.sac import evaluate, load_policy
     payload = torch.load(snapshot, map_location="cpu", weights_only=True)
     env_id = payload["meta"].get("env_id", "HalfCheetah-v5")
     actor = load_policy(snapshot)
@@ -47,6 +48,7 @@ def main(argv=None) -> None:
                      f"python -m trajectory.data.sac")
     if args.episodes < 1:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
+    import torch  # only now: a bad argument is reported before torch loads
     torch.set_num_threads(1)
     info = card(args.snapshot, args.episodes)
     shutil.copyfile(args.snapshot, args.dest + ".tmp")

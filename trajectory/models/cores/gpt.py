@@ -37,13 +37,12 @@ reset, so each episode is computed exactly as if it were run alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
+from trajectory.models.cores.options import GPTOptions
 from trajectory.models.ops.scopes import op_group
 
 KV = tuple[torch.Tensor, torch.Tensor, int]  # key and value buffers [B, H, cap, hd], valid length
@@ -204,10 +203,7 @@ class GPTCore(SequenceCore):
         "activations on both sides, so it would need a quant/dequant per step",
     }
 
-    @dataclass
-    class Options:
-        mlp_ratio: int = 4  # MLP hidden width / d_model (GPT-2: 4)
-        bias: bool = True  # biases in the linear layers and LayerNorms
+    Options = GPTOptions
 
     def __init__(self, cfg: CoreConfig, options: Options | None = None):
         super().__init__(cfg, options)

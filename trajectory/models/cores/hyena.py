@@ -25,13 +25,13 @@ with the suffix alone, and reordering copies suffixes only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
+from trajectory.models.cores.options import HyenaOptions
 from trajectory.models.ops.fftconv import fft_conv
 from trajectory.models.ops.scopes import op_group
 
@@ -261,17 +261,7 @@ class HyenaCore(SequenceCore):
         "gating products": "activation x activation elementwise",
     }
 
-    @dataclass
-    class Options:
-        order: int = 2  # N: gates and long convolutions per operator (Def. 3.1)
-        short_kernel: int = 3  # taps of the causal depthwise conv on the projections
-        filter_emb_dim: int = 17  # positional features of the filter MLP: t + 2K sinusoids (odd)
-        filter_width: int = 64  # hidden width of the filter MLP
-        filter_sine_freq: float = 1.0  # initial frequency w of the sine activations
-        decay_fast_pct: float = 0.3  # fastest window reaches decay_target at this fraction of L
-        decay_slow_pct: float = 1.5  # slowest window reaches decay_target at this multiple of L
-        decay_target: float = 1e-2  # window value that defines the decay rates above
-        mlp_ratio: int = 4  # hidden width of the block MLP, in multiples of d_model
+    Options = HyenaOptions
 
     def __init__(self, cfg: CoreConfig, options: Options | None = None):
         super().__init__(cfg, options)

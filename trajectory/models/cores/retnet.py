@@ -31,13 +31,12 @@ state), and positions restart at 0, so each episode is computed as if it were ru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.cores.options import RetNetOptions
 from trajectory.models.ops.scopes import op_group
 
 
@@ -225,12 +224,7 @@ class RetNetCore(SequenceCore):
         "xPos rotation, group norm, swish gate": "elementwise on float activations",
     }
 
-    @dataclass
-    class Options:
-        chunk_size: int = 0  # tokens per chunk of the chunkwise form (Eq. 7); 0 = fully parallel
-        value_factor: int = 2  # value and gate width = value_factor * d_model (the paper's 2)
-        ffn_ratio: float = 2.0  # SwiGLU hidden width / d_model (the paper's FFN width is 2d)
-        rope_base: float = 10000.0  # theta_i = rope_base^(-2i/d_k) of the rotation Theta
+    Options = RetNetOptions
 
     def __init__(self, cfg: CoreConfig, options: Options | None = None):
         super().__init__(cfg, options)

@@ -19,13 +19,13 @@ state for a chunk. The SSM runs in its parameters' dtype (fp32 -> complex64), wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State
+from trajectory.models.cores.options import S5Options
 from trajectory.models.ops.scan import linear_scan
 from trajectory.models.ops.scopes import op_group
 
@@ -180,15 +180,7 @@ class S5Core(SequenceCore):
         "the backend has no complex int8 matmul",
     }
 
-    @dataclass
-    class Options:
-        state_dim: int = 64  # P: states of the SSM before conjugate symmetry (P/2 are stored)
-        blocks: int = 1  # J: HiPPO-N blocks on the diagonal of the initial state matrix
-        dt_min: float = 1e-3  # smallest initial step size Delta
-        dt_max: float = 1e-1  # largest initial step size Delta
-        clip_eigs: bool = True  # keep Re(Lambda) <= -1e-4 so the recurrence stays stable
-        activation: str = "half_glu"  # after the SSM: gelu | glu | half_glu
-        mlp_ratio: int = 0  # width of an extra pre-norm MLP block per layer (0: none, as the paper)
+    Options = S5Options
 
     def __init__(self, cfg: CoreConfig, options: Options | None = None):
         super().__init__(cfg, options)
