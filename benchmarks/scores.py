@@ -31,11 +31,14 @@ if ROOT not in sys.path:  # appended: the root first would shadow the stdlib pro
     sys.path.append(ROOT)
 from readme_blocks import markdown_table, replace_block  # noqa: E402  (the script's folder)
 
+from trajectory.envs import env_family  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
 from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS, summarize  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # tests redirect it
+# TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
+TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
                 "percentile", "likelihood_weight", "support_penalty")
 
@@ -101,9 +104,10 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
     held_out = first.get("held_out") or {}
     seeds = sorted(pooled["seeds"])
     settings = first["settings"]
+    env_id = settings.get("env_id") or "HalfCheetah-v5"  # reports before env_id was recorded
     row = {
         "id": f"{first['checkpoint']}|{action_choice(settings)}|{seeds[0]}-{seeds[-1]}",
-        "checkpoint": first["checkpoint"], "core": first["core"],
+        "checkpoint": first["checkpoint"], "env": env_family(env_id), "core": first["core"],
         "size": first.get("size"), "training": training, "hardware": hardware,
         "tokens": (first.get("training") or {}).get("tokens"),
         "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
@@ -121,8 +125,9 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
         "eval_device": settings.get("device"),
         "returns": pooled["returns"],
     }
+    # an episode the environment ended (a fall) is a full episode; one cut by a short time limit is not
     row["protocol"] = (row["episodes"] >= COMPARABLE_EPISODES
-                       and min(pooled["episode_lengths"]) >= COMPARABLE_STEPS)
+                       and settings["max_episode_steps"] >= COMPARABLE_STEPS)
     return row
 
 
@@ -132,7 +137,7 @@ def load_rows() -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """The protocol rows (25 full episodes or more); cut-short evaluations stay in the JSON only."""
-    columns = ["core", "size", "training", "tokens>", "held-out CE obs / act / rew / val", "actions",
+    columns = ["data", "core", "size", "training", "tokens>", "held-out CE obs / act / rew / val", "actions",
                "normalized (± s.e.m.)>", "95% CI", "failed>", "seeds"]
     lines = []
     for r in rows:
@@ -140,7 +145,8 @@ def table(rows: list[dict]) -> str:
             continue
         ce = r.get("held_out_ce")
         s = r["score"]
-        lines.append([r["core"], r.get("size") or "", f"{r['training']}, {r['hardware']}",
+        lines.append([f"{r.get('env', 'halfcheetah')}-medium", r["core"], r.get("size") or "",
+                      f"{r['training']}, {r['hardware']}",
                       f"{r['tokens'] / 1e6:.0f}M" if r.get("tokens") else "n/a",
                       " / ".join(f"{ce[k]:.2f}" for k in ("obs", "act", "reward", "value")) if ce
                       else "n/a", r["actions"], f"**{s['mean']:.1f}** ± {s['sem']:.1f}",
@@ -170,9 +176,10 @@ def gains(rows: list[dict]) -> str:
         p = match[0]
         diff = r["score"]["mean"] - p["score"]["mean"]
         spread = (r["score"]["sem"] ** 2 + p["score"]["sem"] ** 2) ** 0.5
-        lines.append([r["core"], r["training"], r["actions"], f"{r['seeds'][0]}-{r['seeds'][1]}",
+        lines.append([f"{r.get('env', 'halfcheetah')}-medium", r["core"], r["training"], r["actions"],
+                      f"{r['seeds'][0]}-{r['seeds'][1]}",
                       f"**{diff:+.1f}** ± {spread:.1f}", f"{r['failed']} / {p['failed']} of {r['episodes']}"])
-    return markdown_table(["core", "training", "planner", "seeds", "planner − policy>",
+    return markdown_table(["data", "core", "training", "planner", "seeds", "planner − policy>",
                            "failed: planner / policy"], lines)
 
 
@@ -190,12 +197,12 @@ def plot(rows: list[dict], path: str) -> None:
         color = "tab:blue" if r["planner_settings"]["planner"] == "beam" else "tab:orange"
         ax.errorbar(s["mean"], i, xerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]],
                     fmt="o", color=color)
+        ax.plot(TT_SCORES[r.get("env", "halfcheetah")], i, "|", color="gray", markersize=10)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['core']} {r['training']}: {r['actions'][:48]} [{r['seeds'][0]}]"
-                        for r in rows], fontsize=7)
-    ax.axvline(46.9, ls="--", color="gray", lw=0.8)
-    ax.text(46.9, len(rows) - 0.5, " TT 46.9", fontsize=7, color="gray")
-    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search, orange: policy")
+    ax.set_yticklabels([f"{r.get('env', 'halfcheetah')} {r['core']} {r['training']}: "
+                        f"{r['actions'][:40]} [{r['seeds'][0]}]" for r in rows], fontsize=7)
+    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search, orange: policy; "
+                  "gray tick: TT's published score")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -18,16 +18,18 @@ def test_importing_the_script_leaves_the_stdlib_profile_module_importable():
     assert hasattr(profile, "runctx") and sys.path[0] != ROOT
 
 
-def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=()):
+def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=(),
+                 env_id="HalfCheetah-v5", lengths=None, max_episode_steps=1000):
     os.makedirs(folder, exist_ok=True)
     settings = {"seed": seed, "n_episodes": len(scores_), "planner": planner, "weights": "raw",
                 "policy_actions": "greedy", "beam_width": 32, "beam_steps": 5, "sample_expand": 2,
                 "beam_context": 5, "cdf_act": 0.6, "k_act": None, "percentile": "mean",
-                "likelihood_weight": 0.0, "support_penalty": 0.0, "max_episode_steps": 1000,
-                "device": "cpu", "out": str(folder), "threads": 1}
+                "likelihood_weight": 0.0, "support_penalty": 0.0, "max_episode_steps": max_episode_steps,
+                "device": "cpu", "out": str(folder), "threads": 1, "env_id": env_id}
     report = {"checkpoint": checkpoint, "core": "s5", "size": "64x2", "settings": settings,
               "returns": [s * 100 for s in scores_], "normalized_scores": list(scores_),
-              "episode_lengths": [1000] * len(scores_), "ms_per_env_step": 10.0,
+              "episode_lengths": list(lengths or [max_episode_steps] * len(scores_)),
+              "ms_per_env_step": 10.0,
               "failed_episodes": [{"episode": i, "step": 5, "reason": "torso past 90 degrees",
                                    "return": 0.0} for i in failed],
               "training": {"tokens": 1000}, "held_out": None}
@@ -81,3 +83,13 @@ def test_the_cli_rebuilds_from_a_rows_file(tmp_path):
     text = readme.read_text()
     assert "**42.0**" in text and "old" not in text and text.endswith("after\n")
     assert json.loads((tmp_path / "scores.json").read_text())["rows"][0]["episodes"] == 25
+
+
+def test_falls_are_full_episodes_but_a_short_time_limit_is_not(tmp_path):
+    lengths = [1000] * 20 + [312, 87, 640, 999, 15]  # five hoppers fell
+    write_report(tmp_path / "hopper", 100, [50.0] * 25, env_id="Hopper-v5", lengths=lengths)
+    row = scores.make_row(str(tmp_path / "hopper"), "20 min", "2 CPU cores", None)
+    assert row["protocol"] and row["env"] == "hopper"
+    write_report(tmp_path / "short", 100, [50.0] * 25, env_id="Hopper-v5", max_episode_steps=100)
+    assert not scores.make_row(str(tmp_path / "short"), "t", "h", None)["protocol"]
+    assert "| hopper-medium | s5 |" in scores.table([row])
