@@ -1,10 +1,18 @@
 import json
 import os
 
+import pytest
 import torch
 
-from trajectory.data.policy_card import DEFAULT_POLICY
+from trajectory.data.generate import REPRODUCTIONS
 from trajectory.data.sac import SACAgent, SACConfig, evaluate, load_policy, save_policy, train
+
+# the reproductions whose behaviour policy the package ships (each with its card)
+COMMITTED = sorted(name for name, r in REPRODUCTIONS.items() if os.path.isfile(r.policy))
+
+
+def test_the_halfcheetah_policy_is_committed():
+    assert "halfcheetah-medium" in COMMITTED
 
 
 def _one_update(member1_reward: float) -> SACAgent:
@@ -48,15 +56,18 @@ def test_short_training_run_writes_logs_and_policies_roundtrip(tmp_path):
     torch.testing.assert_close(load_policy(str(copy)).act(obs, True), action)
 
 
-def test_committed_behaviour_policy_matches_its_card():
-    card = json.load(open(os.path.splitext(DEFAULT_POLICY)[0] + ".json"))
-    assert 4300 <= card["deterministic"]["mean"] <= 5300
-    actor = load_policy(DEFAULT_POLICY)
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_behaviour_policy_matches_its_card(name):
+    repro = REPRODUCTIONS[name]
+    card = json.load(open(os.path.splitext(repro.policy)[0] + ".json"))
+    assert card["env_id"] == repro.env_id
+    actor = load_policy(repro.policy)
     returns = evaluate(actor, card["env_id"], episodes=2, seed=card["eval_seed"], device="cpu")
     # the card's first deterministic episodes, replayed (batched inference may round differently,
-    # so compare to the card's spread rather than bit for bit)
+    # and a hopper that falls a step earlier loses its tail: compare to the card's spread)
     card_returns = card["deterministic"]["returns"][:2]
-    assert abs(returns[0].mean() - sum(card_returns) / 2) < 2 * card["deterministic"]["std"]
+    assert abs(returns[0].mean() - sum(card_returns) / 2) < 2 * card["deterministic"]["std"] + 1.0
+
 
 
 def test_a_run_saves_refuses_to_restart_over_itself_and_resumes(tmp_path):
