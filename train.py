@@ -20,6 +20,8 @@ python train.py --resume runs/<name> [train.budget_minutes=10 ...]
 def _train(cfg: TrainRunConfig, resume_dir: str | None):
     from trajectory.models.cores import check_core_config
     check_core_config(cfg.model.core, cfg.model.core_options)  # torch-free: reported at once
+    from trajectory.data.sources import check_source
+    check_source(cfg.data.source, download=cfg.data.download, cache_dir=cfg.data.cache_dir)
     from trajectory.training.trainer import train
     return train(cfg, resume_dir=resume_dir)
 

@@ -48,6 +48,8 @@ def test_test_process_imports_stdlib_profile():
 BAD_INPUTS = [
     (["train.py", "model.core=gtp"], "'gtp'"),
     (["train.py", "model.core_options.foo=1"], "'foo'"),
+    (["train.py", "data.source=mujoco/hopper/medium-v0"], "minari download mujoco/hopper/medium-v0"),
+    (["train.py", "data.source=no/such/file.hdf5"], "HDF5 file not found: 'no/such/file.hdf5'"),
     (["eval.py", "planner=bem"], "'bem'"),
     (["eval.py", "percentile=2"], "'2'"),
     (["profile.py", "quantize=int4"], "'int4'"),

@@ -10,6 +10,7 @@ from trajectory.data import generate
 from trajectory.data.sources import (
     DatasetError,
     Transitions,
+    check_source,
     load_transitions,
     source_identity,
 )
@@ -191,8 +192,9 @@ def test_reproduction_generated_on_first_use_then_reused(tmp_path, monkeypatch):
 def test_reproduction_without_its_policy_and_missing_d4rl_ids_name_the_fix(tmp_path, monkeypatch):
     gone = dataclasses.replace(generate.REPRODUCTIONS["hopper-medium"], policy=str(tmp_path / "no.pt"))
     monkeypatch.setitem(generate.REPRODUCTIONS, "hopper-medium", gone)
-    with pytest.raises(DatasetError, match="behaviour policy .*no.pt is missing"):
-        load_transitions("hopper-medium", cache_dir=str(tmp_path))
+    for check in (load_transitions, check_source):  # the early check finds what loading would
+        with pytest.raises(DatasetError, match="behaviour policy .*no.pt is missing"):
+            check("hopper-medium", cache_dir=str(tmp_path))
     assert not (tmp_path / "minari" / gone.dataset_id).exists()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
     with pytest.raises(DatasetError, match="mujoco/walker2d/medium-v0.*data.source=walker2d-medium"):

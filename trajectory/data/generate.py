@@ -39,7 +39,7 @@ import numpy as np
 
 from trajectory.envs import REF_RETURNS, env_family, has_reference_returns, make_env, normalized_score
 
-ASSETS = os.path.join(os.path.dirname(__file__), "..", "assets")
+ASSETS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets"))
 
 
 @dataclass(frozen=True)

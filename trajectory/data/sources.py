@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trajectory.configutil import ConfigError
 from trajectory.envs import has_reference_returns, normalized_score
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -24,8 +25,9 @@ MINARI_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*/)?[-_.\w]+-v\d+$")  # (namespace/
 _FAMILY_ENV_IDS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be used as given; the message names the file or key and the fix."""
+class DatasetError(ConfigError):
+    """A dataset that cannot be used as given; the message names the file or key and the fix (a
+    ConfigError, so the command-line tools report it in one line)."""
 
 
 @dataclass
@@ -249,6 +251,17 @@ def load_minari(dataset_id: str, *, download: bool = False, cache_dir: str = "da
 
 
 # ---------------------------------------------------------------------- the local reproductions
+def _check_policy(name: str) -> None:
+    from trajectory.data.generate import REPRODUCTIONS
+
+    repro = REPRODUCTIONS[name]
+    if not os.path.isfile(repro.policy):
+        raise DatasetError(f"cannot generate {name}: its behaviour policy {repro.policy} is "
+                           f"missing. Train one (python -m trajectory.data.sac env_id={repro.env_id} "
+                           f"...; see the README's reproductions section) and install it with "
+                           f"python -m trajectory.data.policy_card <snapshot.pt> {repro.policy}")
+
+
 def load_reproduction(name: str = "halfcheetah-medium", cache_dir: str = "data",
                       progress: bool = True) -> Transitions:
     """A D4RL medium dataset reproduced locally (:data:`generate.REPRODUCTIONS`): generated once
@@ -261,10 +274,7 @@ def load_reproduction(name: str = "halfcheetah-medium", cache_dir: str = "data",
     for folder in generate.remove_stale_generations(root):
         print(f"[data] removed {folder}, left half-written by a generation that was stopped", flush=True)
     if not os.path.isfile(os.path.join(path, "data", "metadata.json")):
-        if not os.path.isfile(repro.policy):
-            raise DatasetError(f"cannot generate {name}: its behaviour policy {repro.policy} is "
-                               f"missing; reinstall the package (pip install -e .) or pass "
-                               f"--policy to python -m trajectory.data.generate")
+        _check_policy(name)
         print(f"[data] generating {name} ({repro.steps:,} steps of {repro.env_id}) into {path}; "
               f"this happens once", flush=True)
         generate.generate_dataset(root, repro.dataset_id, steps=repro.steps, max_steps=repro.max_steps,
@@ -314,6 +324,20 @@ def source_identity(spec: str, cache_dir: str = "data") -> str | None:
         return None
     stamps = [f"{os.path.abspath(f)}:{os.path.getsize(f)}:{os.stat(f).st_mtime_ns}" for f in files]
     return f"{kind}:{spec}|" + "|".join(stamps)
+
+
+def check_source(spec: str, *, download: bool = False, cache_dir: str = "data") -> None:
+    """What :func:`load_transitions` would refuse, found without reading or generating anything (and
+    without torch): an unknown form, a missing file, a Minari id that is neither local nor allowed to
+    download, a reproduction that is not generated yet and has no behaviour policy to generate it."""
+    kind = source_kind(spec)
+    if kind == "hdf5" and not os.path.isfile(spec):
+        raise DatasetError(f"HDF5 file not found: '{spec}'. Check data.source, or use a Minari id or "
+                           f"a local reproduction: {', '.join(reproduction_names())}")
+    if kind == "minari" and find_minari(spec, cache_dir) is None and not download:
+        raise _missing_minari(spec, cache_dir)
+    if kind == "reproduction" and source_identity(spec, cache_dir) is None:
+        _check_policy(spec)
 
 
 def load_transitions(spec: str, *, download: bool = False, cache_dir: str = "data",
