@@ -147,7 +147,7 @@ def table(rows: list[dict]) -> str:
             continue
         ce = r.get("held_out_ce")
         s = r["score"]
-        lines.append([f"{r.get('env', 'halfcheetah')}-medium", r["core"], r.get("size") or "",
+        lines.append([f"{r['env']}-medium", r["core"], r.get("size") or "",
                       f"{r['training']}, {r['hardware']}",
                       f"{r['tokens'] / 1e6:.0f}M" if r.get("tokens") else "n/a",
                       " / ".join(f"{ce[k]:.2f}" for k in ("obs", "act", "reward", "value")) if ce
@@ -178,7 +178,7 @@ def gains(rows: list[dict]) -> str:
         p = match[0]
         diff = r["score"]["mean"] - p["score"]["mean"]
         spread = (r["score"]["sem"] ** 2 + p["score"]["sem"] ** 2) ** 0.5
-        lines.append([f"{r.get('env', 'halfcheetah')}-medium", r["core"], r["training"], r["actions"],
+        lines.append([f"{r['env']}-medium", r["core"], r["training"], r["actions"],
                       f"{r['seeds'][0]}-{r['seeds'][1]}",
                       f"**{diff:+.1f}** ± {spread:.1f}", f"{r['failed']} / {p['failed']} of {r['episodes']}"])
     return markdown_table(["data", "core", "training", "planner", "seeds", "planner − policy>",
@@ -199,9 +199,9 @@ def plot(rows: list[dict], path: str) -> None:
         color = "tab:blue" if r["planner_settings"]["planner"] == "beam" else "tab:orange"
         ax.errorbar(s["mean"], i, xerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]],
                     fmt="o", color=color)
-        ax.plot(TT_SCORES[r.get("env", "halfcheetah")], i, "|", color="gray", markersize=10)
+        ax.plot(TT_SCORES[r["env"]], i, "|", color="gray", markersize=10)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r.get('env', 'halfcheetah')} {r['core']} {r['training']}: "
+    ax.set_yticklabels([f"{r['env']} {r['core']} {r['training']}: "
                         f"{r['actions'][:40]} [{r['seeds'][0]}]" for r in rows], fontsize=7)
     ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search, orange: policy; "
                   "gray tick: TT's published score")

@@ -4,10 +4,9 @@
 The catalog names classes by import path, so :func:`check_planner` runs before torch is imported."""
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from trajectory.configutil import ConfigError
+from trajectory.configutil import ConfigError, load_object
 
 PLANNER_CATALOG = {
     # TT's beam search (optionally wary: percentile, likelihood, support)
@@ -24,8 +23,7 @@ def check_planner(name: str) -> None:
 
 def planner_class(name: str) -> type:
     check_planner(name)
-    module, attr = PLANNER_CATALOG[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return load_object(PLANNER_CATALOG[name])
 
 
 def build_planner(model, discretizer, layout, cfg, generator=None):
@@ -38,9 +36,9 @@ def __getattr__(name: str) -> Any:
     if name == "PLANNERS":
         return {planner: planner_class(planner) for planner in PLANNER_CATALOG}
     if name in ("BeamPlanner", "Plan"):
-        return getattr(importlib.import_module("planners.beam"), name)
+        return load_object(f"planners.beam:{name}")
     if name == "PolicyPlanner":
-        return getattr(importlib.import_module("planners.policy"), name)
+        return load_object("planners.policy:PolicyPlanner")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

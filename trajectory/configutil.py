@@ -28,6 +28,14 @@ class ConfigError(ValueError):
     """A configuration problem the user can fix; the message says how."""
 
 
+def load_object(path: str) -> Any:
+    """The object an import path ``"package.module:Name"`` names (registries name classes this way,
+    so that checking a config never imports what the classes need, e.g. torch)."""
+    import importlib
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if dataclasses.is_dataclass(node):

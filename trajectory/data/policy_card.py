@@ -15,9 +15,8 @@ import shutil
 
 import numpy as np
 
+from trajectory.data.generate import DEFAULT_POLICY
 from trajectory.envs import normalized_score
-
-DEFAULT_POLICY = os.path.join(os.path.dirname(__file__), "..", "assets", "halfcheetah_medium_policy.pt")
 
 
 def card(snapshot: str, episodes: int, seed: int = 0) -> dict:

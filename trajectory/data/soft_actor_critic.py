@@ -231,24 +231,28 @@ def save_training_state(path: str, cfg: SACConfig, agent: SACAgent, buffer: Repl
     write_checkpoint_folder(path, write)
 
 
-def load_training_state(path: str, cfg: SACConfig, agent: SACAgent, buffer: ReplayBuffer) -> dict:
-    """Restore what :func:`save_training_state` wrote into ``agent`` and ``buffer``; returns the
-    progress record (step, minutes, numpy random state, ...)."""
+def load_training_state(out: str, cfg: SACConfig, agent: SACAgent, buffer: ReplayBuffer) -> dict:
+    """Restore what :func:`save_training_state` wrote under run folder ``out`` (its checkpoint, or
+    the complete one a cut-off save left beside it) into ``agent`` and ``buffer``; returns the
+    progress record (step, minutes, numpy random state, ...). Nothing is changed if it cannot be."""
     from trajectory.checkpoint import checkpoint_dir
 
-    folder = checkpoint_dir(os.path.dirname(path))
+    folder = checkpoint_dir(out)
     try:
         meta = json.load(open(os.path.join(folder, "progress.json")))
         state = torch.load(os.path.join(folder, "state.pt"), map_location=buffer.obs.device,
                            weights_only=True)
     except (OSError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"cannot resume from {path} ({err}): it is missing or unreadable; start "
+        raise ConfigError(f"cannot resume from {folder} ({err}): it is missing or unreadable; start "
                           f"afresh with another out= (or delete the folder)") from None
     changed = {k: (v, getattr(cfg, k)) for k, v in meta["config"].items() if getattr(cfg, k) != v}
     if changed:
         raise ConfigError("cannot resume: " + ", ".join(f"{k} was {a!r}, now {b!r}"
                                                         for k, (a, b) in changed.items())
                           + "; resume with the same settings or start a new out=")
+    if meta["buffer_size"] > buffer.capacity:
+        raise ConfigError(f"cannot resume: the run has taken {meta['buffer_size']} steps, more than "
+                          f"max_steps={cfg.max_steps}; raise max_steps to continue it")
     agent.actor.load_state_dict(state["actor"])
     agent.critic.load_state_dict(state["critic"])
     agent.target.load_state_dict(state["target"])
@@ -258,9 +262,6 @@ def load_training_state(path: str, cfg: SACConfig, agent: SACAgent, buffer: Repl
     agent.critic_opt.load_state_dict(state["critic_opt"])
     agent.alpha_opt.load_state_dict(state["alpha_opt"])
     torch.set_rng_state(state["torch_rng"])
-    if meta["buffer_size"] > buffer.capacity:
-        raise ConfigError(f"cannot resume: the run has taken {meta['buffer_size']} steps, more than "
-                          f"max_steps={cfg.max_steps}; raise max_steps to continue it")
     for name, saved in state["buffer"].items():
         getattr(buffer, name)[:, :saved.shape[1]] = saved
     buffer.size = meta["buffer_size"]
@@ -271,8 +272,9 @@ def train(cfg: SACConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    checkpoint = os.path.join(cfg.out, "checkpoint")
     from trajectory.checkpoint import left_aside
+
+    checkpoint = os.path.join(cfg.out, "checkpoint")
     saved = os.path.isdir(checkpoint) or left_aside(checkpoint) is not None
     if saved and not cfg.resume:
         raise ConfigError(f"{cfg.out} already holds a SAC run: pass resume=true to continue it, or "
@@ -293,7 +295,7 @@ def train(cfg: SACConfig) -> dict:
     first_in_range: dict[int, dict] = {}
     first_step, elapsed = 1, 0.0
     if cfg.resume:
-        progress = load_training_state(checkpoint, cfg, agent, buffer)
+        progress = load_training_state(cfg.out, cfg, agent, buffer)
         first_step, elapsed = progress["step"] + 1, 60 * progress["minutes"]
         first_in_range = {int(k): v for k, v in progress["first_in_range"].items()}
         rng.bit_generator.state = progress["numpy_rng"]

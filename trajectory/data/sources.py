@@ -133,13 +133,17 @@ def _env_id_for_file(path: str, attrs_env_id: str | None) -> str | None:
     return None
 
 
+def _missing_hdf5(path: str) -> DatasetError:
+    return DatasetError(f"HDF5 file not found: '{path}'. Check data.source, or use a Minari id or a "
+                        f"local reproduction: {', '.join(reproduction_names())}")
+
+
 def load_hdf5(path: str, env_id: str | None = None) -> Transitions:
     """Read a D4RL-layout HDF5 file (``next_observations`` and other keys are ignored)."""
     import h5py
 
     if not os.path.isfile(path):
-        raise DatasetError(f"HDF5 file not found: '{path}'. Check data.source, or use a Minari id or "
-                           f"data.source=halfcheetah-medium")
+        raise _missing_hdf5(path)
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in REQUIRED_KEYS if k not in f]
@@ -332,8 +336,7 @@ def check_source(spec: str, *, download: bool = False, cache_dir: str = "data") 
     download, a reproduction that is not generated yet and has no behaviour policy to generate it."""
     kind = source_kind(spec)
     if kind == "hdf5" and not os.path.isfile(spec):
-        raise DatasetError(f"HDF5 file not found: '{spec}'. Check data.source, or use a Minari id or "
-                           f"a local reproduction: {', '.join(reproduction_names())}")
+        raise _missing_hdf5(spec)
     if kind == "minari" and find_minari(spec, cache_dir) is None and not download:
         raise _missing_minari(spec, cache_dir)
     if kind == "reproduction" and source_identity(spec, cache_dir) is None:

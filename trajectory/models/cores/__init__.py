@@ -7,11 +7,10 @@ or option is reported in a fraction of a second, before any data, model or envir
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from trajectory.configutil import ConfigError, from_dict
+from trajectory.configutil import ConfigError, from_dict, load_object
 from trajectory.models.cores import options as _options
 
 
@@ -21,8 +20,7 @@ class CoreEntry:
     implementation: str  # "module:Class" of its SequenceCore subclass, imported when built
 
     def load(self) -> type:
-        module, name = self.implementation.split(":")
-        return getattr(importlib.import_module(module), name)
+        return load_object(self.implementation)
 
 
 CORE_CATALOG: dict[str, CoreEntry] = {
