@@ -151,3 +151,29 @@ def test_long_step_run_stays_finite():
 def test_bad_head_width_is_an_error():
     with pytest.raises(ValueError, match="even"):
         RetNetCore(CoreConfig(d_model=30, n_heads=10))
+
+
+@torch.no_grad()
+def test_token_steps_past_the_deferred_decay_limit_equal_parallel():
+    """One token at a time for more than ``max_undecayed`` tokens (the state's decay is deferred
+    and applied when the limit is reached), then a chunk (applied before it), reordered rows in
+    between: every output and the final state match the parallel / chunk forms."""
+    core = make_core(n_heads=2)
+    limit = core.max_undecayed
+    length = limit + limit // 2 + 5
+    x = torch.randn(B, length, D)
+    expected = RetNetCore.forward(core, x)
+    state, outs = core.init_state(B, "cpu"), []
+    for t in range(length - 5):
+        y, state = core.step(x[:, t:t + 1], state)
+        outs.append(y)
+        assert state["undecayed"] == (t % limit) + 1
+    index = torch.tensor([2, 0, 1])  # a reorder keeps each row's deferred decay with it
+    state = core.select_state(state, index)
+    y, state = core.step(x[index, length - 5:], state)
+    assert state["undecayed"] == 0
+    got = torch.cat([torch.cat(outs, 1)[index], y], 1)
+    torch.testing.assert_close(got, expected[index], atol=ATOL, rtol=0)
+    _, chunk_state = core.step(x[index], core.init_state(B, "cpu"))
+    for s, reference in zip(state["S"], chunk_state["S"]):
+        torch.testing.assert_close(s, reference, atol=ATOL, rtol=0)
