@@ -11,6 +11,10 @@ env step. Three ways, in this process on the same inputs, so the ratios are side
 * ``recompute``: every new token re-runs the model on the whole sequence (how the original projects
   decoded; ``--baseline-repeats 0`` skips it).
 
+Each core's matrix-product FLOPs per plan are counted once (``torch.utils.flop_counter``, outside the
+timed runs) and set against this machine's fp32 matmul throughput at the same thread count: the
+fraction of that ceiling the shared step form reaches.
+
     python benchmarks/planning.py [--size tt|cpu] [--cores gpt,s5] [--envs 25] [--threads 2]
 
 Prints a table and writes benchmarks/results/planning.json and a bar chart beside it
@@ -34,7 +38,7 @@ from planners.beam import (
     max_context_transitions,
     random_context,
 )
-from planners.profiling import TT_LAYOUT, random_discretizer
+from planners.profiling import TT_LAYOUT, count_flops, matmul_ceiling, random_discretizer
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
@@ -70,6 +74,8 @@ def main(argv=None) -> dict:
     disc = random_discretizer(LAYOUT)
     n_ctx = min(cfg.beam_context, max_context_transitions(LAYOUT, cfg.beam_steps))
     context = random_context(LAYOUT, cfg, args.envs)
+    ceiling = matmul_ceiling(repeats=20)  # fp32 matmul FLOP/s at this thread count: the bar's yardstick
+    print(f"matmul ceiling {ceiling / 1e9:.0f} GFLOP/s at {torch.get_num_threads()} threads", flush=True)
     results = {}
     for name in args.cores.split(","):
         torch.manual_seed(0)
@@ -79,17 +85,22 @@ def main(argv=None) -> dict:
             return BeamPlanner(adapter, disc, LAYOUT, cfg, torch.Generator().manual_seed(0))
         shared = timed(lambda: planner(model).plan(context), args.repeats)
         plain = timed(lambda: planner(PlainStateModel(model)).plan(context), args.repeats)
+        # Matrix-product FLOPs one plan executes (counted once, outside the timed runs).
+        flops = count_flops(model, planner(model), context)["flops_per_env_step"]
         row = {"ms_per_env_step_cached": shared * 1e3, "ms_per_env_step_plain": plain * 1e3,
-               "shared_vs_plain": plain / shared, "ms_per_env_step_per_env_cached": shared * 1e3 / args.envs}
+               "shared_vs_plain": plain / shared, "ms_per_env_step_per_env_cached": shared * 1e3 / args.envs,
+               "gflop_per_env_step": flops / 1e9, "ceiling_fraction": flops / shared / ceiling}
         line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   plain {plain * 1e3:9.1f} ms  "
-                f"x{plain / shared:4.2f}")
+                f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
+                f"of the ceiling")
         if args.baseline_repeats:
             naive = timed(lambda: planner(RecomputingModel(model)).plan(context), args.baseline_repeats)
             row.update(ms_per_env_step_recompute=naive * 1e3, speedup=naive / shared)
             line += f"   recompute {naive * 1e3:9.1f} ms  x{naive / shared:5.1f}"
         results[name] = row
         print(line, flush=True)
-        saved = save(args, cfg, n_ctx, results)  # after every core: a long run keeps what it measured
+        # Saved after every core: a long run keeps what it measured.
+        saved = save(args, cfg, n_ctx, results, ceiling)
     print(f"wrote {args.out}")
     return publish(saved, args)
 
@@ -141,6 +152,9 @@ def table(saved: dict) -> str:
         columns += ["context per beam, s>", "speed-up>"]
     if recompute:
         columns += ["re-run per token, s>", "step form vs re-run>"]
+    flops = all("ceiling_fraction" in row for row in cores.values())  # older files lack it
+    if flops:
+        columns += ["GFLOP / env step>", "of the matmul ceiling>"]
     rows = []
     for name, row in cores.items():
         cells = [name, f"{row['ms_per_env_step_cached'] / 1e3:.2f}"]
@@ -148,19 +162,25 @@ def table(saved: dict) -> str:
             cells += [f"{row['ms_per_env_step_plain'] / 1e3:.2f}", f"{row['shared_vs_plain']:.2f}x"]
         if recompute:
             cells += [f"{row['ms_per_env_step_recompute'] / 1e3:.0f}", f"{row['speedup']:.0f}x"]
+        if flops:
+            cells += [f"{row['gflop_per_env_step']:.1f}", f"{100 * row['ceiling_fraction']:.1f}%"]
         rows.append(cells)
     size = f"{settings.get('n_layers', 4)} layers x {settings.get('d_model', 128)} wide"
     note = (f"({size}, {settings['envs']} envs x beam "
             f"{settings['beam_width']} x expand {settings['sample_expand']}, {settings['threads']} threads, "
-            f"torch {settings['torch']})")
+            f"torch {settings['torch']}")
+    if "matmul_ceiling_gflops" in settings:
+        note += f"; fp32 matmul ceiling {settings['matmul_ceiling_gflops']:.0f} GFLOP/s"
+    note += ")"
     return markdown_table(columns, rows) + "\n\n" + note
 
 
-def save(args, cfg: EvalConfig, n_ctx: int, results: dict) -> dict:
+def save(args, cfg: EvalConfig, n_ctx: int, results: dict, ceiling: float) -> dict:
     out = {"settings": {"envs": args.envs, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
                         "context_transitions": n_ctx, "sample_expand": cfg.sample_expand,
                         "size": args.size, **SIZES[args.size], "vocab": LAYOUT.vocab,
                         "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "matmul_ceiling_gflops": ceiling / 1e9,
                         "cpu": platform.processor() or platform.machine()},
            "cores": results}
     save_json(out, args.out)
