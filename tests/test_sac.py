@@ -7,12 +7,12 @@ import torch
 from trajectory.data.generate import REPRODUCTIONS
 from trajectory.data.sac import SACAgent, SACConfig, evaluate, load_policy, save_policy, train
 
-# the reproductions whose behaviour policy the package ships (each with its card)
-COMMITTED = sorted(name for name, r in REPRODUCTIONS.items() if os.path.isfile(r.policy))
 
-
-def test_the_halfcheetah_policy_is_committed():
-    assert "halfcheetah-medium" in COMMITTED
+def test_every_reproduction_ships_its_behaviour_policy_card_and_curve():
+    for name, repro in REPRODUCTIONS.items():
+        stem = os.path.splitext(repro.policy)[0]
+        for path in (repro.policy, stem + ".json", stem + "_training_evals.jsonl"):
+            assert os.path.isfile(path), f"{name}: {path} is missing"
 
 
 def _one_update(member1_reward: float) -> SACAgent:
@@ -56,7 +56,7 @@ def test_short_training_run_writes_logs_and_policies_roundtrip(tmp_path):
     torch.testing.assert_close(load_policy(str(copy)).act(obs, True), action)
 
 
-@pytest.mark.parametrize("name", COMMITTED)
+@pytest.mark.parametrize("name", sorted(REPRODUCTIONS))
 def test_committed_behaviour_policy_matches_its_card(name):
     repro = REPRODUCTIONS[name]
     card = json.load(open(os.path.splitext(repro.policy)[0] + ".json"))
@@ -67,7 +67,6 @@ def test_committed_behaviour_policy_matches_its_card(name):
     # and a hopper that falls a step earlier loses its tail: compare to the card's spread)
     card_returns = card["deterministic"]["returns"][:2]
     assert abs(returns[0].mean() - sum(card_returns) / 2) < 2 * card["deterministic"]["std"] + 1.0
-
 
 
 def test_a_run_saves_refuses_to_restart_over_itself_and_resumes(tmp_path):
