@@ -13,8 +13,9 @@ pre-norm residual block with an MLP, as in the paper's language models.
 
 Step form: each layer keeps the last ``kernel - 1`` inputs of the short convolution and every input
 ``z^n`` of the long convolutions so far, in buffers preallocated for the filter length (written in
-place: no copy of the history per token). A new output is the dot product of that history with the
-filter, O(L * D) per token; the filter comes from a cache built once while gradients are off.
+place: no copy of the history per token), channel-major ``[D, B, max_len]`` so that a new output is
+one matrix-vector product per channel of that history with the filter, O(L * D) per token, with no
+transposed copy of the history; the filter comes from a cache built once while gradients are off.
 
 Shared prefix (``branch_state``): a long convolution is linear in its input, so the output at a
 position after the prefix is the prefix's contribution plus the suffix's. The branched state
@@ -147,8 +148,9 @@ class HyenaOperator(nn.Module):
         n_streams = (self.order + 1) * self.d
         return {
             "short": torch.zeros(batch, n_streams, self.kernel - 1, device=device, dtype=dtype),
-            "hist": [torch.empty(batch, self.d, self.max_len, device=device, dtype=dtype)
-                     for _ in range(self.order)],  # long-conv inputs z^n; the first `length` valid
+            "hist": [torch.empty(self.d, batch, self.max_len, device=device, dtype=dtype)
+                     for _ in range(self.order)],  # long-conv inputs z^n, [D, B, max_len]; the
+            # first `length` positions are valid
             "length": 0,
         }
 
@@ -163,7 +165,7 @@ class HyenaOperator(nn.Module):
         length, prefix = state["length"], state.get("prefix")
         for n, x in enumerate(gates):
             buffer = state["hist"][n]
-            buffer[..., length:length + t] = v  # in place: branch states with select_state
+            buffer[..., length:length + t] = v.transpose(0, 1)  # in place: branch with select_state
             y = self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # [B, D, t]
             if prefix is not None:  # a branched state: add the shared prefix's share
                 y = self._with_prefix(y, prefix, n, length)
@@ -177,7 +179,7 @@ class HyenaOperator(nn.Module):
         start = prefix["hist"][n].shape[-1] + length  # absolute position of the first new token
         B, t = y.shape[0], y.shape[-1]
         E = out.shape[0]
-        return (y.view(E, B // E, self.d, t) + out[:, None, :, start:start + t]).view(B, self.d, t)
+        return (y.reshape(E, B // E, self.d, t) + out[:, None, :, start:start + t]).view(B, self.d, t)
 
     def branch(self, state: dict, copies: int) -> dict:
         """The layer's state with each row's history kept once as a prefix for ``copies`` rows:
@@ -186,13 +188,13 @@ class HyenaOperator(nn.Module):
         _, h, h_f = self.filters()
         length = state["length"]
         rows = state["short"].shape[0]
-        prefix_hist = [buffer[..., :length] for buffer in state["hist"]]
+        prefix_hist = [buffer[..., :length].transpose(0, 1) for buffer in state["hist"]]
         with op_group("fft"):  # the prefix's share of every later output: zero input after it
             prefix_out = [fft_conv(F.pad(z, (0, self.max_len - length)), h[n], None, k_f=h_f[n])
                           for n, z in enumerate(prefix_hist)]  # each [rows, D, max_len]
         like = state["hist"][0]
         return {"short": state["short"].repeat_interleave(copies, dim=0),
-                "hist": [like.new_empty((rows * copies, self.d, self.max_len - length))
+                "hist": [like.new_empty((self.d, rows * copies, self.max_len - length))
                          for _ in range(self.order)],
                 "length": 0, "prefix": {"hist": prefix_hist, "out": prefix_out}}
 
@@ -203,24 +205,25 @@ class HyenaOperator(nn.Module):
         rows_per_group = state["short"].shape[0] // prefix["hist"][0].shape[0]
         hist = []
         for pre, suffix in zip(prefix["hist"], state["hist"]):
-            out = suffix.new_empty((suffix.shape[0], self.d, self.max_len))
-            out[..., :P] = pre.repeat_interleave(rows_per_group, dim=0)
+            out = suffix.new_empty((self.d, suffix.shape[1], self.max_len))
+            out[..., :P] = pre.repeat_interleave(rows_per_group, dim=0).transpose(0, 1)
             out[..., P:P + length] = suffix[..., :length]
             hist.append(out)
         return {"short": state["short"], "hist": hist, "length": P + length}
 
     def _conv_tail(self, past: Tensor, t: int, n: int, h: Tensor, h_rev: Tensor,
                    h_f: Tensor) -> Tensor:
-        """Outputs of the long conv ``n`` at the last ``t`` positions of ``past [B, D, p + t]``."""
+        """Outputs [B, D, t] of the long conv ``n`` at the last ``t`` positions of the channel-major
+        history ``past [D, B, p + t]``."""
         end = past.shape[-1]
         if t == 1:  # y = sum_s h[s] z[end - 1 - s]: one dot product with the reversed filter
             with op_group("convolution"):
                 taps = h_rev[n, :, self.max_len - end:].to(past.dtype)  # [D, end]
-                y = torch.einsum("bds,ds->bd", past, taps).unsqueeze(-1)  # [B, D, 1]
-                return y + self.bias[n, :, None] * past[..., -1:]
+                y = torch.bmm(past, taps.unsqueeze(-1))  # [D, B, 1]: per channel, [B, end] @ [end]
+                return (y + self.bias[n, :, None, None] * past[..., -1:]).transpose(0, 1)
         # a chunk: convolve the whole history with the cached spectrum, keep the new positions
         with op_group("fft"):
-            return fft_conv(past, h[n], self.bias[n], k_f=h_f[n])[..., end - t:]  # [B, D, t]
+            return fft_conv(past.transpose(0, 1), h[n], self.bias[n], k_f=h_f[n])[..., end - t:]
 
 
 class HyenaBlock(nn.Module):
@@ -293,9 +296,9 @@ class HyenaCore(SequenceCore):
         for layer in state:
             length = layer["length"]
             hist = []
-            for buffer in layer["hist"]:
-                out = buffer.new_empty((len(index), *buffer.shape[1:]))
-                out[..., :length] = buffer[..., :length].index_select(0, index)
+            for buffer in layer["hist"]:  # [D, B, max_len]
+                out = buffer.new_empty((buffer.shape[0], len(index), buffer.shape[2]))
+                out[..., :length] = buffer[..., :length].index_select(1, index)
                 hist.append(out)
             selected.append({**layer, "short": layer["short"].index_select(0, index), "hist": hist})
         return selected
