@@ -296,7 +296,7 @@ class RetNetCore(SequenceCore):
         one token at a time updates the state's tensors in place, deferring their decay (the
         state is consumed: branch with select_state); a chunk applies the deferred decay first."""
         B, t, _ = x.shape
-        pos, undecayed, S = state["pos"], state.get("undecayed", 0), state["S"]
+        pos, undecayed, S = state["pos"], state["undecayed"], state["S"]
         positions = (pos + torch.arange(t, device=x.device))[None]  # [1, t]: the same for every row
         one_token = t == 1 and not torch.is_grad_enabled()
         if undecayed and (not one_token or undecayed == self.max_undecayed):
