@@ -98,8 +98,8 @@ def test_step_equals_forward_up_to_max_len():
         x = torch.randn(2, 16, D)
         y_step, state = run_steps(core, x, [3] + [1] * 13)
         torch.testing.assert_close(y_step, core(x), atol=1e-4, rtol=0)
-        assert state[0]["hist"][0].shape == (D, 2, 16) and state[0]["length"] == 16
-        assert state[0]["short"].shape == (2, (order + 1) * D, 2)
+        assert state[0]["hist"][0].shape == (16, D, 2) and state[0]["length"] == 16
+        assert state[0]["short"].shape == (2, 2, (order + 1) * D)
 
 
 @torch.no_grad()

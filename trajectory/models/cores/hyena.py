@@ -13,9 +13,11 @@ pre-norm residual block with an MLP, as in the paper's language models.
 
 Step form: each layer keeps the last ``kernel - 1`` inputs of the short convolution and every input
 ``z^n`` of the long convolutions so far, in buffers preallocated for the filter length (written in
-place: no copy of the history per token), channel-major ``[D, B, max_len]`` so that a new output is
-one matrix-vector product per channel of that history with the filter, O(L * D) per token, with no
-transposed copy of the history; the filter comes from a cache built once while gradients are off.
+place: no copy of the history per token), time-major ``[max_len, D, B]``: a new token's inputs land
+as one contiguous ``[D, B]`` slab, a new output is per channel the filter's taps times a
+``[length, B]`` matrix of contiguous rows (one batched matrix product, O(L * D) per token), and
+reordering rows gathers columns of one ``[length * D, B]`` matrix. The filter comes from a cache
+built once while gradients are off.
 
 Shared prefix (``branch_state``): a long convolution is linear in its input, so the output at a
 position after the prefix is the prefix's contribution plus the suffix's. The branched state
@@ -147,30 +149,66 @@ class HyenaOperator(nn.Module):
     def init_state(self, batch: int, device, dtype) -> dict:
         n_streams = (self.order + 1) * self.d
         return {
-            "short": torch.zeros(batch, n_streams, self.kernel - 1, device=device, dtype=dtype),
-            "hist": [torch.empty(self.d, batch, self.max_len, device=device, dtype=dtype)
-                     for _ in range(self.order)],  # long-conv inputs z^n, [D, B, max_len]; the
-            # first `length` positions are valid
+            # the last kernel - 1 inputs of the short convolution, time-major [kernel - 1, B, C]
+            "short": torch.zeros(self.kernel - 1, batch, n_streams, device=device, dtype=dtype),
+            "hist": [torch.empty(self.max_len, self.d, batch, device=device, dtype=dtype)
+                     for _ in range(self.order)],  # long-conv inputs z^n, time-major [max_len, D, B];
+            # the first `length` positions are valid
             "length": 0,
         }
 
     def step(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
+        if u.shape[1] == 1:
+            return self._step_token(u, state)
         t = u.shape[1]  # u: [B, t, D]
-        window = torch.cat([state["short"], self.in_proj(u).transpose(1, 2)], dim=-1)
+        window = torch.cat([state["short"].permute(1, 2, 0), self.in_proj(u).transpose(1, 2)], dim=-1)
         z = F.conv1d(window, self.short_conv.weight, self.short_conv.bias,
                      groups=self.short_conv.groups)  # [B, (N+1)D, t]
-        short = window[..., window.shape[-1] - (self.kernel - 1):]  # last kernel - 1 inputs
+        short = window[..., window.shape[-1] - (self.kernel - 1):].permute(2, 0, 1).contiguous()
         v, *gates = z.split(self.d, dim=1)
         h, h_rev, h_f = self.filters()
         length, prefix = state["length"], state.get("prefix")
         for n, x in enumerate(gates):
             buffer = state["hist"][n]
-            buffer[..., length:length + t] = v.transpose(0, 1)  # in place: branch with select_state
-            y = self._conv_tail(buffer[..., :length + t], t, n, h, h_rev, h_f)  # [B, D, t]
+            buffer[length:length + t] = v.permute(2, 1, 0)  # in place: branch with select_state
+            end = length + t  # a chunk: the whole history by FFT, keeping the new positions
+            with op_group("fft"):
+                y = fft_conv(buffer[:end].permute(2, 1, 0), h[n], self.bias[n], k_f=h_f[n])[..., end - t:]
             if prefix is not None:  # a branched state: add the shared prefix's share
                 y = self._with_prefix(y, prefix, n, length)
-            v = x * y
+            v = x * y  # [B, D, t]
         return self.out_proj(v.transpose(1, 2)), {**state, "short": short, "length": length + t}
+
+    def _step_token(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
+        """One token. The short convolution is its taps applied to the kept inputs; each long
+        convolution is, per channel, the reversed filter times the time-major history: a row of
+        taps against a [length, B] matrix whose rows are contiguous, and the new input lands as
+        one contiguous [D, B] slab."""
+        proj = self.in_proj(u[:, 0])  # [B, C]
+        weight = self.short_conv.weight[:, 0]  # [C, kernel]
+        z = torch.addcmul(self.short_conv.bias, proj, weight[:, -1])
+        kept = state["short"]  # [kernel - 1, B, C]
+        for j in range(self.kernel - 1):
+            z.addcmul_(kept[j], weight[:, j])
+        short = torch.cat([kept[1:], proj[None]]) if self.kernel > 1 else kept
+        v, *gates = z.split(self.d, dim=1)  # each [B, D]
+        _, h_rev, _ = self.filters()
+        length, prefix = state["length"], state.get("prefix")
+        end = length + 1
+        v = v.t()  # [D, B] from here on
+        for n, x in enumerate(gates):
+            buffer = state["hist"][n]
+            buffer[length].copy_(v)  # in place: branch with select_state
+            with op_group("convolution"):  # y = sum_s h[s] z[end - 1 - s] + bias z[end - 1]
+                taps = h_rev[n, :, self.max_len - end:].to(buffer.dtype)  # [D, end]
+                y = torch.bmm(taps.unsqueeze(1), buffer[:end].transpose(0, 1)).squeeze(1)  # [D, B]
+                y.addcmul_(v, self.bias[n, :, None])
+            if prefix is not None:  # the shared prefix's share at this position, [E, D] -> rows
+                share = prefix["out"][n][:, :, prefix["hist"][n].shape[-1] + length]  # [E, D]
+                E = share.shape[0]
+                y = (y.view(self.d, E, -1) + share.t()[:, :, None]).view(self.d, -1)
+            v = x.t() * y
+        return self.out_proj(v.t())[:, None], {**state, "short": short, "length": end}
 
     def _with_prefix(self, y: Tensor, prefix: dict, n: int, length: int) -> Tensor:
         """y [B, D, t] (the suffix's share, ``length`` suffix tokens before it) plus the prefix's
@@ -187,14 +225,14 @@ class HyenaOperator(nn.Module):
         per long convolution (the prefix length and rows per group follow from the shapes)."""
         _, h, h_f = self.filters()
         length = state["length"]
-        rows = state["short"].shape[0]
-        prefix_hist = [buffer[..., :length].transpose(0, 1) for buffer in state["hist"]]
+        rows = state["short"].shape[1]
+        prefix_hist = [buffer[:length].permute(2, 1, 0) for buffer in state["hist"]]  # [E, D, P]
         with op_group("fft"):  # the prefix's share of every later output: zero input after it
             prefix_out = [fft_conv(F.pad(z, (0, self.max_len - length)), h[n], None, k_f=h_f[n])
                           for n, z in enumerate(prefix_hist)]  # each [rows, D, max_len]
         like = state["hist"][0]
-        return {"short": state["short"].repeat_interleave(copies, dim=0),
-                "hist": [like.new_empty((self.d, rows * copies, self.max_len - length))
+        return {"short": state["short"].repeat_interleave(copies, dim=1),
+                "hist": [like.new_empty((self.max_len - length, self.d, rows * copies))
                          for _ in range(self.order)],
                 "length": 0, "prefix": {"hist": prefix_hist, "out": prefix_out}}
 
@@ -202,28 +240,14 @@ class HyenaOperator(nn.Module):
         """The plain form of a branched layer state: every row's whole history."""
         prefix, length = state["prefix"], state["length"]
         P = prefix["hist"][0].shape[-1]
-        rows_per_group = state["short"].shape[0] // prefix["hist"][0].shape[0]
+        rows_per_group = state["short"].shape[1] // prefix["hist"][0].shape[0]
         hist = []
         for pre, suffix in zip(prefix["hist"], state["hist"]):
-            out = suffix.new_empty((self.d, suffix.shape[1], self.max_len))
-            out[..., :P] = pre.repeat_interleave(rows_per_group, dim=0).transpose(0, 1)
-            out[..., P:P + length] = suffix[..., :length]
+            out = suffix.new_empty((self.max_len, self.d, suffix.shape[-1]))
+            out[:P] = pre.repeat_interleave(rows_per_group, dim=0).permute(2, 1, 0)
+            out[P:P + length] = suffix[:length]
             hist.append(out)
         return {"short": state["short"], "hist": hist, "length": P + length}
-
-    def _conv_tail(self, past: Tensor, t: int, n: int, h: Tensor, h_rev: Tensor,
-                   h_f: Tensor) -> Tensor:
-        """Outputs [B, D, t] of the long conv ``n`` at the last ``t`` positions of the channel-major
-        history ``past [D, B, p + t]``."""
-        end = past.shape[-1]
-        if t == 1:  # y = sum_s h[s] z[end - 1 - s]: one dot product with the reversed filter
-            with op_group("convolution"):
-                taps = h_rev[n, :, self.max_len - end:].to(past.dtype)  # [D, end]
-                y = torch.bmm(past, taps.unsqueeze(-1))  # [D, B, 1]: per channel, [B, end] @ [end]
-                return (y + self.bias[n, :, None, None] * past[..., -1:]).transpose(0, 1)
-        # a chunk: convolve the whole history with the cached spectrum, keep the new positions
-        with op_group("fft"):
-            return fft_conv(past.transpose(0, 1), h[n], self.bias[n], k_f=h_f[n])[..., end - t:]
 
 
 class HyenaBlock(nn.Module):
@@ -290,17 +314,19 @@ class HyenaCore(SequenceCore):
         """Gather rows, copying only the valid part of each history buffer (of a branched state:
         only the suffixes, while rows stay with their prefix)."""
         if state and "prefix" in state[0] and not stays_grouped(
-                index, state[0]["short"].shape[0], state[0]["prefix"]["hist"][0].shape[0]):
+                index, state[0]["short"].shape[1], state[0]["prefix"]["hist"][0].shape[0]):
             state = [block.mixer.unshare(layer) for block, layer in zip(self.blocks, state)]
         selected = []
         for layer in state:
             length = layer["length"]
             hist = []
-            for buffer in layer["hist"]:  # [D, B, max_len]
-                out = buffer.new_empty((buffer.shape[0], len(index), buffer.shape[2]))
-                out[..., :length] = buffer[..., :length].index_select(1, index)
+            for buffer in layer["hist"]:  # [max_len, D, B]: gather the valid positions' columns
+                cap, D, rows = buffer.shape
+                out = buffer.new_empty((cap, D, len(index)))
+                torch.index_select(buffer[:length].view(length * D, rows), 1, index,
+                                   out=out[:length].view(length * D, len(index)))
                 hist.append(out)
-            selected.append({**layer, "short": layer["short"].index_select(0, index), "hist": hist})
+            selected.append({**layer, "short": layer["short"].index_select(1, index), "hist": hist})
         return selected
 
     def branch_state(self, state: State, copies: int) -> State:
