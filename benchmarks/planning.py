@@ -9,13 +9,16 @@ env step. Three ways, in this process on the same inputs, so the ratios are side
 * ``shared``: the step form with each environment's context kept once for its beams (the default);
 * ``plain``: the step form with every beam holding its own copy of the context (the reference);
 * ``recompute``: every new token re-runs the model on the whole sequence (how the original projects
-  decoded; ``--baseline-repeats 0`` skips it).
+  decoded; ``--baseline-repeats 0`` skips it);
+* ``compiled`` (``--compile``): the shared step form with the one-token step through
+  ``torch.compile`` (``eval.py compile_step=true``), timed after the plans that compile it; the
+  compilation's own seconds are reported beside it.
 
 Each core's matrix-product FLOPs per plan are counted once (``torch.utils.flop_counter``, outside the
 timed runs) and set against this machine's fp32 matmul throughput at the same thread count: the
 fraction of that ceiling the shared step form reaches.
 
-    python benchmarks/planning.py [--size tt|cpu] [--cores gpt,s5] [--envs 25] [--threads 2]
+    python benchmarks/planning.py [--size tt|cpu] [--cores gpt,s5] [--envs 25] [--threads 2] [--compile]
 
 Prints a table and writes benchmarks/results/planning.json and a bar chart beside it
 (``--replot`` redraws the chart from the JSON alone).
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import time
 
 import torch
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
@@ -58,6 +62,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--baseline-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the shared step form with the one-token step compiled")
     parser.add_argument("--out", default=os.path.join(RESULTS, "planning.json"))
     parser.add_argument("--replot", action="store_true", help="only redraw the chart of --out")
     parser.add_argument("--readme", default=None,
@@ -93,6 +99,17 @@ def main(argv=None) -> dict:
         line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   plain {plain * 1e3:9.1f} ms  "
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
+        if args.compile:
+            start = time.perf_counter()
+            model.compile_step()
+            for _ in range(2):  # the first plans compile (rows and lengths change once each)
+                planner(model).plan(context)
+            compile_seconds = time.perf_counter() - start - 2 * shared
+            compiled = timed(lambda: planner(model).plan(context), args.repeats)
+            row.update(ms_per_env_step_compiled=compiled * 1e3, compiled_vs_eager=shared / compiled,
+                       compile_seconds=compile_seconds)
+            line += (f"   compiled {compiled * 1e3:9.1f} ms  x{shared / compiled:4.2f} "
+                     f"({compile_seconds:.0f} s to compile)")
         if args.baseline_repeats:
             naive = timed(lambda: planner(RecomputingModel(model)).plan(context), args.baseline_repeats)
             row.update(ms_per_env_step_recompute=naive * 1e3, speedup=naive / shared)
@@ -121,7 +138,8 @@ def plot(results: dict, envs: int, path: str, size: str = "tt") -> None:
     names = list(results)
     series = [("ms_per_env_step_recompute", "re-run the sequence per token", "#bbbbbb"),
               ("ms_per_env_step_plain", "step form, context copied per beam", "#9ecae1"),
-              ("ms_per_env_step_cached", "step form, context shared by beams", "#1f77b4")]
+              ("ms_per_env_step_cached", "step form, context shared by beams", "#1f77b4"),
+              ("ms_per_env_step_compiled", "the same, step compiled", "#08306b")]
     series = [s for s in series if all(s[0] in results[n] for n in names)]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
@@ -152,6 +170,9 @@ def table(saved: dict) -> str:
         columns += ["context per beam, s>", "speed-up>"]
     if recompute:
         columns += ["re-run per token, s>", "step form vs re-run>"]
+    compiled = all("ms_per_env_step_compiled" in row for row in cores.values())
+    if compiled:
+        columns += ["step compiled, s>", "compiled vs eager>", "compiling, s>"]
     flops = all("ceiling_fraction" in row for row in cores.values())  # older files lack it
     if flops:
         columns += ["GFLOP / env step>", "of the matmul ceiling>"]
@@ -162,6 +183,9 @@ def table(saved: dict) -> str:
             cells += [f"{row['ms_per_env_step_plain'] / 1e3:.2f}", f"{row['shared_vs_plain']:.2f}x"]
         if recompute:
             cells += [f"{row['ms_per_env_step_recompute'] / 1e3:.0f}", f"{row['speedup']:.0f}x"]
+        if compiled:
+            cells += [f"{row['ms_per_env_step_compiled'] / 1e3:.2f}", f"{row['compiled_vs_eager']:.2f}x",
+                      f"{row['compile_seconds']:.0f}"]
         if flops:
             cells += [f"{row['gflop_per_env_step']:.1f}", f"{100 * row['ceiling_fraction']:.1f}%"]
         rows.append(cells)

@@ -80,6 +80,8 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
         except QuantizationError as err:
             raise ConfigError(f"{err}") from None
     model.quantization_info = info
+    if cfg.compile_step:
+        model.compile_step()
     return checkpoint, model
 
 

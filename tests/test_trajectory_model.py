@@ -79,3 +79,33 @@ def test_unknown_core_names_the_choices():
 def test_unknown_core_option_is_an_error():
     with pytest.raises(ConfigError, match="no_such_option"):
         make_model("gpt", core_options={"no_such_option": 1})
+
+
+@torch.no_grad()
+def test_compiled_token_step_matches_the_eager_step_and_leaves_chunks_eager():
+    """compile_step routes one-token steps through torch.compile (counted), chunks stay eager, and
+    decoding a branched, reordered state gives the eager logits and the same state."""
+    eager, compiled = make_model("retnet"), make_model("retnet")
+    calls = []
+    compiled.compile_step()
+    inner = compiled._compiled_token_step
+    compiled._compiled_token_step = lambda *args: calls.append(1) or inner(*args)
+    tokens = random_tokens(batch=2)
+    states = []
+    for model in (eager, compiled):
+        logits, state = model.step(tokens[:, :9], model.init_state(2, "cpu"))  # a chunk
+        state = model.select_state(state, torch.tensor([0, 0, 1, 1, 1]))
+        outputs = [logits[:, -1].repeat_interleave(torch.tensor([2, 3]), dim=0)]
+        for i in range(9, 14):
+            logits, state = model.step(tokens[[0, 0, 1, 1, 1], i:i + 1], state)
+            outputs.append(logits[:, -1])
+        states.append(state)
+        if model is eager:
+            expected = torch.stack(outputs)
+    assert len(calls) == 5  # the one-token steps only, not the chunk
+    torch.testing.assert_close(torch.stack(outputs), expected, atol=1e-5, rtol=0)
+    for a, b in zip(states[0]["core"]["S"], states[1]["core"]["S"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with torch.enable_grad():  # training-style calls never take the compiled path
+        compiled.step(tokens[:, :1], compiled.init_state(2, "cpu"))
+    assert len(calls) == 5

@@ -129,6 +129,7 @@ class EvalConfig:
     plan_every: int = 1  # re-plan every N env steps, reusing the plan in between
     quantize: str = "none"  # none | dynamic | static
     calibration_batches: int = 8  # static quantization
+    compile_step: bool = False  # torch.compile the one-token step (planning only; first plans slower)
     render: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     out: str = ""  # where the report goes (default: <run>/eval)
@@ -141,6 +142,9 @@ class EvalConfig:
         if self.weights not in ("ema", "raw"):
             raise ConfigError(f"weights must be 'ema' or 'raw', got '{self.weights}'")
         parse_percentile(self.percentile)
+        if self.compile_step and self.quantize != "none":
+            raise ConfigError("compile_step=true does not combine with quantize (the int8 modules "
+                              "are not compiled); choose one")
         modes = ("none", "dynamic", "static")
         for mode in self.quantize.split(","):
             if mode.strip() not in modes:

@@ -146,8 +146,24 @@ class TrajectoryModel(nn.Module):
     def init_state(self, batch_size: int, device, dtype=torch.float32) -> dict:
         return {"core": self.core.init_state(batch_size, device, dtype), "pos": 0}
 
+    def compile_step(self, **options) -> None:
+        """Run the one-token step (a planner's inner loop) through ``torch.compile`` from now on.
+
+        Chunks (a planner's prefill, whose length varies) and anything with gradients stay eager.
+        The compiled step computes the same function; fused kernels may round differently in the
+        last bits. The first calls pay the compilation (about a minute per core on 2 CPU cores),
+        and a change of row count or history length may compile once more (then shapes go
+        dynamic). ``options`` go to ``torch.compile``."""
+        self._compiled_token_step = torch.compile(self._step, **options)
+
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """Feed tokens [B, t] after the ``state['pos']`` tokens already seen -> logits [B, t, V]."""
+        compiled = self.__dict__.get("_compiled_token_step")
+        if compiled is not None and tokens.shape[1] == 1 and not torch.is_grad_enabled():
+            return compiled(tokens, state)
+        return self._step(tokens, state)
+
+    def _step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         start = state["pos"]
         with op_group("embedding_heads"):
             x = self._embed(tokens, start)

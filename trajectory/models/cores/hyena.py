@@ -121,6 +121,10 @@ class HyenaOperator(nn.Module):
         if torch.is_grad_enabled():
             self._cache = None
             return self._make_filters()
+        if self._cache is not None and torch.compiler.is_compiling():
+            # a compiled step reads the cache the eager prefill built (nothing trains while it
+            # plans); the key check would break the graph
+            return self._cache[1:]
         key = self._cache_key()
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, *self._make_filters())
@@ -198,13 +202,15 @@ class HyenaOperator(nn.Module):
         v = v.t()  # [D, B] from here on
         for n, x in enumerate(gates):
             buffer = state["hist"][n]
-            buffer[length].copy_(v)  # in place: branch with select_state
+            buffer[length:end].copy_(v[None])  # in place (branch with select_state); a slice, not
+            # an integer index, so that a compiled step does not specialize on the length
             with op_group("convolution"):  # y = sum_s h[s] z[end - 1 - s] + bias z[end - 1]
                 taps = h_rev[n, :, self.max_len - end:].to(buffer.dtype)  # [D, end]
                 y = torch.bmm(taps.unsqueeze(1), buffer[:end].transpose(0, 1)).squeeze(1)  # [D, B]
                 y.addcmul_(v, self.bias[n, :, None])
             if prefix is not None:  # the shared prefix's share at this position, [E, D] -> rows
-                share = prefix["out"][n][:, :, prefix["hist"][n].shape[-1] + length]  # [E, D]
+                start = prefix["hist"][n].shape[-1] + length
+                share = prefix["out"][n][:, :, start:start + 1].squeeze(-1)  # [E, D]
                 E = share.shape[0]
                 y = (y.view(self.d, E, -1) + share.t()[:, :, None]).view(self.d, -1)
             v = x.t() * y
