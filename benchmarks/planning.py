@@ -66,6 +66,9 @@ def main(argv=None) -> dict:
                         help="also time the shared step form with the one-token step compiled")
     parser.add_argument("--out", default=os.path.join(RESULTS, "planning.json"))
     parser.add_argument("--replot", action="store_true", help="only redraw the chart of --out")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other cores' rows of --out (same size, envs and threads) and "
+                             "replace only the cores measured now")
     parser.add_argument("--readme", default=None,
                         help="rewrite the README block named after --out (planning_cpu.json: "
                              "planning_cpu) with its table")
@@ -82,7 +85,7 @@ def main(argv=None) -> dict:
     context = random_context(LAYOUT, cfg, args.envs)
     ceiling = matmul_ceiling(repeats=20)  # fp32 matmul FLOP/s at this thread count: the bar's yardstick
     print(f"matmul ceiling {ceiling / 1e9:.0f} GFLOP/s at {torch.get_num_threads()} threads", flush=True)
-    results = {}
+    results = previous_rows(args) if args.merge else {}
     for name in args.cores.split(","):
         torch.manual_seed(0)
         model = TrajectoryModel(ModelConfig(core=name, **SIZES[args.size]), LAYOUT).eval()
@@ -100,6 +103,9 @@ def main(argv=None) -> dict:
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
         if args.compile:
+            # Every core's compiled step is TrajectoryModel._step: one code object whose compiled
+            # variants share dynamo's recompile limit, so start each core from an empty cache.
+            torch._dynamo.reset()
             start = time.perf_counter()
             model.compile_step()
             for _ in range(2):  # the first plans compile (rows and lengths change once each)
@@ -120,6 +126,21 @@ def main(argv=None) -> dict:
         saved = save(args, cfg, n_ctx, results, ceiling)
     print(f"wrote {args.out}")
     return publish(saved, args)
+
+
+def previous_rows(args) -> dict:
+    """The rows of ``--out`` measured at the same size, envs and threads (for ``--merge``)."""
+    if not os.path.exists(args.out):
+        return {}
+    with open(args.out) as f:
+        saved = json.load(f)
+    settings = saved["settings"]
+    same = (settings.get("size", "tt"), settings["envs"], settings["threads"]) == (
+        args.size, args.envs, torch.get_num_threads())
+    if not same:
+        raise SystemExit(f"--merge: {args.out} was measured at other settings ({settings}); "
+                         f"rerun every core instead")
+    return saved["cores"]
 
 
 def publish(saved: dict, args) -> dict:
