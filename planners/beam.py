@@ -180,10 +180,11 @@ class BeamPlanner:
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
-            if t == 0:
-                state = branch(self.model, state, expand, index)
-            else:
-                state = self.model.select_state(state, index)
+            with op_group("reorder"):
+                if t == 0:
+                    state = branch(self.model, state, expand, index)
+                else:
+                    state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
             log_lik, outside = log_lik[index], outside[index]
             per_env *= expand
@@ -208,7 +209,8 @@ class BeamPlanner:
             keep = min(cfg.beam_width, per_env)
             top = score.view(envs, per_env).topk(keep, dim=-1).indices  # sorted: best first
             index = (top + torch.arange(envs, device=device)[:, None] * per_env).reshape(-1)
-            state = self.model.select_state(state, index)
+            with op_group("reorder"):
+                state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
             score, value, log_lik = score[index], value[index], log_lik[index]
             outside = outside[index]

@@ -37,9 +37,11 @@ from trajectory.models.ops.scopes import PREFIX, scopes_enabled
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 
 GROUPS = ("linear/matmul", "attention/retention", "FFT", "convolution", "scan", "embedding and heads",
-          "int8 quant/dequant", "sampling and beam bookkeeping", "python overhead", "other")
+          "int8 quant/dequant", "beam reordering", "sampling and beam bookkeeping", "python overhead",
+          "other")
 SCOPE_GROUPS = {"attention": "attention/retention", "fft": "FFT", "convolution": "convolution",
                 "scan": "scan", "embedding_heads": "embedding and heads",
+                "reorder": "beam reordering",  # the model state's copies when beams branch or are pruned
                 "sampling_beam": "sampling and beam bookkeeping"}
 TOP_SCOPE = "profile::planning"
 TT_LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)  # halfcheetah, TT's window

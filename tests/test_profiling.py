@@ -52,6 +52,7 @@ def test_report_files_exist_and_op_groups_add_up(checkpoint, tmp_path):
         assert set(groups) == set(GROUPS)
         assert sum(groups.values()) == pytest.approx(r["profiled_ms_per_env_step"], rel=0.05)
         assert groups["sampling and beam bookkeeping"] > 0 and groups["linear/matmul"] > 0
+        assert groups["beam reordering"] > 0  # the state copies of branching and pruning
         assert groups["embedding and heads"] > 0 and r["peak_tensor_mb"] > 0
         assert r["ms_per_env_step"] > 0 and r["flops_per_token"] > 0 and r["bytes"] > 0
         trace = out / f"trace_{r['core']}_{r['precision']}.json"
