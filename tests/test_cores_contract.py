@@ -144,3 +144,45 @@ def test_branched_state_equals_each_row_run_alone(core_name):
     expected = core(torch.cat([context.repeat_interleave(copies, 0)[origin], suffix[origin]], 1))
     got = torch.cat(outs, 1)
     torch.testing.assert_close(got, expected[:, P:P + got.shape[1]], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("core_name", sorted(CORES))
+@torch.no_grad()
+def test_branching_again_and_pruning_equals_each_row_run_alone(core_name):
+    """A beam planner's pattern: branch every environment, decode, keep some rows within their
+    environment, branch the kept rows again (children sharing their parent's decoded tokens),
+    decode, prune, decode; every row matches the parallel form on its own whole sequence."""
+    core = make_core(core_name)
+    envs, P = 3, 6
+    seqs = torch.randn(envs, P, D)  # each row's whole input so far
+    state = core.init_state(envs, seqs.device, seqs.dtype)
+    _, state = core.step(seqs, state)
+    outs = torch.zeros(envs, 0, D)
+
+    def decode(state, seqs, outs, tokens, chunk=1):
+        new = torch.randn(seqs.shape[0], tokens, D)
+        j = 0
+        while j < tokens:
+            y, state = core.step(new[:, j:j + chunk], state)
+            outs, j, chunk = torch.cat([outs, y], 1), j + chunk, 1
+        return state, torch.cat([seqs, new], 1), outs
+
+    def reorder(state, seqs, outs, index, branch=0):
+        state = core.branch_state(state, branch) if branch else core.select_state(state, index)
+        return state, seqs[index], outs[index]
+
+    copies = 4
+    state, seqs, outs = reorder(state, seqs, outs, torch.arange(envs).repeat_interleave(copies), copies)
+    state, seqs, outs = decode(state, seqs, outs, 3)
+    keep = torch.tensor([1, 3, 4, 6, 10, 11])  # two rows per environment
+    state, seqs, outs = reorder(state, seqs, outs, keep)
+    state, seqs, outs = decode(state, seqs, outs, 2)
+    state, seqs, outs = reorder(state, seqs, outs, torch.arange(6).repeat_interleave(2), 2)
+    state, seqs, outs = decode(state, seqs, outs, 3)  # siblings continue differently
+    keep = torch.tensor([3, 0, 6, 7, 11, 9])  # within each environment, across parents
+    state, seqs, outs = reorder(state, seqs, outs, keep)
+    state, seqs, outs = decode(state, seqs, outs, 2)
+    state, seqs, outs = reorder(state, seqs, outs, torch.arange(6).repeat_interleave(2), 2)
+    state, seqs, outs = decode(state, seqs, outs, 3, chunk=2)  # a chunk after branching, then a token
+    expected = core(seqs)[:, P:]
+    torch.testing.assert_close(outs, expected, atol=ATOL, rtol=0)

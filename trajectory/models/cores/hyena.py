@@ -337,7 +337,9 @@ class HyenaCore(SequenceCore):
 
     def branch_state(self, state: State, copies: int) -> State:
         if state and "prefix" in state[0]:  # already shared: copy suffixes like any reorder
-            return super().branch_state(state, copies)
+            short = state[0]["short"]  # [kernel - 1, B, C]: rows are its second dimension
+            index = torch.arange(short.shape[1], device=short.device).repeat_interleave(copies)
+            return self.select_state(state, index)
         return [block.mixer.branch(layer, copies) for block, layer in zip(self.blocks, state)]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
