@@ -13,10 +13,9 @@ Per environment step, for E environments at once:
 3. return the first action of every environment's best beam.
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
-top-k, every expansion goes through ``branch`` and every pruning through ``model.select_state``.
-The model is used only through ``init_state`` / ``step`` / ``select_state`` (and ``branch_state``
-where it has one, which keeps each environment's context once for all its beams, and may keep each
-beam's decoded tokens once for its children): a cached core decodes a token in O(1) or O(L) work;
+top-k and every reordering goes through ``model.select_state``. The model is used only through
+``init_state`` / ``step`` / ``select_state`` (and ``branch_state`` where it has one, which keeps each
+environment's context once for all its beams, and each beam's decoded tokens once for its children): a cached core decodes a token in O(1) or O(L) work;
 :class:`RecomputingModel` gives the same interface by re-running the whole sequence (the way the
 original projects decoded), for tests and benchmarks.
 """
