@@ -15,7 +15,7 @@ Per environment step, for E environments at once:
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
 top-k and every reordering goes through ``model.select_state``. The model is used only through
 ``init_state`` / ``step`` / ``select_state`` (and ``branch_state`` where it has one, which keeps each
-environment's context once for all its beams, and each beam's decoded tokens once for its children): a cached core decodes a token in O(1) or O(L) work;
+environment's context once for all its beams): a cached core decodes a token in O(1) or O(L) work;
 :class:`RecomputingModel` gives the same interface by re-running the whole sequence (the way the
 original projects decoded), for tests and benchmarks.
 """
@@ -129,10 +129,9 @@ def prefill(model, context: torch.Tensor, obs_dim: int):
 
 
 def branch(model, state, copies: int, index: torch.Tensor):
-    """Every row of the state becomes ``copies`` consecutive rows (``index`` repeats each row
-    ``copies`` times): through the model's ``branch_state`` where it has one (an environment's
-    context, or a beam's decoded tokens, are then kept once for all its children), else by copying
-    rows with ``select_state``."""
+    """Every environment's state becomes ``copies`` beams (``index`` repeats each row ``copies``
+    times): through the model's ``branch_state`` where it has one (the context is then kept once
+    per environment), else by copying rows with ``select_state``."""
     if hasattr(model, "branch_state"):
         return model.branch_state(state, copies)
     return model.select_state(state, index)
@@ -181,8 +180,11 @@ class BeamPlanner:
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
-            with op_group("reorder"):  # every beam becomes `expand` children of one history
-                state = branch(self.model, state, expand, index)
+            with op_group("reorder"):
+                if t == 0:
+                    state = branch(self.model, state, expand, index)
+                else:
+                    state = self.model.select_state(state, index)
             logits, actions, rewards = logits[index], actions[index], rewards[index]
             log_lik, outside = log_lik[index], outside[index]
             per_env *= expand

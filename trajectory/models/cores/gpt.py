@@ -89,12 +89,11 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y)), k, v
 
 
-    def forward_shared(self, x: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
+    def forward_shared(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
                        past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, t, D]; shared: keys/values [G, H, S, hd] each read by B / G consecutive rows (an
-        environment's context; a beam's decoded tokens that its children share); past: the rows'
-        own buffers [B, H, cap, hd] and their valid length (the new entries are written in place;
-        the caller keeps them within cap)."""
+        """x [B, t, D] of B = E * r rows, r consecutive rows per prefix; prefix keys/values
+        [E, H, P, hd]; past: the rows' suffix buffers [B, H, cap, hd] and their valid length (the
+        new entries are written in place; the caller keeps them within cap)."""
         B, t, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)
@@ -103,51 +102,42 @@ class CausalSelfAttention(nn.Module):
             k_buf, v_buf, length = past
             k_buf[:, :, length:length + t] = k
             v_buf[:, :, length:length + t] = v
-            y = shared_prefix_attention(q, shared, k_buf[:, :, :length + t], v_buf[:, :, :length + t])
+            y = shared_prefix_attention(q, prefix[0], prefix[1], k_buf[:, :, :length + t],
+                                        v_buf[:, :, :length + t])
         y = y.transpose(1, 2).reshape(B, t, D)
         return self.resid_drop(self.proj(y)), k_buf, v_buf
 
 
-def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
+def shared_prefix_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
                             suffix_k: torch.Tensor, suffix_v: torch.Tensor) -> torch.Tensor:
-    """softmax(q [k_shared...; k_suffix]^T / sqrt(hd)) [v_shared...; v_suffix] without repeating the
-    shared keys per row.
+    """softmax(q [k_prefix; k_suffix]^T / sqrt(hd)) [v_prefix; v_suffix] without repeating the prefix.
 
-    q [B, H, t, hd]; shared: (keys, values) [G, H, S_g, hd] per level, each read by the B / G
-    consecutive rows of a group (one matrix product per group, its rows' queries stacked);
-    suffix_k/v [B, H, S, hd] per row, whose last t entries are the queries' own tokens (causal
-    among them). All parts share the running maximum and the normalizer, so the result is the
-    softmax over the concatenated keys. Returns [B, H, t, hd].
+    q [B, H, t, hd] with B = E * r (rows grouped by prefix); prefix_k/v [E, H, P, hd]; suffix_k/v
+    [B, H, S, hd] whose last t entries are the queries' own tokens (causal among them).
+    Returns [B, H, t, hd].
     """
     B, H, t, hd = q.shape
+    E = prefix_k.shape[0]
+    r, S = B // E, suffix_k.shape[2]
     q = q * hd ** -0.5
-
-    def to_rows(z: torch.Tensor, G: int) -> torch.Tensor:  # [G, H, r t, ...] -> [B, H, t, ...]
-        return z.view(G, H, B // G, t, *z.shape[3:]).transpose(1, 2).reshape(B, H, t, *z.shape[3:])
-
-    def to_groups(z: torch.Tensor, G: int) -> torch.Tensor:  # [B, H, t, ...] -> [G, H, r t, ...]
-        return z.view(G, B // G, H, t, *z.shape[3:]).transpose(1, 2).reshape(G, H, B // G * t,
-                                                                            *z.shape[3:])
-
-    S = suffix_k.shape[2]
+    grouped = q.view(E, r, H, t, hd).transpose(1, 2).reshape(E, H, r * t, hd)  # one product per env
+    prefix_scores = grouped @ prefix_k.transpose(-1, -2)  # [E, H, r t, P]
     suffix_scores = q @ suffix_k.transpose(-1, -2)  # [B, H, t, S]
     if t > 1:  # query i sees the suffix up to its own token S - t + i
         lag = (torch.arange(t, device=q.device) + S - t)[:, None] - torch.arange(S, device=q.device)
         suffix_scores = suffix_scores.masked_fill(lag < 0, float("-inf"))
-    top = suffix_scores.amax(-1)  # [B, H, t]
-    levels = []
-    for keys, values in shared:
-        G = keys.shape[0]
-        scores = to_groups(q, G) @ keys.transpose(-1, -2)  # [G, H, r t, S_g]
-        top = torch.maximum(top, to_rows(scores.amax(-1), G))
-        levels.append((scores, values, G))
+
+    def to_rows(z: torch.Tensor) -> torch.Tensor:  # [E, H, r t, ...] -> [B, H, t, ...]
+        return z.view(E, H, r, t, *z.shape[3:]).transpose(1, 2).reshape(B, H, t, *z.shape[3:])
+
+    def to_groups(z: torch.Tensor) -> torch.Tensor:  # [B, H, t, ...] -> [E, H, r t, ...]
+        return z.view(E, r, H, t, *z.shape[3:]).transpose(1, 2).reshape(E, H, r * t, *z.shape[3:])
+
+    top = torch.maximum(to_rows(prefix_scores.amax(-1)), suffix_scores.amax(-1))  # [B, H, t]
+    prefix_w = (prefix_scores - to_groups(top)[..., None]).exp_()
     suffix_w = (suffix_scores - top[..., None]).exp_()
-    total = suffix_w.sum(-1)  # [B, H, t]
-    out = suffix_w @ suffix_v  # [B, H, t, hd]
-    for scores, values, G in levels:
-        w = (scores - to_groups(top, G)[..., None]).exp_()
-        total = total + to_rows(w.sum(-1), G)
-        out = out + to_rows(w @ values, G)
+    total = to_rows(prefix_w.sum(-1)) + suffix_w.sum(-1)  # [B, H, t]
+    out = to_rows(prefix_w @ prefix_v) + suffix_w @ suffix_v  # [B, H, t, hd]
     return out / total[..., None]
 
 
@@ -178,9 +168,9 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
-    def forward_shared(self, x: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
+    def forward_shared(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
                        past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, k, v = self.attn.forward_shared(self.ln1(x), shared, past)
+        a, k, v = self.attn.forward_shared(self.ln1(x), prefix, past)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
@@ -276,34 +266,18 @@ class GPTCore(SequenceCore):
 
     def _step_shared(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         t, pos, cached = x.shape[1], state["pos"], state["length"]
-        prefix, mid = state["prefix"], state.get("mid")
+        prefix = state["prefix"]
         h = self.drop(x + self.pos_emb(pos + torch.arange(t, device=x.device)))
-        for i, (block, k, v) in enumerate(zip(self.blocks, state["k"], state["v"])):
-            shared = [(prefix["k"][i], prefix["v"][i])]
-            if mid is not None and mid["length"]:
-                shared.append((mid["k"][i][:, :, :mid["length"]], mid["v"][i][:, :, :mid["length"]]))
-            h, _, _ = block.forward_shared(h, shared, (k, v, cached))
+        for block, pk, pv, k, v in zip(self.blocks, prefix["k"], prefix["v"], state["k"], state["v"]):
+            h, _, _ = block.forward_shared(h, (pk, pv), (k, v, cached))
         return h, {**state, "length": cached + t, "pos": pos + t}
 
     def branch_state(self, state: State, copies: int) -> State:
-        """Each row becomes ``copies`` rows sharing its keys/values (kept once, not copied).
-
-        From a plain state, the rows' keys/values become the *prefix*, ``{"k": [...], "v": [...]}``
-        per layer, ``[E, H, P, hd]``. From a branched state, each row's suffix becomes its children's
-        *mid* level (``{"k", "v", "length"}``, ``[M, H, cap, hd]``), and the children get empty
-        buffers for what they decode next: a planner's expansion copies nothing, and the children's
-        queries read their parent's tokens with one product per parent. Lengths and rows per group
-        follow from the shapes; a reorder folds the mid level back into per-row suffixes."""
-        if "mid" in state:  # branched twice without a reorder: fold the first one
-            state = self._fold(state, torch.arange(state["k"][0].shape[0], device=state["k"][0].device))
-        if "prefix" in state:
-            rows, H, _, hd = state["k"][0].shape
-            P = state["prefix"]["k"][0].shape[2]
-            tail_shape = (rows * copies, H, self.cfg.max_len - P - state["length"], hd)
-            return {"k": [b.new_empty(tail_shape) for b in state["k"]],
-                    "v": [b.new_empty(tail_shape) for b in state["v"]],
-                    "length": 0, "pos": state["pos"], "prefix": state["prefix"],
-                    "mid": {"k": state["k"], "v": state["v"], "length": state["length"]}}
+        """Each row becomes ``copies`` rows sharing its keys/values as a prefix (kept once).
+        The prefix is ``{"k": [...], "v": [...]}`` per layer, ``[E, H, P, hd]``; its length and the
+        rows per environment follow from the shapes."""
+        if "prefix" in state:  # already shared: copy suffixes like any reorder
+            return super().branch_state(state, copies)
         length = state["length"]
         rows, H, _, hd = state["k"][0].shape
         suffix_shape = (rows * copies, H, self.cfg.max_len - length, hd)
@@ -313,28 +287,8 @@ class GPTCore(SequenceCore):
                 "prefix": {"k": [b[:, :, :length] for b in state["k"]],
                            "v": [b[:, :, :length] for b in state["v"]]}}
 
-    def _fold(self, state: State, index: torch.Tensor) -> State:
-        """Rows ``index`` of a state with a mid level, as a shared-prefix state whose suffixes hold
-        the parent's tokens then the row's own (``index`` keeps rows within their environments)."""
-        mid, own = state["mid"], state["length"]
-        shared = mid["length"]
-        rows, H, _, hd = state["k"][0].shape
-        parent = torch.div(index, rows // mid["k"][0].shape[0], rounding_mode="floor")
-        cap = self.cfg.max_len - state["prefix"]["k"][0].shape[2]
-
-        def join(parents: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
-            out = tails.new_empty((len(index), H, cap, hd))
-            out[:, :, :shared] = parents[:, :, :shared].index_select(0, parent)
-            out[:, :, shared:shared + own] = tails[:, :, :own].index_select(0, index)
-            return out
-        return {"k": [join(m, b) for m, b in zip(mid["k"], state["k"])],
-                "v": [join(m, b) for m, b in zip(mid["v"], state["v"])],
-                "length": shared + own, "pos": state["pos"], "prefix": state["prefix"]}
-
     def _unshare(self, state: State) -> State:
         """The plain form of a shared-prefix state: every row's full K/V buffers."""
-        if "mid" in state:
-            state = self._fold(state, torch.arange(state["k"][0].shape[0], device=state["k"][0].device))
         prefix, length = state["prefix"], state["length"]
         P = prefix["k"][0].shape[2]
         rows_per_env = state["k"][0].shape[0] // prefix["k"][0].shape[0]
@@ -354,8 +308,6 @@ class GPTCore(SequenceCore):
         if "prefix" in state and not stays_grouped(index, state["k"][0].shape[0],
                                                    state["prefix"]["k"][0].shape[0]):
             return self.select_state(self._unshare(state), index)
-        if "mid" in state:  # the pruning after an expansion: one copy per kept row
-            return self._fold(state, index)
         length = state["length"]
 
         def gather(buffer: torch.Tensor) -> torch.Tensor:
