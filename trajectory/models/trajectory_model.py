@@ -152,9 +152,8 @@ class TrajectoryModel(nn.Module):
         Chunks (a planner's prefill, whose length varies) and anything with gradients stay eager.
         The compiled step computes the same function; fused kernels may round differently in the
         last bits. The first calls pay the compilation (up to a minute or two per core on 2 CPU
-        cores; torch's on-disk cache makes later processes faster); whether shapes start symbolic
-        is the core's ``compile_dynamic``. ``options`` go to ``torch.compile``."""
-        options = {"dynamic": self.core.compile_dynamic, **options}
+        cores; torch's on-disk cache makes later processes faster). ``options`` go to
+        ``torch.compile``."""
         self._compiled_token_step = torch.compile(self._step, **options)
 
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:

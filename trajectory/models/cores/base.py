@@ -90,11 +90,6 @@ class SequenceCore(nn.Module):
     """Base class: subclasses define ``Options`` (a dataclass), forward, init_state and step."""
 
     supports_resets: bool = False
-    # torch.compile's ``dynamic`` for the one-token step (TrajectoryModel.compile_step): None lets it
-    # specialize on the first shapes and generalize on a change (faster code where few shapes
-    # occur); True makes shapes and counters symbolic from the start, for a step whose counters or
-    # row counts would otherwise recompile it past its limit.
-    compile_dynamic: bool | None = None
     # Ops that int8 quantization leaves in float, with the reason (listed in quantization reports).
     float_ops: dict[str, str] = {}
 

@@ -246,7 +246,6 @@ class RetNetCore(SequenceCore):
     max_undecayed = 64
 
     supports_resets = True
-    compile_dynamic = True  # the deferred-decay counter and the row count vary from token to token
     float_ops = {
         "retention (decayed QK^T V and the recurrent state update)": "activation x activation "
         "products with per-head decays; no int8 kernel and the state accumulates over time",

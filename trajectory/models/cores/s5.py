@@ -173,7 +173,6 @@ class S5Core(SequenceCore):
     """A stack of S5 layers; honours resets (packed episodes) by cutting the scan's carry."""
 
     supports_resets = True
-    compile_dynamic = True  # specializing on the row count recompiles it and runs slower here
     float_ops = {
         "complex diagonal scan (x_t = Lambda_bar x_{t-1} + B_bar u_t)": "complex arithmetic; no "
         "int8 kernel, and the state accumulates rounding error over time",
