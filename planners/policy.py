@@ -13,7 +13,7 @@ import torch
 
 from planners.beam import Plan, feed, max_context_transitions, prefill, token_log_prob
 from planners.estimates import parse_percentile, read_scalar
-from planners.sampling import sample
+from planners.sampling import greedy, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
@@ -31,7 +31,7 @@ class PolicyPlanner:
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.policy_actions == "greedy":
-            return logits.argmax(dim=-1)
+            return greedy(logits)
         return sample(logits, self.generator, self.cfg.k_act, self.cfg.cdf_act)
 
     @torch.no_grad()
@@ -47,7 +47,7 @@ class PolicyPlanner:
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)
             reward = read_scalar(logits, self.discretizer, o + a, self.quantile)
-            logits, _ = feed(self.model, logits.argmax(-1), state)
+            logits, _ = feed(self.model, greedy(logits), state)
             value = read_scalar(logits, self.discretizer, o + a + 1, self.quantile)
             score = reward + self.cfg.discount * value
             return Plan(torch.stack(tokens, dim=1)[:, None], reward[:, None], value, score, log_lik,

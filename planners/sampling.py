@@ -6,7 +6,33 @@ compare the cached planner with the re-computing one action for action.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def _numpy_view(x: torch.Tensor) -> np.ndarray | None:
+    """``x`` as a numpy array sharing its memory, where numpy can read it (a float CPU tensor), else
+    None. Two row-wise operations the planner runs on every decoded token, [rows, bins] at a time,
+    are several times faster in numpy than in torch on the CPU (``benchmarks/sampling.py``)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
+        return None
+    return x.numpy()
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The most likely token of every row (the first on ties, as ``torch.argmax``).  [N, V] -> [N]."""
+    array = _numpy_view(logits)
+    if array is None:
+        return logits.argmax(dim=-1)
+    return torch.from_numpy(np.argmax(array, axis=-1))
+
+
+def ascending_values(x: torch.Tensor) -> torch.Tensor:
+    """Every row's values sorted ascending (values only, no indices).  [N, V] -> [N, V]."""
+    array = _numpy_view(x)
+    if array is None:
+        return x.sort(dim=-1).values
+    return torch.from_numpy(np.sort(array, axis=-1))
 
 
 def filter_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -21,26 +47,46 @@ def filter_cdf(logits: torch.Tensor, cdf: float | None) -> torch.Tensor:
     """Drop the least likely tokens whose total probability stays below ``cdf`` (TT's ``cdf_act``).
 
     With cdf = 0.6 the unlikely tail holding up to 60% of the mass is removed, so sampling happens
-    among the most likely tokens that hold the remaining (at least) 40%. The argmax always survives.
+    among the most likely tokens that hold the remaining (at least) 40%. The argmax always survives,
+    and so does every token exactly as likely as the least likely one kept.
     """
     if cdf is None or cdf <= 0:
         return logits
     probs = logits.softmax(dim=-1)
+    return logits.masked_fill(probs < least_kept_probability(probs, cdf), float("-inf"))
+
+
+def filter_cdf_by_sorting(logits: torch.Tensor, cdf: float) -> torch.Tensor:
+    """``filter_cdf`` written from its definition (index sort, running sum, scatter back): the
+    reference the tests and ``benchmarks/sampling.py`` compare the fast form with (the same tokens
+    except that this one splits ties at the boundary by sort order)."""
+    probs = logits.softmax(dim=-1)
     ascending, order = probs.sort(dim=-1)
-    tail = ascending.cumsum(dim=-1) < cdf  # [N, V] True for tokens inside the dropped tail
+    tail = ascending.cumsum(dim=-1) < cdf
     tail[..., -1] = False  # never drop the most likely token
     drop = torch.zeros_like(tail).scatter(-1, order, tail)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def least_kept_probability(probs: torch.Tensor, cdf: float) -> torch.Tensor:
+    """The probability of the least likely token ``filter_cdf`` keeps, per row.  [N, V] -> [N, 1]."""
+    # The dropped tail is the start of the ascending order whose running sum stays below cdf; so it
+    # is every token less likely than the least likely token kept (no index sort or scatter needed).
+    ascending = ascending_values(probs)
+    dropped = (ascending.cumsum(dim=-1) < cdf).sum(dim=-1, keepdim=True)
+    return ascending.gather(-1, dropped.clamp_max(probs.shape[-1] - 1))  # the argmax always stays
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator | None,
            top_k: int | None = None, cdf: float | None = None) -> torch.Tensor:
     """One token per row from filtered logits [N, V] -> [N]; ``top_k=1`` is greedy."""
     if top_k == 1:
-        return logits.argmax(dim=-1)
-    logits = filter_cdf(filter_top_k(logits.float(), top_k), cdf)
-    probs = logits.softmax(dim=-1)
+        return greedy(logits)
+    probs = filter_top_k(logits.float(), top_k).softmax(dim=-1)
+    if cdf is not None and cdf > 0:  # the filtered tokens' probabilities, left unnormalized
+        probs = probs.masked_fill(probs < least_kept_probability(probs, cdf), 0.0)
     cumulative = probs.cumsum(dim=-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
-    u = u * cumulative[:, -1:]  # guards against the last cumulative value being slightly below 1
-    return torch.searchsorted(cumulative, u).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    u = u * cumulative[:, -1:]  # the kept mass (and a last cumulative value slightly below 1)
+    # right=True: the first token whose running sum exceeds u, never a dropped one even at u = 0
+    return torch.searchsorted(cumulative, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
