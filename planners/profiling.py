@@ -5,8 +5,9 @@ For each (core, precision) pair, in one process so that ratios are measured side
 1. a **timed pass** (no profiler): ``warmup`` plans, then ``profile_steps`` plans timed with
    ``perf_counter``; the reported ms per env step come from here only, so profiler overhead never
    enters them;
-2. a **profiled pass** of the same number of plans under ``torch.profiler`` (CPU, memory): op
-   groups, top ops, peak tensor memory, a chrome trace and a tensorboard trace;
+2. a **profiled pass** of ``PROFILED_PLANS`` plan(s) under ``torch.profiler`` (CPU, memory): op
+   groups, top ops, peak tensor memory, a chrome trace and a tensorboard trace (every plan of a
+   setting runs the same ops, and the trace of five Hyena plans at TT size passed 800 MB);
 3. FLOPs counted on the fp32 model (``torch.utils.flop_counter``), against this machine's measured
    fp32 matmul throughput (the ceiling).
 
@@ -46,6 +47,7 @@ SCOPE_GROUPS = {"attention": "attention/retention", "fft": "FFT", "convolution":
 TOP_SCOPE = "profile::planning"
 TT_LAYOUT = TokenLayout(obs_dim=17, act_dim=6, vocab=100, seq_len=10)  # halfcheetah, TT's window
 WARMUP_PLANS = 1
+PROFILED_PLANS = 1  # under the profiler: its events and trace grow with every op recorded
 
 
 # -- op groups -----------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
     from torch.profiler import ProfilerActivity, profile, record_function
     with scopes_enabled(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function(TOP_SCOPE):
-            for _ in range(cfg.profile_steps):
+            for _ in range(PROFILED_PLANS):
                 planner.plan(context)
     trace = os.path.join(out, f"trace_{name}.json")
     prof.export_chrome_trace(trace)
@@ -253,7 +255,7 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
     if key not in flops_cache:
         flops_cache[key] = count_flops(subject.float_model, float_planner, context)
     flops = flops_cache[key]
-    per_plan = cfg.profile_steps
+    per_plan = PROFILED_PLANS
     return {
         "core": subject.core, "precision": subject.precision, "weights": subject.weights,
         "parameters": subject.float_model.num_parameters(),
@@ -281,8 +283,8 @@ def markdown(report: dict) -> str:
              f"Settings: {report['settings']['n_envs']} envs x beam {report['settings']['beam_width']}"
              f" x expand {report['settings']['sample_expand']}, {report['settings']['beam_steps']} "
              f"planned transitions, {report['settings']['beam_context']} of context; "
-             f"{report['settings']['profile_steps']} timed and {report['settings']['profile_steps']}"
-             f" profiled plans after {WARMUP_PLANS} warm-up. Matmul ceiling (fp32, measured): "
+             f"{report['settings']['profile_steps']} timed and {report['settings']['profiled_plans']}"
+             f" profiled plan(s) after {WARMUP_PLANS} warm-up. Matmul ceiling (fp32, measured): "
              f"{ceiling / 1e9:.1f} GFLOP/s.", "",
              "| core | precision | weights | ms / env step | vs first | ms / token | size MB | "
              "MFLOP / token | GFLOP/s | % of ceiling | peak tensor MB |",
@@ -363,7 +365,8 @@ def profile_planning(cfg: EvalConfig) -> dict:
         "weights_note": note,
         "settings": {"n_envs": cfg.n_episodes, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
                      "beam_context": cfg.beam_context, "sample_expand": cfg.sample_expand,
-                     "profile_steps": cfg.profile_steps, "warmup_plans": WARMUP_PLANS, "seed": cfg.seed},
+                     "profile_steps": cfg.profile_steps, "profiled_plans": PROFILED_PLANS,
+                     "warmup_plans": WARMUP_PLANS, "seed": cfg.seed},
         "machine": {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "matmul_flop_s": matmul_ceiling(),
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},

@@ -134,7 +134,7 @@ class EvalConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     out: str = ""  # where the report goes (default: <run>/eval)
     compare: str = ""  # profile.py: comma-separated cores to profile side by side
-    profile_steps: int = 5  # profile.py: planning steps recorded after warm-up
+    profile_steps: int = 5  # profile.py: planning steps timed after warm-up (then one profiled)
 
     def __post_init__(self) -> None:
         if self.policy_actions not in ("greedy", "sample"):
