@@ -312,6 +312,7 @@ class GPTCore(SequenceCore):
 
         def gather(buffer: torch.Tensor) -> torch.Tensor:
             out = buffer.new_empty((len(index), *buffer.shape[1:]))
-            out[:, :, :length] = buffer[:, :, :length].index_select(0, index)
+            # written in place through the strided view: no gathered temporary copied over
+            torch.index_select(buffer[:, :, :length], 0, index, out=out[:, :, :length])
             return out
         return {**state, "k": [gather(b) for b in state["k"]], "v": [gather(b) for b in state["v"]]}
