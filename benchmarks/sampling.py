@@ -17,10 +17,10 @@ import platform
 
 import torch
 from cores import timed  # noqa: E402  (benchmarks/ is the script's folder)
+from readme_blocks import markdown_table, publish
 
 from planners.beam import token_log_prob
 from planners.sampling import filter_cdf, filter_cdf_by_sorting, greedy, sample
-from trajectory.io import save_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -40,6 +40,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", default=os.path.join(RESULTS, "sampling.json"))
+    parser.add_argument("--readme", default=None, help="rewrite the README's sampling block")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,9 +71,17 @@ def main(argv=None) -> dict:
     result = {"rows": args.rows, "bins": args.bins, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "ops": rows}
-    save_json(result, args.out)
+    publish(result, args.out, args.readme, "sampling", table)
     print(f"wrote {args.out}")
     return result
+
+
+def table(result: dict) -> str:
+    rows = [[name, f"{r['plain_ms']:.2f}", f"{r['planner_ms']:.2f}", f"{r['speedup']:.1f}x"]
+            for name, r in result["ops"].items()]
+    return (markdown_table(["per decoded token", "plain torch, ms>", "planner, ms>", "speed-up>"], rows)
+            + f"\n\n({result['rows']} rows x {result['bins']} bins, {result['threads']} threads, "
+            f"torch {result['torch']})")
 
 
 if __name__ == "__main__":
