@@ -134,7 +134,7 @@ class HyenaOperator(nn.Module):
         # contiguous: the filter network's output is position-major, and a per-channel tap row with
         # a unit batch stride sends the step's batched product down torch's one-matrix-at-a-time path
         h = self.filter().view(self.order, self.d, self.max_len).contiguous()  # [N, D, L]
-        return h, h.flip(-1).contiguous(), torch.fft.rfft(h, n=2 * self.max_len)
+        return h, h.flip(-1), torch.fft.rfft(h, n=2 * self.max_len)  # flip keeps the layout
 
     def train(self, mode: bool = True) -> HyenaOperator:
         self._cache = None
