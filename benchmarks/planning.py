@@ -14,6 +14,10 @@ env step. Three ways, in this process on the same inputs, so the ratios are side
   ``torch.compile`` (``eval.py compile_step=true``), timed after the plans that compile it; the
   compilation's own seconds are reported beside it.
 
+Each core is measured in a fresh process of its own (``--same-process`` measures them one after
+another in this one): a core planned eagerly right after another core's compiled step was measured
+40% slower than alone, so a row must not depend on which cores ran before it.
+
 Each core's matrix-product FLOPs per plan are counted once (``torch.utils.flop_counter``, outside the
 timed runs) and set against this machine's fp32 matmul throughput at the same thread count: the
 fraction of that ceiling the shared step form reaches.
@@ -29,6 +33,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -72,12 +79,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--readme", default=None,
                         help="rewrite the README block named after --out (planning_cpu.json: "
                              "planning_cpu) with its table")
+    parser.add_argument("--same-process", action="store_true",
+                        help="measure every core in this process instead of one fresh process each")
     args = parser.parse_args(argv)
     if args.replot:
         with open(args.out) as f:
             return publish(json.load(f), args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.same_process and len(args.cores.split(",")) > 1:
+        return publish(measure_in_own_processes(args), args)
     reuse_freed_memory()  # as eval.py does
     cfg = EvalConfig(n_episodes=args.envs)
     disc = random_discretizer(LAYOUT)
@@ -98,7 +109,8 @@ def main(argv=None) -> dict:
         flops = count_flops(model, planner(model), context)["flops_per_env_step"]
         row = {"ms_per_env_step_cached": shared * 1e3, "ms_per_env_step_plain": plain * 1e3,
                "shared_vs_plain": plain / shared, "ms_per_env_step_per_env_cached": shared * 1e3 / args.envs,
-               "gflop_per_env_step": flops / 1e9, "ceiling_fraction": flops / shared / ceiling}
+               "gflop_per_env_step": flops / 1e9, "ceiling_fraction": flops / shared / ceiling,
+               "matmul_ceiling_gflops": ceiling / 1e9, "process": os.getpid()}
         line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   plain {plain * 1e3:9.1f} ms  "
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
@@ -126,6 +138,31 @@ def main(argv=None) -> dict:
         saved = save(args, cfg, n_ctx, results, ceiling)
     print(f"wrote {args.out}")
     return publish(saved, args)
+
+
+def measure_in_own_processes(args) -> dict:
+    """Every core of ``--cores`` measured by this script in a fresh process of its own (nothing a
+    core leaves behind, such as compiled kernels or the allocator's cache, reaches the next), the
+    rows gathered into ``--out``. Each row keeps the matmul ceiling its own process measured."""
+    results = previous_rows(args) if args.merge else {}
+    saved = None
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.cores.split(","):
+            out = os.path.join(folder, f"{name}.json")
+            command = [sys.executable, os.path.abspath(__file__), "--same-process", "--cores", name,
+                       "--size", args.size, "--envs", str(args.envs), "--repeats", str(args.repeats),
+                       "--baseline-repeats", str(args.baseline_repeats),
+                       "--threads", str(torch.get_num_threads()), "--out", out]
+            if args.compile:
+                command.append("--compile")
+            subprocess.run(command, check=True)
+            with open(out) as f:
+                saved = json.load(f)
+            results.update(saved["cores"])
+            saved["cores"] = results
+            save_json(saved, args.out)  # after every core: a long run keeps what it measured
+    print(f"wrote {args.out}")
+    return saved
 
 
 def previous_rows(args) -> dict:
@@ -214,7 +251,11 @@ def table(saved: dict) -> str:
     note = (f"({size}, {settings['envs']} envs x beam "
             f"{settings['beam_width']} x expand {settings['sample_expand']}, {settings['threads']} threads, "
             f"torch {settings['torch']}")
-    if "matmul_ceiling_gflops" in settings:
+    ceilings = [row["matmul_ceiling_gflops"] for row in cores.values() if "matmul_ceiling_gflops" in row]
+    if len(ceilings) == len(cores) and round(min(ceilings)) != round(max(ceilings)):
+        note += (f"; fp32 matmul ceiling {min(ceilings):.0f}-{max(ceilings):.0f} GFLOP/s, measured in "
+                 f"each row's own run")
+    elif "matmul_ceiling_gflops" in settings:
         note += f"; fp32 matmul ceiling {settings['matmul_ceiling_gflops']:.0f} GFLOP/s"
     note += ")"
     return markdown_table(columns, rows) + "\n\n" + note

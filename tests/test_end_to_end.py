@@ -149,3 +149,25 @@ def test_sigkill_during_saves_never_loses_the_checkpoint_and_resume_is_exact(tmp
     print("steps at the kills:", steps_seen)
     for name, tensor in straight.model_state.items():
         assert torch.equal(tensor, resumed.model_state[name]), name
+
+
+def test_the_demo_trains_as_two_ddp_processes(tmp_path):
+    """``make demo`` trains through torch's launcher with two 1-thread ranks: one run, saved once,
+    its trainer state recording both processes."""
+    import torch
+
+    from planners.demo import train_in_processes
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  seq_len: 4\n  n_bins: 16\nmodel:\n  core: s5\n  d_model: 16\n"
+                      "  n_layers: 1\ntrain:\n  batch_size: 8\n")
+    train_in_processes(str(config), [f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}",
+                                     "train.max_tokens=1584", f"runs_dir={tmp_path / 'runs'}",
+                                     "name=tiny", "device=cpu"], processes=2)
+    state = torch.load(tmp_path / "runs" / "tiny" / "checkpoint" / "trainer.pt", weights_only=False)
+    # 1,584 tokens: 2 batches of 8 windows of 99 inputs
+    assert state["world_size"] == 2 and state["progress"]["step"] == 2
+    with pytest.raises(RuntimeError, match="exit status"):
+        train_in_processes(str(config), ["model.core=nonesuch", f"runs_dir={tmp_path / 'runs'}",
+                                         "name=other"], processes=2)

@@ -353,3 +353,18 @@ def test_resuming_a_run_that_finished_its_epochs_ends_cleanly(tmp_path):
     metrics = again.fit()  # nothing left to train: no step, no crash, the checkpoint still loads
     assert metrics["stop_reason"] == "epochs" and again.progress.step == first.steps_per_epoch
     assert load_checkpoint(str(tmp_path)).metrics["stop_reason"] == "epochs"
+
+
+def test_training_hands_sigterm_back_when_it_ends(tmp_path):
+    """During training SIGTERM asks for a save at the next step; afterwards (``make demo`` goes
+    on to evaluate in the same process) it must stop the process again, as before training."""
+    import signal
+
+    def previous(signum, frame):
+        raise AssertionError("not called")
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        two_step_run(tmp_path)
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)

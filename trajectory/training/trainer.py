@@ -309,13 +309,15 @@ class Trainer:
 STOP_SIGNAL = {"received": False}
 
 
-def _install_sigterm_handler() -> None:
-    # Schedulers and torchrun stop a job with SIGTERM: finish the current step, save, then leave.
-    # (Raising inside the handler could interrupt an optimizer step half-way and save that.)
+def _install_sigterm_handler():
+    """Schedulers and torchrun stop a job with SIGTERM: finish the current step, save, then leave.
+    (Raising inside the handler could interrupt an optimizer step half-way and save that.)
+    Returns the handler it replaced, which ``train`` puts back when training ends: after it, in the
+    same process (``make demo`` evaluates next), SIGTERM must stop the process again."""
     def handler(signum, frame):
         STOP_SIGNAL["received"] = True
     STOP_SIGNAL["received"] = False
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=None) -> dict:
@@ -333,7 +335,7 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
         run_dir = os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
         prepare_fresh_run(run_dir, cfg.overwrite)
     ctx = distributed.setup(cfg.device)
-    _install_sigterm_handler()
+    previous_handler = _install_sigterm_handler()
     try:
         if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ and ctx.world_size > 1:
             torch.set_num_threads(1)
@@ -362,6 +364,7 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
                               if k in metrics}))
         return metrics
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         distributed.cleanup()
 
 

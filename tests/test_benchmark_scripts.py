@@ -1,0 +1,141 @@
+"""Result scripts under benchmarks/: what they write and the README blocks they rewrite, on small
+settings (the numbers themselves are machine-dependent; their bookkeeping is not)."""
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.join(ROOT, "benchmarks"))  # last: nothing there may shadow anything
+import planning  # noqa: E402
+import profile_table  # noqa: E402
+import sampling  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The scripts set torch's thread count for this process: put it back for the other tests."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def readme_with(tmp_path, *blocks):
+    path = tmp_path / "README.md"
+    path.write_text("intro\n" + "".join(f"<!-- {b}:begin -->\nold\n<!-- {b}:end -->\ntail\n" for b in blocks))
+    return str(path)
+
+
+def block_text(readme, name):
+    return open(readme).read().split(f"<!-- {name}:begin -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
+
+
+def test_planning_measures_each_core_in_its_own_process_and_writes_one_table(tmp_path):
+    out = str(tmp_path / "planning_cpu.json")
+    readme = readme_with(tmp_path, "planning_cpu")
+    planning.main(["--size", "cpu", "--cores", "s5,retnet", "--envs", "1", "--repeats", "1",
+                   "--baseline-repeats", "0", "--threads", "1", "--out", out, "--readme", readme])
+    saved = json.load(open(out))
+    assert list(saved["cores"]) == ["s5", "retnet"]
+    processes = {row["process"] for row in saved["cores"].values()}
+    assert len(processes) == 2 and os.getpid() not in processes
+    for row in saved["cores"].values():
+        assert row["ms_per_env_step_cached"] > 0 and row["gflop_per_env_step"] > 0
+        assert row["ceiling_fraction"] == pytest.approx(
+            row["gflop_per_env_step"] / (row["ms_per_env_step_cached"] / 1e3) / row["matmul_ceiling_gflops"])
+    assert saved["settings"]["envs"] == 1 and saved["settings"]["threads"] == 1
+    text = block_text(readme, "planning_cpu")
+    lines = text.splitlines()
+    assert lines[2].startswith("| s5 | ") and lines[3].startswith("| retnet | ")
+    assert f"{saved['cores']['s5']['ms_per_env_step_cached'] / 1e3:.2f}" in lines[2]
+    assert os.path.isfile(out.replace(".json", ".png"))
+
+    # --merge keeps the other rows of a file measured at the same settings, replacing only its cores
+    planning.main(["--size", "cpu", "--cores", "s5", "--envs", "1", "--repeats", "1",
+                   "--baseline-repeats", "0", "--threads", "1", "--out", out, "--merge"])
+    merged = json.load(open(out))["cores"]
+    assert merged["retnet"] == saved["cores"]["retnet"]
+    assert merged["s5"]["process"] != saved["cores"]["s5"]["process"]
+    with pytest.raises(SystemExit, match="other settings"):
+        planning.main(["--size", "cpu", "--cores", "s5", "--envs", "2", "--repeats", "1",
+                       "--baseline-repeats", "0", "--threads", "1", "--out", out, "--merge"])
+
+
+def test_sampling_benchmark_times_every_pair_and_tabulates_the_json(tmp_path):
+    out = str(tmp_path / "sampling.json")
+    readme = readme_with(tmp_path, "sampling")
+    result = sampling.main(["--rows", "32", "--bins", "16", "--repeats", "3", "--threads", "1",
+                            "--out", out, "--readme", readme])
+    assert json.load(open(out)) == json.loads(json.dumps(result))
+    assert set(result["ops"]) == {"cdf filter (0.6)", "draw with cdf 0.6", "greedy token",
+                                  "token log-probability"}
+    for op in result["ops"].values():
+        assert op["speedup"] == pytest.approx(op["plain_ms"] / op["planner_ms"])
+    lines = block_text(readme, "sampling").splitlines()
+    assert len(lines) == 2 + 4 + 2 and "(32 rows x 16 bins, 1 threads" in lines[-1]
+    assert "tail" in open(readme).read()
+
+
+def test_the_plain_draw_and_the_planners_draw_choose_the_same_tokens():
+    import torch
+
+    from planners.sampling import sample
+    logits = 3 * torch.randn(500, 40, generator=torch.Generator().manual_seed(1))
+    plain = sampling.sample_by_sorting(logits, torch.Generator().manual_seed(7), 0.6)
+    fast = sample(logits, torch.Generator().manual_seed(7), cdf=0.6)
+    assert (plain == fast).float().mean() > 0.99  # the same u; only rounding at a bin edge differs
+
+
+def profile_report(groups_by_core):
+    return {"results": [{"core": core, "precision": "none", "ms_per_env_step": sum(g.values()),
+                         "ms_per_decoded_token": sum(g.values()) / 100, "groups_ms_per_env_step": g,
+                         "achieved_flop_s": 20e9} for core, g in groups_by_core.items()],
+            "settings": {"n_envs": 5, "beam_width": 32, "sample_expand": 2, "beam_steps": 5,
+                         "beam_context": 5},
+            "machine": {"matmul_flop_s": 200e9, "threads": 2}, "weights_note": "random weights"}
+
+
+def test_profile_table_reports_the_reordering_share_apart_from_the_largest_groups(tmp_path):
+    report = profile_report({
+        "gpt": {"attention/retention": 500.0, "beam reordering": 100.0, "linear/matmul": 250.0,
+                "python overhead": 100.0, "other": 50.0},
+        "s5": {"other": 60.0, "linear/matmul": 40.0}})  # an older report: no reordering group
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(report))
+    readme = readme_with(tmp_path, "profile_tt")
+    text = profile_table.main([str(path), "--readme", readme])
+    gpt, s5 = ([cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:4])
+    assert gpt[4] == "10.0%"  # reordering: 100 of 1,000 ms
+    assert gpt[5] == "attention/retention 50%, linear/matmul 25%, python overhead 10%"
+    assert gpt[6] == "10.0%"  # 20 of the machine's 200 GFLOP/s
+    assert s5[4] == "n/a" and s5[5] == "other 60%, linear/matmul 40%"
+    assert block_text(readme, "profile_tt") == text
+
+
+def test_recipe_time_measures_the_trainers_loop_in_one_process_or_as_ddp_ranks(tmp_path, monkeypatch):
+    import recipe_time
+    from test_end_to_end import write_halfcheetah_hdf5
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"data:\n  source: {source}\n  cache_dir: {tmp_path / 'data'}\n  seq_len: 4\n"
+                      "  n_bins: 16\nmodel:\n  core: s5\n  d_model: 16\n  n_layers: 1\n"
+                      "train:\n  batch_size: 8\n  max_tokens: 100000\n")
+    out = tmp_path / "recipe_time.json"
+    monkeypatch.setattr(recipe_time, "OUT", str(out))
+    readme = readme_with(tmp_path, "recipe_time")
+    common = [str(config), "--steps", "3", "--warmup", "1", "--readme", readme]
+    recipe_time.main(common + ["--threads", "1", "--set", "model.dropout=0"])
+    recipe_time.main(common + ["--threads", "1", "--processes", "2"])
+    entries = json.load(open(out))
+    assert len(entries) == 2
+    alone, ranks = entries.values()
+    assert (alone["processes"], alone["overrides"]) == (1, ["model.dropout=0"])
+    assert (ranks["processes"], ranks["overrides"]) == (2, [])
+    for entry in (alone, ranks):
+        assert entry["batch_size"] == 8 and entry["tokens_per_s"] > 0
+        assert entry["hours_for_budget"] == pytest.approx(100000 / entry["tokens_per_s"] / 3600)
+    rows = block_text(readme, "recipe_time").splitlines()[2:]
+    assert "| 1 x 1 | `model.dropout=0` |" in rows[0] and "| 2 x 1 | none |" in rows[1]
