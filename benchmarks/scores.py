@@ -53,9 +53,10 @@ def load_reports(folder: str) -> list[dict]:
     return [json.load(open(p)) for p in paths]
 
 
-def action_choice(settings: dict) -> str:
-    """How actions were chosen, in words, from a report's settings."""
-    weights = settings.get("weights", "ema")
+def action_choice(settings: dict, weights: str | None = None) -> str:
+    """How actions were chosen, in words, from a report's settings and the weights it used (a
+    report names them beside its settings: 'ema' asked of a run that kept no average means raw)."""
+    weights = weights or settings.get("weights", "ema")
     if settings.get("planner", "beam") == "policy":
         return f"policy, {settings.get('policy_actions', 'greedy')} ({weights} weights)"
     extras = []
@@ -108,13 +109,13 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
     settings = first["settings"]
     env_id = settings.get("env_id") or "HalfCheetah-v5"  # reports before env_id was recorded
     row = {
-        "id": f"{first['checkpoint']}|{action_choice(settings)}|{seeds[0]}-{seeds[-1]}",
+        "id": f"{first['checkpoint']}|{action_choice(settings, first.get('weights'))}|{seeds[0]}-{seeds[-1]}",
         "checkpoint": first["checkpoint"], "env": env_family(env_id), "core": first["core"],
         "size": first.get("size"), "training": training, "hardware": hardware,
         "tokens": (first.get("training") or {}).get("tokens"),
         "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
         "held_out_value_corr": held_out.get("value_corr"),
-        "actions": label or action_choice(settings),
+        "actions": label or action_choice(settings, first.get("weights")),
         "planner_settings": {k: settings.get(k) for k in ("planner", "policy_actions", "weights",
                                                           *PLANNER_KEYS)},
         "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),

@@ -3,8 +3,8 @@
 1. data: the halfcheetah-medium reproduction (generated on first use, then cached) and its tokens;
 2. train: the CPU config of the chosen core for ``minutes`` (skipped when the run already has a
    checkpoint, unless ``retrain=true``), as ``processes`` DDP processes of one thread each (on this
-   2-core machine two 1-thread processes train 1.2-1.8x faster than one 2-thread process:
-   ``benchmarks/recipe_time.py``);
+   2-core machine two 1-thread processes train the CPU configs 1.06-1.27x faster than one 2-thread
+   process: ``benchmarks/results/recipe_time.json``);
 3. evaluate the checkpoint twice on the same seeds, by the score protocol (25 episodes of 1,000
    steps): planning with the settings of ``configs/eval_base.yaml``, and the model's own greedy
    policy with no search, the baseline the planner has to beat;

@@ -60,6 +60,7 @@ BAD_INPUTS = [
     (["-m", "trajectory.data.policy_card", "missing.pt"], "missing.pt"),
     (["profile.py", "compare=gpt,s6"], "'s6'"),
     (["-m", "planners.demo", "core=gtp"], "'gtp'"),
+    (["-m", "planners.demo", "processes=0"], "processes must be at least 1"),
     (["-m", "experiments.lm.train", "model.core=s5", "model.core_options.foo=1"], "'foo'"),
 ]
 

@@ -58,6 +58,17 @@ def test_a_row_pools_parts_and_counts_failures_by_seed(tmp_path):
         scores.make_row(str(tmp_path / "mixed"), "t", "h", None)
 
 
+def test_a_row_names_the_weights_the_evaluation_used_not_the_ones_it_asked_for(tmp_path):
+    write_report(tmp_path / "policy", 1000, [40.0] * 25, planner="policy")
+    report_path = tmp_path / "policy" / "report.json"
+    report = json.loads(report_path.read_text())
+    report["settings"]["weights"] = "ema"  # asked for the average of a run that kept none
+    report["weights"] = "raw"
+    report_path.write_text(json.dumps(report))
+    row = scores.make_row(str(tmp_path / "policy"), "30 min", "2 CPU cores", None)
+    assert row["actions"] == "policy, greedy (raw weights)" and "(raw weights)" in row["id"]
+
+
 def test_what_search_adds_pairs_a_planner_with_its_policy(tmp_path):
     write_report(tmp_path / "beam", 100, [44.0] * 25)
     write_report(tmp_path / "policy", 100, [42.0] * 25, planner="policy")
