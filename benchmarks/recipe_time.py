@@ -89,14 +89,13 @@ def in_processes(args, config: str) -> dict:
     """The measurement run by ``processes`` DDP ranks (torch's launcher), rank 0's entry back."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "entry.json")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={args.processes}", os.path.abspath(__file__), config,
-                   "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads), "--rank-out", out]
+        script = [os.path.abspath(__file__), config, "--steps", str(args.steps), "--warmup",
+                  str(args.warmup), "--threads", str(args.threads), "--rank-out", out]
         for override in args.set:
-            command += ["--set", override]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        subprocess.run(command, check=True, env=env)
+            script += ["--set", override]
+        status = distributed.launch(script, args.processes, args.threads)
+        if status:
+            raise subprocess.CalledProcessError(status, script)
         with open(out) as f:
             return json.load(f)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -61,11 +60,8 @@ def evaluate_both(cfg: DemoConfig, run_dir: str) -> dict:
 
 def train_in_processes(config_path: str, overrides: list[str], processes: int) -> None:
     """``train.py`` as ``processes`` DDP ranks (torch's launcher, gloo), one torch thread each."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={processes}", os.path.join(ROOT, "train.py"),
-               f"--config={config_path}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    status = subprocess.run(command, env=env).returncode
+    from trajectory.training.distributed import launch
+    status = launch([os.path.join(ROOT, "train.py"), f"--config={config_path}", *overrides], processes)
     if status:
         raise RuntimeError(f"training ({processes} processes) stopped with exit status {status}; its "
                            f"messages are above (processes=1 trains in this process instead)")
@@ -94,13 +90,14 @@ def demo(cfg: DemoConfig) -> dict:
     summary["data"] = {"seconds": round(time.time() - start, 1),
                        "behaviour": {k: info.get(k) for k in ("return_mean", "normalized_mean")}}
 
+    processes = cfg.processes if cfg.device == "cpu" else 1  # one GPU: one process
     stage(f"2. train: {cfg.core} core, {cfg.minutes:g} minutes on {cfg.device}"
-          + (f", {cfg.processes} processes" if cfg.processes > 1 and cfg.device == "cpu" else ""))
+          + (f", {processes} processes" if processes > 1 else ""))
     run_dir = os.path.join(train_cfg.runs_dir, train_cfg.name)
     if os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)) and not cfg.retrain:
         print(f"{run_dir} already has a checkpoint: skipping training (retrain=true to train again)")
-    elif cfg.processes > 1 and cfg.device == "cpu":
-        train_in_processes(config_path, train_overrides, cfg.processes)
+    elif processes > 1:
+        train_in_processes(config_path, train_overrides, processes)
     else:
         from trajectory.training.trainer import train
         train(train_cfg)

@@ -1,4 +1,5 @@
-"""torchrun / DDP plumbing: read the launcher's environment, pick the backend, shut down cleanly.
+"""torchrun / DDP plumbing: read the launcher's environment, pick the backend, shut down cleanly,
+and launch a script as N ranks from Python.
 
 One code path for 1 process and N processes: without RANK in the environment everything degrades
 to a single process (no process group).
@@ -6,6 +7,8 @@ to a single process (no process group).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +42,14 @@ def setup(device: str) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistContext(rank, world, local_rank, resolved)
+
+
+def launch(script_args: list[str], processes: int, threads: int = 1) -> int:
+    """Run ``python <script_args>`` as ``processes`` ranks through torch's launcher (a standalone
+    rendezvous on this machine), each with ``threads`` torch threads; returns the exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", *script_args]
+    return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
 
 
 def _resolve_device(device: str, local_rank: int) -> torch.device:
