@@ -139,3 +139,43 @@ def test_recipe_time_measures_the_trainers_loop_in_one_process_or_as_ddp_ranks(t
         assert entry["hours_for_budget"] == pytest.approx(100000 / entry["tokens_per_s"] / 3600)
     rows = block_text(readme, "recipe_time").splitlines()[2:]
     assert "| 1 x 1 | `model.dropout=0` |" in rows[0] and "| 2 x 1 | none |" in rows[1]
+
+
+def test_behaviour_policy_scores_the_datasets_policy_on_evals_seeds_both_ways(tmp_path, monkeypatch):
+    import behaviour_policy
+    import numpy as np
+    import torch
+
+    from trajectory.data.generate import REPRODUCTIONS
+    from trajectory.data.soft_actor_critic import load_policy
+    from trajectory.envs import make_env
+
+    out = str(tmp_path / "behaviour_policy.json")
+    monkeypatch.setattr(behaviour_policy, "RESULTS", out)
+    readme = readme_with(tmp_path, "behaviour_policy")
+    behaviour_policy.main(["--episodes", "3", "--steps", "30", "--seed", "7", "--readme", readme])
+    saved = json.load(open(out))
+    mean_row = saved["halfcheetah-medium|mean action|7-9|30"]
+    sampled_row = saved["halfcheetah-medium|sampled|7-9|30"]
+
+    # episode i is env seed + i acting on the mean action: one env stepped on its own returns the
+    # same (up to the batched matmul's rounding), and not what the other episodes return
+    repro = REPRODUCTIONS["halfcheetah-medium"]
+    actor, env = load_policy(repro.policy), make_env(repro.env_id, max_episode_steps=30)
+    obs, total = env.reset(seed=8)[0], 0.0
+    for _ in range(30):
+        with torch.no_grad():
+            action = actor.act(torch.as_tensor(obs, dtype=torch.float32)[None, None], True)[0, 0]
+        obs, reward, *_ = env.step(action.numpy())
+        total += reward
+    assert mean_row["returns"][1] == pytest.approx(total, rel=2e-3)
+    assert all(r != pytest.approx(total, rel=2e-3) for i, r in enumerate(mean_row["returns"]) if i != 1)
+
+    # sampling is fixed by the seed, and it is not the mean action
+    again = behaviour_policy.measure("halfcheetah-medium", "sampled", 7, 3, 30)
+    assert again["returns"] == sampled_row["returns"]
+    assert not np.allclose(sampled_row["returns"], mean_row["returns"])
+    assert sampled_row["score"]["n"] == 3 and sampled_row["failed"] == 0
+    lines = block_text(readme, "behaviour_policy").splitlines()
+    assert len(lines) == 4 and "| mean action | 3 x 30 | 7-9 |" in lines[2]
+    assert f"**{mean_row['score']['mean']:.1f}**" in lines[2]

@@ -1,0 +1,137 @@
+"""The behaviour policy that made each dataset, scored by the score protocol: the reference a
+planner trained on its data has to beat.
+
+    python benchmarks/behaviour_policy.py [--names halfcheetah-medium] [--seed 1000] \
+        [--episodes 25] [--steps 1000] [--readme README.md]
+
+For each reproduction (``trajectory/data/generate.py``) the committed SAC actor acts two ways, on the
+same environment seeds as ``eval.py`` (episode ``i`` reset with ``seed + i``): its mean action, and
+an action sampled as the dataset generator samples it (``tanh(mean + std * noise)``, the noise of
+episode ``i`` from ``default_rng([seed, i])``). Each gives the mean normalized score with its
+standard error and 95% bootstrap interval, and the failed episodes by the same rules as
+``eval.py`` (a fall, the torso past 90 degrees, or a return below 0). Results go to
+``benchmarks/results/behaviour_policy.json`` (entries of other settings are kept) and, with
+``--readme``, to the README block ``behaviour_policy``.
+
+The sampled row is what the dataset holds; the mean-action row is what the same policy scores once
+its exploration noise is taken away, which is also roughly what a model that copies the data's most
+likely action can reach without knowing anything the data does not show.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from readme_blocks import load_results, markdown_table, publish  # noqa: E402
+
+from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
+from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
+from trajectory.envs import make_env, normalized_score, torso_angle_index  # noqa: E402
+from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
+
+RESULTS = os.environ.get("BEHAVIOUR_POLICY_OUT", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results", "behaviour_policy.json"))
+MODES = ("mean action", "sampled")
+
+
+def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, sampled: bool) -> dict:
+    """``episodes`` episodes in lockstep: returns, lengths, and each one's first flip and fall step."""
+    envs = [make_env(env_id, max_episode_steps=steps) for _ in range(episodes)]
+    act_dim = envs[0].action_space.shape[0]
+    noise = np.stack([np.random.default_rng([seed, i]).standard_normal((steps, act_dim), dtype=np.float32)
+                      for i in range(episodes)])
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    angle_index = torso_angle_index(env_id)
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+    first_flip, fell = np.full(episodes, -1, dtype=np.int64), np.full(episodes, -1, dtype=np.int64)
+    active = np.ones(episodes, dtype=bool)
+    for t in range(steps):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        with torch.no_grad():
+            mean, log_std = actor.distribution(torch.from_numpy(obs[rows].astype(np.float32))[None])
+            pre = mean + log_std.exp() * torch.from_numpy(noise[rows, t]) if sampled else mean
+            actions = torch.tanh(pre)[0].numpy()
+        for j, i in enumerate(rows):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(actions[j])
+            returns[i] += reward
+            lengths[i] += 1
+            if angle_index is not None and first_flip[i] < 0 and abs(obs[i, angle_index]) > np.pi / 2:
+                first_flip[i] = t
+            if terminated:
+                fell[i] = t
+            if terminated or truncated:
+                active[i] = False
+    for env in envs:
+        env.close()
+    return {"returns": returns, "lengths": lengths, "first_flip": first_flip, "fell": fell}
+
+
+def measure(name: str, mode: str, seed: int, episodes: int, steps: int) -> dict:
+    repro = REPRODUCTIONS[name]
+    actor = load_policy(repro.policy)
+    start = time.time()
+    run = run_episodes(actor, repro.env_id, seed, episodes, steps, sampled=mode == "sampled")
+    scores = normalized_score(repro.env_id, run["returns"])
+    failures = failed_episodes(run["returns"], run["first_flip"], run["fell"])
+    return {"name": name, "env_id": repro.env_id, "policy": os.path.basename(repro.policy),
+            "mode": mode, "seeds": [seed, seed + episodes - 1], "episodes": episodes,
+            "max_episode_steps": steps, "score": summarize(scores, seed=seed),
+            "return_mean": float(run["returns"].mean()), "mean_length": float(run["lengths"].mean()),
+            "failed": len(failures), "failed_episodes": failures,
+            "returns": run["returns"].tolist(), "seconds": round(time.time() - start, 1)}
+
+
+def key(entry: dict) -> str:
+    first, last = entry["seeds"]
+    return f"{entry['name']}|{entry['mode']}|{first}-{last}|{entry['max_episode_steps']}"
+
+
+def table(results: dict) -> str:
+    rows = []
+    for _, r in sorted(results.items()):
+        s = r["score"]
+        rows.append([f"`{r['name']}`", r["mode"], f"{r['episodes']} x {r['max_episode_steps']:,}",
+                     f"{r['seeds'][0]}-{r['seeds'][1]}", f"**{s['mean']:.1f}** ± {s['sem']:.1f}",
+                     f"{s['ci95'][0]:.1f}-{s['ci95'][1]:.1f}", f"{r['return_mean']:,.0f}",
+                     f"{r['failed']} of {r['episodes']}"])
+    return markdown_table(["dataset", "behaviour policy acts by", "episodes x steps", "seeds",
+                           "normalized (± s.e.m.)>", "95% CI>", "mean return>", "failed>"], rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--names", default="halfcheetah-medium",
+                        help=f"comma-separated reproductions, of {sorted(REPRODUCTIONS)}")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--episodes", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--readme", default=None, help="rewrite this README's 'behaviour_policy' block")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(REPRODUCTIONS)) + sorted(set(modes) - set(MODES))
+    if unknown or args.episodes < 1 or args.steps < 1:
+        parser.error(f"unknown names or modes {unknown}; known: {sorted(REPRODUCTIONS)}, {list(MODES)}"
+                     if unknown else "--episodes and --steps must be at least 1")
+    results = load_results(RESULTS)
+    for name in names:
+        for mode in modes:
+            entry = measure(name, mode, args.seed, args.episodes, args.steps)
+            results[key(entry)] = entry
+            print(f"{name}, {mode}: {format_score(entry['score'])}, {entry['failed']} failed "
+                  f"({entry['seconds']} s)", flush=True)
+    publish(results, RESULTS, args.readme, "behaviour_policy", table)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
