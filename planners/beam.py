@@ -197,7 +197,7 @@ class BeamPlanner:
 
             step_actions = []
             for _ in range(a):
-                token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
+                token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
                 step_actions.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)

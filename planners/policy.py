@@ -1,8 +1,10 @@
 """Acting from the model's own action distribution, with no search: the baseline of every planner.
 
 Per env step, for E environments at once: prefill the context, then choose the action tokens one
-dimension at a time, each conditioned on the ones before, either the most likely token
-(``policy_actions=greedy``) or a draw filtered by ``k_act`` / ``cdf_act`` (``sample``). The model
+dimension at a time, each conditioned on the ones before: the most likely token
+(``policy_actions=greedy``), the median of the token's distribution (``median``: for data made by a
+policy that squashes a Gaussian, its mean action) or a draw filtered by ``k_act`` / ``cdf_act``
+(``sample``). The model
 then predicts the step's reward and the value after it, for the report only: the prefill, one call
 per action dimension and one for the reward, on one row per env (beam search at TT's settings:
 108 calls on up to ``beam_width * sample_expand`` rows).
@@ -13,7 +15,7 @@ import torch
 
 from planners.beam import Plan, feed, max_context_transitions, prefill, token_log_prob
 from planners.estimates import parse_percentile, read_scalar
-from planners.sampling import greedy, sample
+from planners.sampling import greedy, median, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
@@ -32,7 +34,9 @@ class PolicyPlanner:
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.policy_actions == "greedy":
             return greedy(logits)
-        return sample(logits, self.generator, self.cfg.k_act, self.cfg.cdf_act)
+        if self.cfg.policy_actions == "median":
+            return median(logits)
+        return sample(logits, self.generator, self.cfg.k_act, self.cfg.cdf_act, self.cfg.act_window)
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:

@@ -27,6 +27,16 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.argmax(array, axis=-1))
 
 
+def median(logits: torch.Tensor) -> torch.Tensor:
+    """The median token of every row: the first whose cumulative probability reaches 1/2.  [N, V] -> [N].
+
+    Over bins ordered by value this is the distribution's median. For an action that is a monotone
+    squashing of a Gaussian (SAC's tanh), the median is the squashed mean, the policy's mean action,
+    which the most likely bin is not: bins of equal data mass are narrow where actions pile up."""
+    cumulative = logits.float().softmax(dim=-1).cumsum(dim=-1)
+    return (cumulative < 0.5).sum(dim=-1).clamp_max(logits.shape[-1] - 1)
+
+
 def ascending_values(x: torch.Tensor) -> torch.Tensor:
     """Every row's values sorted ascending (values only, no indices).  [N, V] -> [N, V]."""
     array = _numpy_view(x)
@@ -78,8 +88,17 @@ def least_kept_probability(probs: torch.Tensor, cdf: float) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator | None,
-           top_k: int | None = None, cdf: float | None = None) -> torch.Tensor:
-    """One token per row from filtered logits [N, V] -> [N]; ``top_k=1`` is greedy."""
+           top_k: int | None = None, cdf: float | None = None,
+           window: float | None = None) -> torch.Tensor:
+    """One token per row from filtered logits [N, V] -> [N]; ``top_k=1`` is greedy. With ``window``
+    the filters are not used: the token is the inverse CDF of a uniform draw from the central
+    ``window`` of the distribution's mass, ``[(1 - window) / 2, (1 + window) / 2]``, so draws stay
+    around the median (see :func:`median`) and ``window=1`` is a plain draw."""
+    if window is not None:
+        cumulative = logits.float().softmax(dim=-1).cumsum(dim=-1)
+        u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
+        u = 0.5 + (u - 0.5) * window
+        return torch.searchsorted(cumulative, u, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
     if top_k == 1:
         return greedy(logits)
     probs = filter_top_k(logits.float(), top_k).softmax(dim=-1)

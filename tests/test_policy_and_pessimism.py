@@ -124,3 +124,48 @@ def test_support_penalty_counts_planned_observations_in_the_outer_bins():
         estimate = (plan.rewards * discounts[:3]).sum(-1) + plan.value * discounts[3]
         torch.testing.assert_close(plan.score - estimate, -penalty * plan.outside_support,
                                    atol=1e-4, rtol=0)
+
+
+def median_reference(model, context, layout):
+    """Median action tokens, one dimension at a time, by re-running the whole sequence."""
+    seq = context.clone()
+    for _ in range(layout.act_dim):
+        cumulative = model(seq)[:, -1].float().softmax(-1).cumsum(-1)
+        seq = torch.cat([seq, (cumulative < 0.5).sum(-1, keepdim=True)], dim=1)
+    return seq[:, context.shape[1]:]
+
+
+@pytest.mark.parametrize("core", ["gpt", "s5"])
+def test_median_policy_takes_each_dimensions_median_given_the_ones_before(core):
+    model, disc = tiny_model(core, SMALL), fitted_discretizer(SMALL)
+    context = torch.randint(0, SMALL.vocab, (6, 2 * SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(2))
+    plan = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy", policy_actions="median")).plan(context)
+    assert torch.equal(plan.actions[:, 0], median_reference(model, context, SMALL))
+    greedy = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy")).plan(context)
+    assert not torch.equal(plan.actions, greedy.actions)  # an untrained model's mode is elsewhere
+
+
+def test_beam_actions_drawn_from_a_window_stay_between_its_quantiles():
+    model, disc = tiny_model("s5", SMALL), fitted_discretizer(SMALL)
+    context = torch.randint(0, SMALL.vocab, (8, SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(3))
+    cfg = eval_cfg(act_window=0.2, beam_width=4, sample_expand=2, beam_steps=1)
+    plan = BeamPlanner(model, disc, SMALL, cfg, torch.Generator().manual_seed(0)).plan(context)
+    # the first action dimension is drawn from the prefill's distribution: check it directly
+    with torch.no_grad():
+        cumulative = model(context)[:, -1].float().softmax(-1).cumsum(-1)
+    first = plan.actions[:, 0, 0]
+    below = cumulative.gather(-1, (first - 1).clamp_min(0)[:, None]).squeeze(-1) * (first > 0)
+    above = cumulative.gather(-1, first[:, None]).squeeze(-1)
+    assert (below <= 0.6).all() and (above >= 0.4).all()
+
+
+def test_window_and_policy_actions_settings_are_checked():
+    from trajectory.config import EvalConfig
+    with pytest.raises(ConfigError, match="act_window must be in"):
+        EvalConfig(act_window=0.0)
+    with pytest.raises(ConfigError, match="set k_act=null"):
+        EvalConfig(act_window=0.5, k_act=5)
+    with pytest.raises(ConfigError, match="greedy, median, sample"):
+        EvalConfig(policy_actions="mode")

@@ -104,3 +104,14 @@ def test_falls_are_full_episodes_but_a_short_time_limit_is_not(tmp_path):
     write_report(tmp_path / "short", 100, [50.0] * 25, env_id="Hopper-v5", max_episode_steps=100)
     assert not scores.make_row(str(tmp_path / "short"), "t", "h", None)["protocol"]
     assert "| hopper-medium | s5 |" in scores.table([row])
+
+
+def test_rows_name_a_window_draw_and_the_median_policy():
+    beam = {"planner": "beam", "beam_width": 32, "beam_steps": 5, "sample_expand": 2, "cdf_act": 0.6,
+            "percentile": "mean", "act_window": 0.5}
+    assert scores.action_choice(beam, "raw") == (
+        "beam 32x2, 5 steps, actions from the central 0.5 of their distribution (raw weights)")
+    assert "cdf_act" not in scores.action_choice({**beam, "cdf_act": 0.85}, "raw")  # replaced
+    assert "central" not in scores.action_choice({**beam, "act_window": None}, "raw")
+    policy = {"planner": "policy", "policy_actions": "median"}
+    assert scores.action_choice(policy, "raw") == "policy, median (raw weights)"

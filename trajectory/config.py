@@ -101,6 +101,10 @@ def parse_percentile(value: str) -> float | None:
     return q
 
 
+# how planner=policy picks each action token: the most likely one, the distribution's median, or a draw
+POLICY_ACTIONS = ("greedy", "median", "sample")
+
+
 @dataclass
 class EvalConfig:
     """Root config of ``eval.py`` and ``profile.py`` (flat keys, as in the TT projects)."""
@@ -112,7 +116,7 @@ class EvalConfig:
     n_episodes: int = 25  # run in parallel, planned in one batch
     max_episode_steps: int = 1000
     planner: str = "beam"  # beam | policy (the model's own actions, no search; planners.PLANNERS)
-    policy_actions: str = "greedy"  # planner=policy: greedy (most likely token) | sample (k/cdf_act)
+    policy_actions: str = "greedy"  # planner=policy: greedy (most likely token) | median | sample
     weights: str = "ema"  # ema: the checkpoint's averaged weights when it has them | raw
     beam_width: int = 32
     beam_steps: int = 5  # planning horizon in transitions
@@ -122,6 +126,9 @@ class EvalConfig:
     k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
     cdf_obs: Optional[float] = None
     cdf_act: Optional[float] = 0.6  # drop the unlikely tail holding this mass (null: off)
+    # draw action tokens by inverse CDF from the central act_window of their distribution (0.5:
+    # between its quartiles), around its median, instead of filtering by k_act / cdf_act (null: off)
+    act_window: Optional[float] = None
     percentile: str = "mean"  # reward/value read as: mean (expectation) | a quantile in (0, 1)
     likelihood_weight: float = 0.0  # beam score += this x the plan's log-likelihood (0: TT)
     support_penalty: float = 0.0  # beam score -= this per planned observation token in an outer bin
@@ -137,11 +144,17 @@ class EvalConfig:
     profile_steps: int = 5  # profile.py: planning steps timed after warm-up (then one profiled)
 
     def __post_init__(self) -> None:
-        if self.policy_actions not in ("greedy", "sample"):
-            raise ConfigError(f"policy_actions must be 'greedy' or 'sample', got '{self.policy_actions}'")
+        if self.policy_actions not in POLICY_ACTIONS:
+            raise ConfigError(f"policy_actions must be one of {', '.join(POLICY_ACTIONS)}, got "
+                              f"'{self.policy_actions}'")
         if self.weights not in ("ema", "raw"):
             raise ConfigError(f"weights must be 'ema' or 'raw', got '{self.weights}'")
         parse_percentile(self.percentile)
+        if self.act_window is not None:
+            if not 0.0 < self.act_window <= 1.0:
+                raise ConfigError(f"act_window must be in (0, 1], got {self.act_window}")
+            if self.k_act is not None:
+                raise ConfigError("act_window replaces the k_act filter; set k_act=null")
         if self.compile_step and self.quantize != "none":
             raise ConfigError("compile_step=true does not combine with quantize (the int8 modules "
                               "are not compiled); choose one")
