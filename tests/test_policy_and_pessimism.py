@@ -140,7 +140,8 @@ def test_median_policy_takes_each_dimensions_median_given_the_ones_before(core):
     model, disc = tiny_model(core, SMALL), fitted_discretizer(SMALL)
     context = torch.randint(0, SMALL.vocab, (6, 2 * SMALL.transition_dim + SMALL.obs_dim),
                             generator=torch.Generator().manual_seed(2))
-    plan = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy", policy_actions="median")).plan(context)
+    cfg = eval_cfg(planner="policy", policy_actions="median")
+    plan = PolicyPlanner(model, disc, SMALL, cfg).plan(context)
     assert torch.equal(plan.actions[:, 0], median_reference(model, context, SMALL))
     greedy = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy")).plan(context)
     assert not torch.equal(plan.actions, greedy.actions)  # an untrained model's mode is elsewhere
