@@ -168,24 +168,35 @@ def same_run(a: dict, b: dict) -> bool:
 
 
 def gains(rows: list[dict]) -> str:
-    """Each planner row against the policy row of the same checkpoint and seeds (the same weights)."""
+    """Each planner row against the same checkpoint's policy rows on the same seeds (the same
+    weights): its greedy policy, and its median policy where one was measured."""
+    def policy(r: dict, actions: str) -> dict | None:
+        match = [p for p in rows if p["planner_settings"]["planner"] == "policy"
+                 and p["planner_settings"].get("policy_actions", "greedy") == actions
+                 and same_run(p, r) and p["seeds"] == r["seeds"]
+                 and p["planner_settings"]["weights"] == r["planner_settings"]["weights"]]
+        return match[0] if match else None
+
+    def gain(r: dict, p: dict | None) -> str:
+        if p is None:
+            return "n/a"
+        diff = r["score"]["mean"] - p["score"]["mean"]
+        spread = (r["score"]["sem"] ** 2 + p["score"]["sem"] ** 2) ** 0.5
+        return f"**{diff:+.1f}** ± {spread:.1f}"
+
     lines = []
     for r in rows:
         if r["planner_settings"]["planner"] == "policy" or not r["protocol"]:
             continue
-        match = [p for p in rows if p["planner_settings"]["planner"] == "policy"
-                 and same_run(p, r) and p["seeds"] == r["seeds"]
-                 and p["planner_settings"]["weights"] == r["planner_settings"]["weights"]]
-        if not match:
+        greedy, median = policy(r, "greedy"), policy(r, "median")
+        if greedy is None and median is None:
             continue
-        p = match[0]
-        diff = r["score"]["mean"] - p["score"]["mean"]
-        spread = (r["score"]["sem"] ** 2 + p["score"]["sem"] ** 2) ** 0.5
+        failed = " / ".join(str(x["failed"]) for x in (r, greedy, median) if x is not None)
         lines.append([f"{r['env']}-medium", r["core"], r["training"], r["actions"],
-                      f"{r['seeds'][0]}-{r['seeds'][1]}",
-                      f"**{diff:+.1f}** ± {spread:.1f}", f"{r['failed']} / {p['failed']} of {r['episodes']}"])
-    return markdown_table(["data", "core", "training", "planner", "seeds", "planner − policy>",
-                           "failed: planner / policy"], lines)
+                      f"{r['seeds'][0]}-{r['seeds'][1]}", gain(r, greedy), gain(r, median),
+                      f"{failed} of {r['episodes']}"])
+    return markdown_table(["data", "core", "training", "planner", "seeds", "planner − greedy policy>",
+                           "planner − median policy>", "failed: planner / policies"], lines)
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -19,10 +19,10 @@ def test_importing_the_script_leaves_the_stdlib_profile_module_importable():
 
 
 def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=(),
-                 env_id="HalfCheetah-v5", lengths=None, max_episode_steps=1000):
+                 env_id="HalfCheetah-v5", lengths=None, max_episode_steps=1000, policy_actions="greedy"):
     os.makedirs(folder, exist_ok=True)
     settings = {"seed": seed, "n_episodes": len(scores_), "planner": planner, "weights": "raw",
-                "policy_actions": "greedy", "beam_width": 32, "beam_steps": 5, "sample_expand": 2,
+                "policy_actions": policy_actions, "beam_width": 32, "beam_steps": 5, "sample_expand": 2,
                 "beam_context": 5, "cdf_act": 0.6, "k_act": None, "percentile": "mean",
                 "likelihood_weight": 0.0, "support_penalty": 0.0, "max_episode_steps": max_episode_steps,
                 "device": "cpu", "out": str(folder), "threads": 1, "env_id": env_id}
@@ -77,7 +77,13 @@ def test_what_search_adds_pairs_a_planner_with_its_policy(tmp_path):
             for name in ("beam", "policy", "other_seeds")]
     text = scores.gains(rows)
     assert "**+2.0**" in text and text.count("| s5 |") == 1  # the 1000 row has no policy to pair
+    assert text.splitlines()[2].endswith("| **+2.0** ± 0.0 | n/a | 0 / 0 of 25 |")  # no median policy
     assert "n/a" in scores.table(rows)  # no held-out metrics recorded
+    # a median policy of the same checkpoint and seeds gets its own column, not the greedy one's
+    write_report(tmp_path / "median", 100, [45.0] * 25, planner="policy", policy_actions="median")
+    rows.append(scores.make_row(str(tmp_path / "median"), "30 min", "cpu", None))
+    line = scores.gains(rows).splitlines()[2]
+    assert line.endswith("| **+2.0** ± 0.0 | **-1.0** ± 0.0 | 0 / 0 / 0 of 25 |")
 
 
 def test_the_cli_rebuilds_from_a_rows_file(tmp_path):
