@@ -9,7 +9,8 @@ Per environment step, for E environments at once:
    rewards plus the discounted value (plus ``likelihood_weight`` times the plan's log-likelihood
    under the model, minus ``support_penalty`` for every planned observation token in the first or
    last bin of its dimension, when set), keep the best ``beam_width`` beams per environment, then
-   decode the next observation greedily (``k_obs=1``);
+   decode the next observation greedily (``k_obs=1``), or at the median of each token's
+   distribution (``obs_median``);
 3. return the first action of every environment's best beam.
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from planners.estimates import parse_percentile, read_scalar
-from planners.sampling import greedy, sample
+from planners.sampling import greedy, median, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
@@ -224,7 +225,8 @@ class BeamPlanner:
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
                 logits, state = feed(self.model, greedy(logits), state)  # value token (never seen)
                 for _ in range(o):
-                    token = sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs)
+                    token = (median(logits) if cfg.obs_median
+                             else sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs))
                     log_lik = log_lik + token_log_prob(logits, token)
                     outside = outside + ((token == 0) | (token == last_bin)).float()
                     logits, state = feed(self.model, token, state)

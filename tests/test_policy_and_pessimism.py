@@ -170,3 +170,25 @@ def test_window_and_policy_actions_settings_are_checked():
         EvalConfig(act_window=0.5, k_act=5)
     with pytest.raises(ConfigError, match="greedy, median, sample"):
         EvalConfig(policy_actions="mode")
+
+
+def test_beam_decodes_planned_observations_at_their_median_when_asked(monkeypatch):
+    import planners.beam as beam
+    from planners.sampling import median
+    calls = []
+
+    def spy(logits):
+        calls.append(logits.shape[0])
+        return median(logits)
+
+    monkeypatch.setattr(beam, "median", spy)
+    model, disc = tiny_model("s5", SMALL), fitted_discretizer(SMALL)
+    context = torch.randint(0, SMALL.vocab, (3, SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(4))
+    cfg = eval_cfg(beam_width=4, sample_expand=2, beam_steps=3)
+    BeamPlanner(model, disc, SMALL, cfg, torch.Generator().manual_seed(0)).plan(context)
+    assert calls == []  # TT's default: greedy observations
+    BeamPlanner(model, disc, SMALL, eval_cfg(beam_width=4, sample_expand=2, beam_steps=3, obs_median=True),
+                torch.Generator().manual_seed(0)).plan(context)
+    # every observation token of the two planned transitions before the last, on every kept beam
+    assert calls == [3 * 4] * (2 * SMALL.obs_dim)

@@ -125,6 +125,7 @@ class EvalConfig:
     k_obs: int = 1  # observation tokens: greedy
     k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
     cdf_obs: Optional[float] = None
+    obs_median: bool = False  # planned observation tokens at their distribution's median, not k_obs
     cdf_act: Optional[float] = 0.6  # drop the unlikely tail holding this mass (null: off)
     # draw action tokens by inverse CDF from the central act_window of their distribution (0.5:
     # between its quartiles), around its median, instead of filtering by k_act / cdf_act (null: off)
