@@ -39,8 +39,9 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # tests redirect it
 # TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
 TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
-PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act", "act_window",
-                "obs_median", "percentile", "likelihood_weight", "support_penalty", "plan_every")
+PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
+                "act_window", "obs_median", "average_actions", "percentile", "likelihood_weight",
+                "support_penalty", "plan_every")
 
 
 def load_reports(folder: str) -> list[dict]:
@@ -70,6 +71,8 @@ def action_choice(settings: dict, weights: str | None = None) -> str:
         extras.append(f"actions from the central {settings['act_window']:g} of their distribution")
     elif settings.get("cdf_act") != 0.6:
         extras.append(f"cdf_act {settings.get('cdf_act')}")
+    if settings.get("average_actions"):
+        extras.append(f"first actions averaged (temperature {settings['average_actions']:g})")
     if settings.get("obs_median"):
         extras.append("observations at their median")
     if settings.get("plan_every", 1) != 1:

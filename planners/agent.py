@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from planners import build_planner
+from planners.beam import plan_actions
 from planners.rollout import History, check_finite, load_for_eval, transition_tokens
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
@@ -56,7 +57,7 @@ class Agent:
             raise ConfigError("record(reward) the last action's reward before acting again")
         single = np.ndim(obs) == 1
         obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
-        o, a = self.layout.obs_dim, self.layout.act_dim
+        o = self.layout.obs_dim
         if obs.shape != (self.history.tokens.shape[0], o):
             raise ConfigError(f"act expects observations of shape {(self.history.tokens.shape[0], o)}"
                               f" (reset(envs=E) for E environments), got {obs.shape}")
@@ -65,9 +66,8 @@ class Agent:
         obs_tokens = self.discretizer.encode(obs, dims=slice(0, o))
         context = self.history.context(rows, obs_tokens, self.planner.context_transitions)
         plan = self.planner.plan(torch.as_tensor(context, device=self.device))
-        act_tokens = plan.actions[:, 0].cpu().numpy()
+        act_tokens, actions = plan_actions(plan, self.discretizer, o)
         self._pending = np.concatenate([obs_tokens, act_tokens], axis=1)
-        actions = self.discretizer.decode(act_tokens, dims=slice(o, o + a)).astype(np.float32)
         return actions[0] if single else actions
 
     def record(self, reward) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from planners.estimates import parse_percentile, read_scalar
@@ -77,6 +78,21 @@ class Plan:
     observed_log_likelihood: torch.Tensor  # [E] mean log p of the current observation's tokens
                                            # given the past (NaN without a past): surprise
     outside_support: torch.Tensor | None = None  # [E] planned observation tokens in an outer bin
+    first_action: torch.Tensor | None = None  # [E, A] the action to take now, in the action space,
+                                              # where it is not the first action tokens' bin centres
+
+
+def plan_actions(plan: Plan, discretizer, obs_dim: int, offset: int = 0) -> tuple:
+    """The action tokens [E, A] (numpy) at ``offset`` of every env's plan and the actions [E, A]
+    (float32) to send to the environments: the tokens' bin centres, or ``plan.first_action`` at
+    offset 0 where the planner gave one (its tokens are then the bins those actions fall in)."""
+    act_dim = plan.actions.shape[-1]
+    dims = slice(obs_dim, obs_dim + act_dim)
+    if offset == 0 and plan.first_action is not None:
+        actions = plan.first_action.float().cpu().numpy()
+        return discretizer.encode(actions, dims=dims), actions
+    tokens = plan.actions[:, offset].cpu().numpy()
+    return tokens, discretizer.decode(tokens, dims=dims).astype(np.float32)
 
 
 def observed_log_likelihood(logits: torch.Tensor, context: torch.Tensor, obs_dim: int) -> torch.Tensor:
@@ -231,5 +247,20 @@ class BeamPlanner:
                     outside = outside + ((token == 0) | (token == last_bin)).float()
                     logits, state = feed(self.model, token, state)
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
+        first = self._average_first_action(actions[:, 0], score, envs) if cfg.average_actions else None
         return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise,
-                    outside[best])
+                    outside[best], first)
+
+    def _average_first_action(self, first: torch.Tensor, score: torch.Tensor, envs: int) -> torch.Tensor:
+        """Every env's kept beams' first actions [E * P, A] (tokens) averaged in the action space with
+        weights softmax(score / (average_actions x the std of the env's scores)): near 0 the best
+        beam's, large the plain mean. [E, A] float32."""
+        a = first.shape[-1]
+        o = self.layout.obs_dim
+        centres = torch.as_tensor(self.discretizer.centres[o:o + a], dtype=torch.float32,
+                                  device=first.device)  # [A, V]
+        values = centres[torch.arange(a, device=first.device), first.long()].view(envs, -1, a)
+        score = score.float().view(envs, -1)
+        scale = self.cfg.average_actions * score.std(dim=1, keepdim=True).clamp_min(1e-6)
+        weights = ((score - score.max(dim=1, keepdim=True).values) / scale).softmax(dim=1)
+        return (weights[..., None] * values).sum(dim=1)

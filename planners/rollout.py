@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from planners import build_planner, check_planner
+from planners.beam import plan_actions
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
@@ -154,7 +155,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
     envs = [make_env(cfg.env_id, **(render_kwargs(cfg.env_id) if cfg.render and i == 0 else {}))
             for i in range(cfg.n_episodes)]
     check_env_matches(envs[0], layout, cfg.env_id, cfg.checkpoints_path or "the model")
-    o, a = layout.obs_dim, layout.act_dim
+    o = layout.obs_dim
     angle_index = torso_angle_index(cfg.env_id)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     planner = build_planner(model, discretizer, layout, cfg, generator)
@@ -164,7 +165,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
     active = np.ones(len(envs), dtype=bool)
     history = History(len(envs), cfg.max_episode_steps, layout)
     trace = EpisodeTrace(len(envs), cfg.max_episode_steps)
-    frames, plan_tokens = [], None
+    frames, plan = [], None
     planning_seconds, plans = 0.0, 0
     bar = tqdm(range(cfg.max_episode_steps), desc=f"eval ({cfg.planner})", unit="step",
                disable=not progress)
@@ -173,18 +174,16 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
         check_finite(obs[rows], rows, t, cfg.env_id)
         obs_tokens = discretizer.encode(obs[rows], dims=slice(0, o))
         offset = t % max(1, min(cfg.plan_every, cfg.beam_steps))
-        if (offset == 0 or plan_tokens is None or len(plan_tokens) != len(rows)
-                or offset >= plan_tokens.shape[1]):
+        if (offset == 0 or plan is None or len(plan.actions) != len(rows)
+                or offset >= plan.actions.shape[1]):
             context = history.context(rows, obs_tokens, planner.context_transitions)
             start = time.perf_counter()
             plan = planner.plan(torch.as_tensor(context, device=device))
-            plan_tokens = plan.actions.cpu().numpy()
             planning_seconds += time.perf_counter() - start
             plans += 1
             offset = 0
             trace.record_plan(rows, t, plan)
-        act_tokens = plan_tokens[:, offset]  # [R, A]
-        actions = discretizer.decode(act_tokens, dims=slice(o, o + a)).astype(np.float32)
+        act_tokens, actions = plan_actions(plan, discretizer, o, offset)  # [R, A] each
         rewards = np.zeros(len(rows))
         for j, i in enumerate(rows):
             obs[i], rewards[j], terminated, truncated, _ = envs[i].step(actions[j])

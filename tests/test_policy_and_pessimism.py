@@ -192,3 +192,38 @@ def test_beam_decodes_planned_observations_at_their_median_when_asked(monkeypatc
                 torch.Generator().manual_seed(0)).plan(context)
     # every observation token of the two planned transitions before the last, on every kept beam
     assert calls == [3 * 4] * (2 * SMALL.obs_dim)
+
+
+def test_averaged_first_actions_go_from_the_best_beams_to_the_plain_mean():
+    import dataclasses
+
+    from planners.beam import plan_actions
+    model, disc = tiny_model("s5", SMALL), fitted_discretizer(SMALL)
+    o, a = SMALL.obs_dim, SMALL.act_dim
+    context = torch.randint(0, SMALL.vocab, (3, SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(5))
+    settings = dict(beam_width=4, sample_expand=2, beam_steps=2)
+    cold = BeamPlanner(model, disc, SMALL, eval_cfg(**settings, average_actions=1e-6),
+                       torch.Generator().manual_seed(0)).plan(context)
+    best = disc.decode(cold.actions[:, 0].numpy(), dims=slice(o, o + a))
+    np.testing.assert_allclose(cold.first_action.numpy(), best, rtol=0, atol=1e-5)
+    tokens, actions = plan_actions(cold, disc, o)  # what the rollout sends and records
+    np.testing.assert_array_equal(tokens, cold.actions[:, 0].numpy())
+    np.testing.assert_allclose(actions, best, atol=1e-5)
+
+    # the weighting on its own: two envs, three beams each
+    planner = BeamPlanner(model, disc, SMALL, eval_cfg(average_actions=1.0))
+    first = torch.tensor([[1] * a, [5] * a, [9] * a] * 2)
+    score = torch.tensor([0.0, 1.0, 2.0, 3.0, 3.0, 3.0])
+    averaged = planner._average_first_action(first, score, envs=2)
+    centres = torch.as_tensor(disc.centres[o:o + a], dtype=torch.float32)
+    values = centres[:, [1, 5, 9]].t()  # [3 beams, A]
+    weights = torch.softmax(torch.tensor([0.0, 1.0, 2.0]) / 1.0, 0)  # the scores' std is 1
+    torch.testing.assert_close(averaged[0], (weights[:, None] * values).sum(0))
+    torch.testing.assert_close(averaged[1], values.mean(0))  # equal scores: the plain mean
+    # a plan without averaged actions acts on its tokens' bin centres, at any offset
+    tokens, actions = plan_actions(dataclasses.replace(cold, first_action=None), disc, o, offset=1)
+    np.testing.assert_array_equal(tokens, cold.actions[:, 1].numpy())
+    np.testing.assert_allclose(actions, disc.decode(tokens, dims=slice(o, o + a)), atol=1e-6)
+    with pytest.raises(ConfigError, match="average_actions must be >= 0"):
+        eval_cfg(average_actions=-1.0)

@@ -126,6 +126,9 @@ class EvalConfig:
     k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
     cdf_obs: Optional[float] = None
     obs_median: bool = False  # planned observation tokens at their distribution's median, not k_obs
+    # 0: act on the best beam's first action (TT); t > 0: on the kept beams' first actions averaged
+    # with weights softmax(score / (t x the std of the env's beam scores))
+    average_actions: float = 0.0
     cdf_act: Optional[float] = 0.6  # drop the unlikely tail holding this mass (null: off)
     # draw action tokens by inverse CDF from the central act_window of their distribution (0.5:
     # between its quartiles), around its median, instead of filtering by k_act / cdf_act (null: off)
@@ -151,6 +154,8 @@ class EvalConfig:
         if self.weights not in ("ema", "raw"):
             raise ConfigError(f"weights must be 'ema' or 'raw', got '{self.weights}'")
         parse_percentile(self.percentile)
+        if self.average_actions < 0:
+            raise ConfigError(f"average_actions must be >= 0 (0: the best beam), got {self.average_actions}")
         if self.act_window is not None:
             if not 0.0 < self.act_window <= 1.0:
                 raise ConfigError(f"act_window must be in (0, 1], got {self.act_window}")
