@@ -5,10 +5,11 @@
    checkpoint, unless ``retrain=true``), as ``processes`` DDP processes of one thread each (on this
    2-core machine two 1-thread processes train the CPU configs 1.06-1.27x faster than one 2-thread
    process: ``benchmarks/results/recipe_time.json``);
-3. evaluate the checkpoint twice on the same seeds, by the score protocol (25 episodes of 1,000
-   steps): planning with the settings of ``configs/eval_base.yaml``, and the model's own greedy
-   policy with no search, the baseline the planner has to beat;
-4. a summary: dataset return, training, both scores with their standard errors, failed episodes.
+3. evaluate the checkpoint on the same seeds, by the score protocol (25 episodes of 1,000 steps):
+   planning with the settings of ``configs/eval_base.yaml``, and the model's own policy with no
+   search, the baseline the planner has to beat, taking each action token greedily and at its
+   median (:data:`WAYS_TO_ACT`);
+4. a summary: dataset return, training, every score with its standard error, failed episodes.
 
     python -m planners.demo [core=s5] [minutes=30] [processes=2] [episodes=25] [eval_steps=1000] [seed=1000]
 """
@@ -43,18 +44,27 @@ def stage(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def evaluate_both(cfg: DemoConfig, run_dir: str) -> dict:
+# how the demo's checkpoint acts, each evaluated on the same seeds: (name, label, eval overrides)
+WAYS_TO_ACT = (
+    ("beam", "beam-search planner", ["planner=beam"]),
+    ("policy", "model's own policy (greedy)", ["planner=policy", "policy_actions=greedy"]),
+    ("policymedian", "model's own policy (median)", ["planner=policy", "policy_actions=median"]),
+)
+
+
+def evaluate_all(cfg: DemoConfig, run_dir: str) -> dict:
+    """Every way of :data:`WAYS_TO_ACT`, by the score protocol on the same seeds: name -> report."""
     from planners.rollout import evaluate
     from trajectory.config import EvalConfig
 
     reports = {}
-    for planner in ("beam", "policy"):
+    for name, _, overrides in WAYS_TO_ACT:
         eval_cfg = build_config(EvalConfig, os.path.join(ROOT, "configs/eval_base.yaml"),
                                 [f"checkpoints_path={run_dir}", f"n_episodes={cfg.episodes}",
                                  f"max_episode_steps={cfg.eval_steps}", f"seed={cfg.seed}",
-                                 f"planner={planner}", f"device={cfg.device}",
-                                 f"out={os.path.join(run_dir, f'eval_{planner}_{cfg.seed}')}"])
-        reports[planner] = evaluate(eval_cfg)
+                                 *overrides, f"device={cfg.device}",
+                                 f"out={os.path.join(run_dir, f'eval_{name}_{cfg.seed}')}"])
+        reports[name] = evaluate(eval_cfg)
     return reports
 
 
@@ -107,8 +117,8 @@ def demo(cfg: DemoConfig) -> dict:
                                                     "tokens", "stop_reason", "held_out")}
 
     stage(f"3. evaluate: {cfg.episodes} episodes x {cfg.eval_steps} steps, seeds {cfg.seed}-"
-          f"{cfg.seed + cfg.episodes - 1}: planner, then the model's own policy")
-    reports = evaluate_both(cfg, run_dir)
+          f"{cfg.seed + cfg.episodes - 1}: planner, then the model's own policy (greedy, median)")
+    reports = evaluate_all(cfg, run_dir)
     summary["eval"] = {name: {"score": r["score"], "failed": len(r["failed_episodes"]),
                               "ms_per_env_step": r["ms_per_env_step"], "warnings": r["warnings"]}
                        for name, r in reports.items()}
@@ -119,7 +129,7 @@ def demo(cfg: DemoConfig) -> dict:
           f"(normalized {behaviour.get('normalized_mean') or float('nan'):.1f})")
     print(f"training: {metrics.get('step')} steps, {metrics.get('tokens', 0) / 1e6:.0f}M tokens, "
           f"final loss {metrics.get('loss', float('nan')):.3f}, stopped by {metrics.get('stop_reason')}")
-    for name, label in (("beam", "beam-search planner"), ("policy", "model's own policy (greedy)")):
+    for name, label, _ in WAYS_TO_ACT:
         r = reports[name]
         print(f"{label:>28}: normalized {format_score(r['score'])}, failed "
               f"{len(r['failed_episodes'])} of {len(r['returns'])}, {r['ms_per_env_step']:.0f} ms/env step")
