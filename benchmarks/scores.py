@@ -40,8 +40,8 @@ SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # t
 # TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
 TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
-                "act_window", "obs_median", "average_actions", "percentile", "likelihood_weight",
-                "support_penalty", "plan_every")
+                "act_window", "anchor_median", "obs_median", "average_actions", "percentile",
+                "likelihood_weight", "support_penalty", "plan_every")
 
 
 def load_reports(folder: str) -> list[dict]:
@@ -73,6 +73,8 @@ def action_choice(settings: dict, weights: str | None = None) -> str:
         extras.append(f"cdf_act {settings.get('cdf_act')}")
     if settings.get("average_actions"):
         extras.append(f"first actions averaged (temperature {settings['average_actions']:g})")
+    if settings.get("anchor_median"):
+        extras.append("a median-action copy of every beam")
     if settings.get("obs_median"):
         extras.append("observations at their median")
     if settings.get("plan_every", 1) != 1:

@@ -212,9 +212,13 @@ class BeamPlanner:
                                                               log_lik, outside)
             per_env *= expand
 
+            # with anchor_median the first copy of every expanded beam takes the median action
+            anchor = (torch.arange(len(index), device=device) % expand == 0) if cfg.anchor_median else None
             step_actions = []
             for _ in range(a):
                 token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
+                if anchor is not None:
+                    token = torch.where(anchor, median(logits), token)
                 step_actions.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)

@@ -227,3 +227,18 @@ def test_averaged_first_actions_go_from_the_best_beams_to_the_plain_mean():
     np.testing.assert_allclose(actions, disc.decode(tokens, dims=slice(o, o + a)), atol=1e-6)
     with pytest.raises(ConfigError, match="average_actions must be >= 0"):
         eval_cfg(average_actions=-1.0)
+
+
+@pytest.mark.parametrize("core", ["s5", "gpt"])
+def test_a_median_anchored_beam_of_one_is_the_median_policy(core):
+    model, disc = tiny_model(core, SMALL), fitted_discretizer(SMALL)
+    context = torch.randint(0, SMALL.vocab, (5, 2 * SMALL.transition_dim + SMALL.obs_dim),
+                            generator=torch.Generator().manual_seed(6))
+    one = dict(beam_width=1, sample_expand=1, beam_steps=1)
+    anchored = BeamPlanner(model, disc, SMALL, eval_cfg(**one, anchor_median=True),
+                           torch.Generator().manual_seed(0)).plan(context)
+    median_policy = eval_cfg(planner="policy", policy_actions="median")
+    policy = PolicyPlanner(model, disc, SMALL, median_policy).plan(context)
+    assert torch.equal(anchored.actions, policy.actions)
+    drawn = BeamPlanner(model, disc, SMALL, eval_cfg(**one), torch.Generator().manual_seed(0)).plan(context)
+    assert not torch.equal(drawn.actions, policy.actions)

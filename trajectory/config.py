@@ -125,6 +125,7 @@ class EvalConfig:
     k_obs: int = 1  # observation tokens: greedy
     k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
     cdf_obs: Optional[float] = None
+    anchor_median: bool = False  # the first copy of every expanded beam takes the median action
     obs_median: bool = False  # planned observation tokens at their distribution's median, not k_obs
     # 0: act on the best beam's first action (TT); t > 0: on the kept beams' first actions averaged
     # with weights softmax(score / (t x the std of the env's beam scores))
