@@ -143,8 +143,11 @@ def test_median_policy_takes_each_dimensions_median_given_the_ones_before(core):
     cfg = eval_cfg(planner="policy", policy_actions="median")
     plan = PolicyPlanner(model, disc, SMALL, cfg).plan(context)
     assert torch.equal(plan.actions[:, 0], median_reference(model, context, SMALL))
-    greedy = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy")).plan(context)
+    greedy_cfg = eval_cfg(planner="policy", policy_actions="greedy")
+    greedy = PolicyPlanner(model, disc, SMALL, greedy_cfg).plan(context)
     assert not torch.equal(plan.actions, greedy.actions)  # an untrained model's mode is elsewhere
+    default = PolicyPlanner(model, disc, SMALL, eval_cfg(planner="policy")).plan(context)
+    assert torch.equal(default.actions, plan.actions)  # the median is the default
 
 
 def test_beam_actions_drawn_from_a_window_stay_between_its_quantiles():

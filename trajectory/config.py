@@ -116,7 +116,7 @@ class EvalConfig:
     n_episodes: int = 25  # run in parallel, planned in one batch
     max_episode_steps: int = 1000
     planner: str = "beam"  # beam | policy (the model's own actions, no search; planners.PLANNERS)
-    policy_actions: str = "greedy"  # planner=policy: greedy (most likely token) | median | sample
+    policy_actions: str = "median"  # planner=policy: median (of each token's bins) | greedy | sample
     weights: str = "ema"  # ema: the checkpoint's averaged weights when it has them | raw
     beam_width: int = 32
     beam_steps: int = 5  # planning horizon in transitions
