@@ -180,8 +180,8 @@ def test_the_demo_scores_planner_and_both_policies_on_the_same_seeds(tmp_path, m
     monkeypatch.setattr(planners.rollout, "evaluate", lambda cfg: seen.append(cfg) or {"cfg": cfg})
     reports = evaluate_all(DemoConfig(episodes=3, eval_steps=7, seed=500), str(tmp_path))
     assert list(reports) == ["beam", "policy", "policymedian"]
-    assert [(c.planner, c.policy_actions) for c in seen] == [
-        ("beam", "greedy"), ("policy", "greedy"), ("policy", "median")]
+    assert [c.planner for c in seen] == ["beam", "policy", "policy"]
+    assert [c.policy_actions for c in seen[1:]] == ["greedy", "median"]
     assert {(c.seed, c.n_episodes, c.max_episode_steps, c.checkpoints_path) for c in seen} == {
         (500, 3, 7, str(tmp_path))}
     assert [c.out for c in seen] == [str(tmp_path / f"eval_{n}_500") for n in reports]
