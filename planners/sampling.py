@@ -32,7 +32,8 @@ def median(logits: torch.Tensor) -> torch.Tensor:
 
     Over bins ordered by value this is the distribution's median. For an action that is a monotone
     squashing of a Gaussian (SAC's tanh), the median is the squashed mean, the policy's mean action,
-    which the most likely bin is not: bins of equal data mass are narrow where actions pile up."""
+    which the most likely bin need not be: of bins of equal data mass, a wide one near the mean can
+    hold more of the probability than the narrow one at it."""
     cumulative = logits.float().softmax(dim=-1).cumsum(dim=-1)
     return (cumulative < 0.5).sum(dim=-1).clamp_max(logits.shape[-1] - 1)
 
