@@ -32,7 +32,7 @@ from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
 from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
 from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
-from trajectory.envs import make_env, normalized_score, torso_angle_index  # noqa: E402
+from trajectory.envs import make_env, normalized_score, torso_angle_index, torso_flipped  # noqa: E402
 from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
 
 RESULTS = os.environ.get("BEHAVIOUR_POLICY_OUT", os.path.join(
@@ -56,14 +56,14 @@ def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, sampl
         if rows.size == 0:
             break
         with torch.no_grad():
-            mean, log_std = actor.distribution(torch.from_numpy(obs[rows].astype(np.float32))[None])
-            pre = mean + log_std.exp() * torch.from_numpy(noise[rows, t]) if sampled else mean
-            actions = torch.tanh(pre)[0].numpy()
+            x = torch.from_numpy(obs[rows].astype(np.float32))[None]  # [1, rows, O]
+            eps = torch.from_numpy(noise[rows, t]) if sampled else None  # None: the mean action
+            actions = actor.act_with_noise(x, eps)[0].numpy()
         for j, i in enumerate(rows):
             obs[i], reward, terminated, truncated, _ = envs[i].step(actions[j])
             returns[i] += reward
             lengths[i] += 1
-            if angle_index is not None and first_flip[i] < 0 and abs(obs[i, angle_index]) > np.pi / 2:
+            if angle_index is not None and first_flip[i] < 0 and torso_flipped(obs[i, angle_index]):
                 first_flip[i] = t
             if terminated:
                 fell[i] = t

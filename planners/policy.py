@@ -4,10 +4,9 @@ Per env step, for E environments at once: prefill the context, then choose the a
 dimension at a time, each conditioned on the ones before: the median of the token's distribution
 (``policy_actions=median``, the default: for data made by a policy that squashes a Gaussian, its
 mean action), the most likely token (``greedy``) or a draw filtered by ``k_act`` / ``cdf_act`` or
-``act_window`` (``sample``). The model
-then predicts the step's reward and the value after it, for the report only: the prefill, one call
-per action dimension and one for the reward, on one row per env (beam search at TT's settings:
-108 calls on up to ``beam_width * sample_expand`` rows).
+``act_window`` (``sample``). The model then predicts the step's reward and the value after it, for
+the report only: the prefill, one call per action dimension and one for the reward, on one row per
+env (beam search at TT's settings: 108 calls on up to ``beam_width * sample_expand`` rows).
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from trajectory.envs import (
     normalized_score,
     render_kwargs,
     torso_angle_index,
+    torso_flipped,
 )
 from trajectory.io import save_json
 from trajectory.models.ops.allocator import reuse_freed_memory
@@ -117,7 +118,7 @@ class EpisodeTrace:
         self.reward[rows, t] = rewards
         if angles is not None:
             self.torso_angle[rows, t] = angles
-            flipped = rows[(np.abs(angles) > np.pi / 2) & (self.first_flip_step[rows] < 0)]
+            flipped = rows[torso_flipped(angles) & (self.first_flip_step[rows] < 0)]
             self.first_flip_step[flipped] = t
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -95,18 +95,17 @@ def sample(logits: torch.Tensor, generator: torch.Generator | None,
     the filters are not used: the token is the inverse CDF of a uniform draw from the central
     ``window`` of the distribution's mass, ``[(1 - window) / 2, (1 + window) / 2]``, so draws stay
     around the median (see :func:`median`) and ``window=1`` is a plain draw."""
+    if top_k == 1 and window is None:
+        return greedy(logits)
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
     if window is not None:
         cumulative = logits.float().softmax(dim=-1).cumsum(dim=-1)
-        u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
         u = 0.5 + (u - 0.5) * window
-        return torch.searchsorted(cumulative, u, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
-    if top_k == 1:
-        return greedy(logits)
-    probs = filter_top_k(logits.float(), top_k).softmax(dim=-1)
-    if cdf is not None and cdf > 0:  # the filtered tokens' probabilities, left unnormalized
-        probs = probs.masked_fill(probs < least_kept_probability(probs, cdf), 0.0)
-    cumulative = probs.cumsum(dim=-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
-    u = u * cumulative[:, -1:]  # the kept mass (and a last cumulative value slightly below 1)
+    else:
+        probs = filter_top_k(logits.float(), top_k).softmax(dim=-1)
+        if cdf is not None and cdf > 0:  # the filtered tokens' probabilities, left unnormalized
+            probs = probs.masked_fill(probs < least_kept_probability(probs, cdf), 0.0)
+        cumulative = probs.cumsum(dim=-1)
+        u = u * cumulative[:, -1:]  # the kept mass (and a last cumulative value slightly below 1)
     # right=True: the first token whose running sum exceeds u, never a dropped one even at u = 0
-    return torch.searchsorted(cumulative, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    return torch.searchsorted(cumulative, u, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)

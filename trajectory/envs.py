@@ -84,6 +84,12 @@ def render_kwargs(env_id: str) -> dict:
 _TORSO_ANGLE_INDEX = {"halfcheetah": 1, "hopper": 1, "walker2d": 1}
 
 
+def torso_flipped(angles):
+    """Whether a torso pitch (radians, array or scalar) is past 90 degrees either way: a cheetah on
+    its back, a failed episode (``trajectory.score_stats.failed_episodes``)."""
+    return np.abs(angles) > np.pi / 2
+
+
 def torso_angle_index(env_id: str) -> int | None:
     """Where the torso's pitch (radians) sits in ``env_id``'s observation; None when unknown."""
     try:

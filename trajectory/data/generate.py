@@ -141,9 +141,7 @@ def rollout_rounds(policy_path: str, env_id: str, *, episodes: int | None = None
             break
         with torch.no_grad():
             x = torch.from_numpy(obs[live, t[live]].astype(np.float32))[None]  # [1, n_live, O]
-            mean, log_std = actor.distribution(x)
-            eps = torch.from_numpy(noise[live, t[live]])
-            action = torch.tanh(mean + log_std.exp() * eps)[0].numpy()  # [n_live, A]
+            action = actor.act_with_noise(x, torch.from_numpy(noise[live, t[live]]))[0].numpy()
         for j, i in enumerate(live):
             s = t[i]
             o, r, done, cut, _ = envs[i].step(action[j])

@@ -63,10 +63,14 @@ class SquashedGaussianActor(nn.Module):
         log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
         return action, log_prob
 
+    def act_with_noise(self, obs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """tanh(mean + std * noise) for the given standard-normal ``noise`` (the dataset generator's
+        own draws), or the mean action tanh(mean) for None.  obs: [M, N, O]."""
+        mean, log_std = self.distribution(obs)
+        return torch.tanh(mean if noise is None else mean + log_std.exp() * noise)
+
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        if deterministic:
-            return torch.tanh(self.distribution(obs)[0])
-        return self.sample(obs)[0]
+        return self.act_with_noise(obs, None) if deterministic else self.sample(obs)[0]
 
     def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
         """The weights of one member, as a 1-member actor's state dict."""
