@@ -12,6 +12,8 @@ PLANNER_CATALOG = {
     # TT's beam search (optionally wary: percentile, likelihood, support)
     "beam": "planners.beam:BeamPlanner",
     "policy": "planners.policy:PolicyPlanner",  # the model's own action distribution, no search
+    # a few first actions, each followed by the model's median policy in imagination; the best
+    "lookahead": "planners.lookahead:LookaheadPlanner",
 }
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,3 +180,121 @@ def test_behaviour_policy_scores_the_datasets_policy_on_evals_seeds_both_ways(tm
     lines = block_text(readme, "behaviour_policy").splitlines()
     assert len(lines) == 4 and "| mean action | 3 x 30 | 7-9 |" in lines[2]
     assert f"**{mean_row['score']['mean']:.1f}**" in lines[2]
+
+
+@pytest.fixture(scope="module")
+def halfcheetah_checkpoint(tmp_path_factory):
+    """A tiny random S5 model laid out for HalfCheetah (17 + 6 dimensions), saved as a run."""
+    from test_planner import save_tiny_run
+
+    from trajectory.models.trajectory_model import TokenLayout
+    layout = TokenLayout(obs_dim=17, act_dim=6, vocab=12, seq_len=4)
+    return save_tiny_run(tmp_path_factory.mktemp("cheetah"), layout,
+                         {"data": {"env_id": "HalfCheetah-v5"}}, -3.0, 3.0)
+
+
+def test_spearman_and_the_gains_over_the_median_action():
+    from action_ranking import spearman, state_measures
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.75 ** 0.5)  # tied ranks averaged
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # NaN: no ranking
+    # candidates: median, planner's, two draws; the model prefers the last, which is truly worst
+    m = state_measures(q_model=np.array([0.0, 1.0, 0.5, 2.0]), q_real=np.array([1.0, 3.0, 2.0, 0.0]),
+                       r_model=np.array([0.0, 1.0, 2.0, 3.0]), r_real=np.array([0.0, 1.0, 2.0, 3.0]))
+    assert m["gain_model_choice"] == -1.0 and m["gain_planner"] == 2.0 and m["gain_best"] == 2.0
+    assert m["gain_drawn"] == pytest.approx(0.0) and m["reward_rank_correlation"] == pytest.approx(1.0)
+    assert m["rank_correlation"] == pytest.approx(spearman([0, 1, 0.5, 2], [1, 3, 2, 0]))
+    # a nudged state moves the velocities only, by about the scale asked
+    from action_ranking import nudged, nudged_measures
+    qpos, qvel = np.arange(9.0), np.zeros(9)
+    new_pos, new_vel = nudged((qpos, qvel), 1e-3, np.random.default_rng(0))
+    assert np.array_equal(new_pos, qpos) and 0 < np.abs(new_vel).max() < 1e-2
+    n = nudged_measures(nudged_q=np.array([0.0, 5.0, 1.0]), q_real=np.array([2.0, 1.0, 3.0]))
+    assert n["gain_nudged_choice"] == -1.0 and n["nudged_rank_correlation"] == pytest.approx(-0.5)
+
+
+def test_action_ranking_scores_median_planner_and_drawn_candidates_and_replays_them_exactly(
+        halfcheetah_checkpoint, tmp_path):
+    import action_ranking
+    import torch
+
+    from planners.beam import plan_actions
+    from planners.policy import PolicyPlanner
+    from planners.rollout import History, load_for_eval, transition_tokens
+    from trajectory.config import EvalConfig
+    from trajectory.envs import make_env
+
+    cfg = EvalConfig(checkpoints_path=halfcheetah_checkpoint, planner="policy", policy_actions="median")
+    checkpoint, model = load_for_eval(cfg, torch.device("cpu"))
+    disc, layout = checkpoint.discretizer, checkpoint.layout
+    policy = PolicyPlanner(model, disc, layout, cfg)
+    # two envs driven by the median policy for 3 steps
+    envs = [make_env("HalfCheetah-v5") for _ in range(2)]
+    obs = np.stack([env.reset(seed=40 + i)[0] for i, env in enumerate(envs)])
+    history = History(2, 20, layout)
+
+    def median_policy_steps(steps: int, discount: float) -> np.ndarray:  # the discounted returns
+        total = np.zeros(2)
+        for h in range(steps):
+            obs_tokens = disc.encode(obs, dims=slice(0, 17))
+            plan = policy.plan(torch.as_tensor(history.context(np.arange(2), obs_tokens, 2)))
+            act_tokens, actions = plan_actions(plan, disc, 17)
+            rewards = np.zeros(2)
+            for i, env in enumerate(envs):
+                obs[i], rewards[i], *_ = env.step(actions[i])
+            total += discount ** h * rewards
+            history.append(np.arange(2), transition_tokens(disc, layout, obs_tokens, act_tokens, rewards))
+            history.advance()
+        return total
+
+    median_policy_steps(3, 1.0)
+    obs_tokens = disc.encode(obs, dims=slice(0, 17))
+    context = torch.as_tensor(history.context(np.arange(2), obs_tokens, 2))
+    median_plan = policy.plan(context)
+    forced = torch.randint(0, 12, (2, 6))
+    tokens, reward, q = action_ranking.score_candidates(model, disc, layout, EvalConfig(cdf_act=0.6),
+                                                        context, forced, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(tokens[:, 0], median_plan.actions[:, 0])  # candidate 0: the median policy
+    assert torch.equal(tokens[:, 1], forced)  # candidate 1: the planner's action, as given
+    assert q[:, 0] == pytest.approx(median_plan.score, abs=1e-4)  # scored as the policy scores it
+    assert not torch.equal(tokens[:, 2], tokens[:, 3])  # draws differ
+
+    # the median candidate, replayed from copied simulator states, earns what the original envs
+    # earn by going on with the median policy; a copy of one candidate earns the same
+    candidates = tokens.numpy().copy()
+    candidates[:, 4] = candidates[:, 2]
+    pool = [make_env("HalfCheetah-v5") for _ in range(10)]
+    states = [action_ranking.simulator_state(env) for env in envs]
+    realised, first = action_ranking.realised_returns(model, disc, layout, cfg, "HalfCheetah-v5", pool,
+                                                      states, history, obs.copy(), candidates, 4,
+                                                      0.9, 2)
+    truth = median_policy_steps(4, 0.9)
+    assert realised[:, 0] == pytest.approx(truth, rel=1e-6)
+    assert realised[:, 4] == pytest.approx(realised[:, 2], rel=1e-6)
+    assert not np.allclose(realised[:, 0], realised[:, 3])
+    assert np.all(first != 0)
+
+
+def test_action_ranking_writes_one_entry_per_checkpoint_and_its_table(halfcheetah_checkpoint, tmp_path):
+    import action_ranking
+    out = str(tmp_path / "action_ranking.json")
+    readme = readme_with(tmp_path, "action_ranking")
+    action_ranking.main([halfcheetah_checkpoint, "--envs", "2", "--times", "0,3", "--candidates", "4",
+                         "--horizon", "3", "--set", "beam_width=4", "beam_steps=2",
+                         "--out", out, "--readme", readme])
+    saved = json.load(open(out))
+    (entry,) = saved.values()
+    assert entry["states"] == 4 and entry["settings"]["planner"] == {"beam_steps": "2", "beam_width": "4"}
+    assert len(entry["scatter"]) == 4 and all(len(p) == 4 and p[0] == 0.0 for p, _ in entry["scatter"])
+    summary = entry["summary"]
+    for name in ("imagined_rank_correlation", "nudged_rank_correlation", "gain_nudged_choice"):
+        assert len(summary[name]) == 2, name  # mean and standard error over the states
+    assert summary["gain_best"][0] >= max(summary[n][0] for n in (
+        "gain_model_choice", "gain_imagined_choice", "gain_nudged_choice", "gain_planner"))
+    lines = block_text(readme, "action_ranking").splitlines()
+    assert len(lines) == 3 and os.path.basename(halfcheetah_checkpoint) in lines[2]
+    assert os.path.isfile(out.replace(".json", ".png"))
+    with pytest.raises(SystemExit, match="no run folder"):
+        action_ranking.main([str(tmp_path / "missing"), "--out", out])
+    with pytest.raises(SystemExit, match="nonesuch"):
+        action_ranking.main([halfcheetah_checkpoint, "--set", "nonesuch=1", "--out", out])

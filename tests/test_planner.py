@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,19 @@ SMALL = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=6)
 def fitted_discretizer(layout: TokenLayout, low=-1.0, high=1.0, seed=0) -> Discretizer:
     rows = np.random.default_rng(seed).uniform(low, high, size=(500, layout.transition_dim))
     return Discretizer(n_bins=layout.vocab, strategy="uniform").fit(rows)
+
+
+def save_tiny_run(run, layout: TokenLayout, metrics: dict | None = None, low=-1.0, high=1.0) -> str:
+    """A tiny random S5 model and a discretizer fitted on uniform rows, saved as the run ``run``."""
+    from trajectory.checkpoint import save_checkpoint
+    from trajectory.config import TrainRunConfig
+    cfg = TrainRunConfig(name="tiny")
+    cfg.model.core, cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads = "s5", 16, 2, 2
+    cfg.data.seq_len, cfg.data.n_bins = layout.seq_len, layout.vocab
+    torch.manual_seed(0)
+    save_checkpoint(os.path.join(str(run), "checkpoint"), cfg, TrajectoryModel(cfg.model, layout),
+                    fitted_discretizer(layout, low, high), None, metrics or {})
+    return str(run)
 
 
 def tiny_model(core: str, layout: TokenLayout) -> TrajectoryModel:

@@ -4,13 +4,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from planners.profiling import GROUPS, group_of_op, profile_planning
-from trajectory.checkpoint import save_checkpoint
-from trajectory.config import EvalConfig, TrainRunConfig
+from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
-from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
+from trajectory.models.trajectory_model import TokenLayout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=6)
@@ -18,15 +16,8 @@ LAYOUT = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=6)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from test_planner import fitted_discretizer
-    run = tmp_path_factory.mktemp("run")
-    cfg = TrainRunConfig(name="tiny")
-    cfg.model.core, cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads = "s5", 16, 2, 2
-    cfg.data.seq_len, cfg.data.n_bins = LAYOUT.seq_len, LAYOUT.vocab
-    torch.manual_seed(0)
-    model = TrajectoryModel(cfg.model, LAYOUT)
-    save_checkpoint(str(run / "checkpoint"), cfg, model, fitted_discretizer(LAYOUT), None, {})
-    return run
+    from test_planner import save_tiny_run
+    return save_tiny_run(tmp_path_factory.mktemp("run"), LAYOUT)
 
 
 def settings(**overrides) -> EvalConfig:
