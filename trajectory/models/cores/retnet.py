@@ -182,6 +182,57 @@ class MultiScaleRetention(nn.Module):
         y = F.layer_norm(o, (dv,), eps=self.norm.eps)
         return (y * self.norm.weight.view(H, dv) + self.norm.bias.view(H, dv)).flatten(-2)
 
+    def token_projection(self, position: int, undecayed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of one matrix product that maps a token at ``position`` straight to what
+        :func:`retention_token` needs: the rotated, scaled query; the rotated key times
+        gamma^(-undecayed); the value with its constant-1 column; the gate's pre-activation.
+
+        Everything between the projections and the state is linear in x and the same for every row
+        of a decoding step (one position, one deferred decay), so it folds into the weights: the
+        rotation by Theta_position, 1/sqrt(d_k), gamma^(+-undecayed) and the D~ row normalization
+        1/sqrt(sum_i D_ni). Per decoded token this replaces a dozen elementwise passes over the
+        rows by a few over the (d x d) weights."""
+        H, dk, dv = self.n_heads, self.dk, self.dv
+        w = self.q.weight
+        angle = position * self.theta(w.device)  # [dk/2] fp32
+        cos, sin = angle.cos(), angle.sin()
+        lg = self.log_gamma(w.device)  # [H]
+        decay_sum = torch.expm1((position + 1) * lg) / torch.expm1(lg)
+        q_scale = dk ** -0.5 * torch.exp(lg * undecayed) * decay_sum.rsqrt()  # [H]
+        k_scale = torch.exp(-lg * undecayed)
+
+        def rotated(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # rows of Theta W
+            w1, w2 = weight.float().view(H, 2, dk // 2, -1).unbind(1)  # [H, dk/2, D] each
+            c, s = cos[:, None], sin[:, None]
+            out = torch.cat([w1 * c - w2 * s, w1 * s + w2 * c], dim=1) * scale[:, None, None]
+            return out.reshape(H * dk, -1)
+        value = torch.cat([self.v.weight.float().view(H, dv, -1),
+                           self.v.weight.new_zeros(H, 1, self.v.weight.shape[1]).float()], dim=1)
+        weight = torch.cat([rotated(self.q.weight, q_scale), rotated(self.k.weight, k_scale),
+                            value.reshape(H * (dv + 1), -1), self.g.weight.float()]).to(w.dtype)
+        bias = torch.zeros(weight.shape[0], dtype=w.dtype, device=w.device)
+        bias[2 * H * dk:2 * H * dk + H * (dv + 1)].view(H, dv + 1)[:, dv] = 1.0  # the ones column
+        return weight, bias
+
+    def decode_token(self, x: torch.Tensor, position: int, state: torch.Tensor,
+                     undecayed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row, every row at ``position``, into a state whose decay is deferred
+        (``undecayed`` counting this token): the same function as ``forward`` with T = 1, through
+        :meth:`token_projection`. x [B, 1, D]; state [B, H, dk, dv + 1] (updated in place)."""
+        B = x.shape[0]
+        H, dk, dv = self.n_heads, self.dk, self.dv
+        weight, bias = self.token_projection(position, undecayed)
+        z = F.linear(x[:, 0], weight, bias)  # [B, 2 H dk + H (dv + 1) + H dv]
+        q, k, v, g = z.split([H * dk, H * dk, H * (dv + 1), H * dv], dim=1)
+        with op_group("attention"):
+            if not state.is_contiguous():
+                state = state.contiguous()
+            state.addcmul_(k.reshape(B, H, dk, 1), v.reshape(B, H, 1, dv + 1))
+            o = torch.matmul(q.reshape(B, H, 1, dk), state)[:, :, 0]  # [B, H, dv + 1]
+            o = o[..., :-1] / o[..., -1:].abs().clamp(min=1.0)  # R~ row normalization
+        y = self.group_norm(o)  # [B, H * dv]
+        return self.out(F.silu(g) * y)[:, None], state
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, resets: torch.Tensor | None,
                 state: torch.Tensor | None, chunk_size: int, undecayed: int = 0,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,6 +281,13 @@ class RetNetBlock(nn.Module):
         y, state = self.retention(self.ln1(x), positions, resets, state, chunk_size, undecayed)
         x = x + self.drop(y)
         return x + self.drop(self.ffn(self.ln2(x))), state
+
+    def decode_token(self, x: torch.Tensor, position: int, state: torch.Tensor,
+                     undecayed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for one token per row, all at ``position``, without gradients."""
+        y, state = self.retention.decode_token(self.ln1(x), position, state, undecayed)
+        x = x + y
+        return x + self.ffn(self.ln2(x)), state
 
 
 class RetNetCore(SequenceCore):
@@ -303,5 +361,11 @@ class RetNetCore(SequenceCore):
             log_gamma = self.blocks[0].retention.log_gamma(x.device)
             S, undecayed = [apply_decay(s, log_gamma, undecayed) for s in S], 0
         undecayed = undecayed + 1 if one_token else 0
+        if one_token:
+            y, new_states = x, []
+            for block, s in zip(self.blocks, S):
+                y, s = block.decode_token(y, pos, s, undecayed)
+                new_states.append(s)
+            return y, {"S": new_states, "pos": pos + t, "undecayed": undecayed}
         y, S = self._run(x, positions, None, S, undecayed)
         return y, {"S": S, "pos": pos + t, "undecayed": undecayed}
