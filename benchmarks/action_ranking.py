@@ -322,17 +322,19 @@ def table(results: dict) -> str:
                      f"{(entry['tokens'] or 0) / 1e6:.0f}M", entry["states"],
                      cell(s, "rank_correlation"), cell(s, "imagined_rank_correlation"),
                      cell(s, "reward_rank_correlation"), cell(s, "nudged_rank_correlation"),
-                     cell(s, "gain_model_choice", 1), cell(s, "gain_imagined_choice", 1),
-                     cell(s, "gain_drawn", 1), cell(s, "gain_nudged_choice", 1),
-                     cell(s, "gain_best", 1), planner,
-                     cell(s, "gain_planner", 1),
+                     cell(s, "gain_model_choice"), cell(s, "gain_imagined_choice"),
+                     cell(s, "gain_drawn"), cell(s, "gain_nudged_choice"),
+                     cell(s, "gain_best"), planner,
+                     cell(s, "gain_planner"),
+                     f"{s['predicted_spread'][0]:.2f} / {s['realised_spread'][0]:.2f}",
                      f"{m['candidates']} x {m['horizon']} (imagined {m.get('model_horizon', 'n/a')}), "
                      f"seeds {m['seed']}+"])
     return markdown_table(
         ["run", "core", "tokens", "states", "rank corr.: one-step Q", "rank corr.: imagined",
          "rank corr.: first reward", "rank corr.: realised, nudged state", "gain: best one-step Q",
          "gain: best imagined", "gain: a draw", "gain: best in the nudged state", "gain: best candidate",
-         "planner", "gain: planner's action", "candidates x steps"], rows)
+         "planner", "gain: planner's action", "spread of Q over candidates: predicted / realised",
+         "candidates x steps"], rows)
 
 
 def plot(results: dict, path: str) -> None:
@@ -340,18 +342,22 @@ def plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     entries = list(results.values())
-    fig, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries), 3.8), squeeze=False)
-    for ax, entry in zip(axes[0], entries):
+    cols = min(4, len(entries))
+    rows = -(-len(entries) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(entries):]:
+        ax.axis("off")
+    for ax, entry in zip(axes.flat, entries):
         for predicted, realised in entry["scatter"]:
             ax.scatter(predicted[PLANNER + 1:], realised[PLANNER + 1:], s=4, alpha=0.4, color="#1f77b4")
             ax.scatter(predicted[PLANNER], realised[PLANNER], s=10, color="#d62728")
         ax.axhline(0, color="grey", lw=0.6)
         ax.axvline(0, color="grey", lw=0.6)
         rho = entry["summary"]["rank_correlation"][0]
-        ax.set_title(f"{os.path.basename(entry['checkpoint'].rstrip('/'))}: rank corr. {rho:.2f}",
-                     fontsize=9)
+        ax.set_title(f"{os.path.basename(entry['checkpoint'].rstrip('/'))}, {entry['settings']['horizon']} "
+                     f"steps: rank corr. {rho:.2f}", fontsize=9)
         ax.set_xlabel("predicted Q minus the median action's")
-    axes[0, 0].set_ylabel("realised Q minus the median action's")
+        ax.set_ylabel("realised return minus the median action's")
     fig.suptitle("candidate actions: the model's estimate against what happened "
                  "(red: the beam planner's action)", fontsize=9)
     fig.tight_layout()

@@ -79,8 +79,12 @@ def action_choice(settings: dict, weights: str | None = None) -> str:
         extras.append("observations at their median")
     if settings.get("plan_every", 1) != 1:
         extras.append(f"a plan every {settings['plan_every']} steps")
-    base = (f"beam {settings['beam_width']}x{settings['sample_expand']}, "
-            f"{settings['beam_steps']} steps")
+    if settings.get("planner") == "lookahead":
+        base = (f"lookahead, {settings['beam_width']} first actions, median policy for "
+                f"{settings['beam_steps']} steps")
+    else:
+        base = (f"beam {settings['beam_width']}x{settings['sample_expand']}, "
+                f"{settings['beam_steps']} steps")
     return ", ".join([base, *extras]) + f" ({weights} weights)"
 
 

@@ -121,3 +121,11 @@ def test_rows_name_a_window_draw_and_the_median_policy():
     assert "central" not in scores.action_choice({**beam, "act_window": None}, "raw")
     policy = {"planner": "policy", "policy_actions": "median"}
     assert scores.action_choice(policy, "raw") == "policy, median (raw weights)"
+
+
+def test_rows_name_the_lookahead_planner_by_its_candidates_and_steps():
+    lookahead = {"planner": "lookahead", "beam_width": 16, "beam_steps": 5, "sample_expand": 2,
+                 "cdf_act": 0.6, "percentile": "mean"}
+    assert scores.action_choice(lookahead, "raw") == (
+        "lookahead, 16 first actions, median policy for 5 steps (raw weights)")
+    assert scores.action_choice({**lookahead, "planner": "beam"}, "raw").startswith("beam 16x2")
