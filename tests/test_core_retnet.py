@@ -177,3 +177,33 @@ def test_token_steps_past_the_deferred_decay_limit_equal_parallel():
     _, chunk_state = core.step(x[index], core.init_state(B, "cpu"))
     for s, reference in zip(state["S"], chunk_state["S"]):
         torch.testing.assert_close(s, reference, atol=ATOL, rtol=0)
+
+
+def decode(core: RetNetCore, x: torch.Tensor) -> torch.Tensor:
+    """x one token at a time through ``step`` (the folded decoding path), without gradients."""
+    state, outs = core.init_state(x.shape[0], "cpu"), []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            y, state = core.step(x[:, t:t + 1], state)
+            outs.append(y)
+    return torch.cat(outs, 1)
+
+
+def test_decoding_reads_the_current_weights_not_a_stale_folded_projection():
+    core = make_core()
+    x = torch.randn(B, 12, D)
+    decode(core, x)  # fills the cache of folded projections for these positions
+    with torch.no_grad():
+        core.blocks[0].retention.q.weight.mul_(1.5)  # an in-place update, as an optimizer makes
+        core.blocks[1].retention.g.weight.add_(0.1)
+    torch.testing.assert_close(decode(core, x), RetNetCore.forward(core, x), atol=ATOL, rtol=0)
+    assert core.blocks[0].retention._token_projections  # the cache was used and refilled
+
+
+def test_int8_projections_decode_through_the_general_form():
+    core = make_core()
+    quantized = torch.ao.quantization.quantize_dynamic(core, {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(B, 10, D)
+    # int8 rounds each step's activations on their own range: near the float model, not equal
+    torch.testing.assert_close(decode(quantized, x), decode(core, x), atol=0.1, rtol=0)
+    assert "_token_projections" not in vars(quantized.blocks[0].retention)  # nothing was folded

@@ -183,6 +183,22 @@ class MultiScaleRetention(nn.Module):
         return (y * self.norm.weight.view(H, dv) + self.norm.bias.view(H, dv)).flatten(-2)
 
     def token_projection(self, position: int, undecayed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`build_token_projection`, kept for the next plans: decoding steps revisit the
+        same positions and deferred decays at every env step once the context is full. The cache
+        is keyed by the weights' identities and versions, so changed weights are never read stale;
+        a compiled step builds the projection in its graph instead."""
+        if torch.compiler.is_compiling():
+            return self.build_token_projection(position, undecayed)
+        weights = (self.q.weight, self.k.weight, self.v.weight, self.g.weight)
+        key = (position, undecayed, *((w.data_ptr(), w._version, w.dtype, w.device) for w in weights))
+        cache = self.__dict__.setdefault("_token_projections", {})  # not a parameter or buffer
+        if key not in cache:
+            if len(cache) >= 1024:  # another context length or new weights: start again
+                cache.clear()
+            cache[key] = self.build_token_projection(position, undecayed)
+        return cache[key]
+
+    def build_token_projection(self, position: int, undecayed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of one matrix product that maps a token at ``position`` straight to what
         :func:`retention_token` needs: the rotated, scaled query; the rotated key times
         gamma^(-undecayed); the value with its constant-1 column; the gate's pre-activation.
@@ -221,6 +237,10 @@ class MultiScaleRetention(nn.Module):
         :meth:`token_projection`. x [B, 1, D]; state [B, H, dk, dv + 1] (updated in place)."""
         B = x.shape[0]
         H, dk, dv = self.n_heads, self.dk, self.dv
+        if not all(type(m) is nn.Linear for m in (self.q, self.k, self.v, self.g)):
+            # int8 projections keep no float weights to fold: the general form does the same
+            positions = torch.full((1, 1), position, device=x.device)
+            return self.forward(x, positions, None, state, 0, undecayed)
         weight, bias = self.token_projection(position, undecayed)
         z = F.linear(x[:, 0], weight, bias)  # [B, 2 H dk + H (dv + 1) + H dv]
         q, k, v, g = z.split([H * dk, H * dk, H * (dv + 1), H * dv], dim=1)
