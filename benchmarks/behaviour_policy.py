@@ -40,38 +40,59 @@ RESULTS = os.environ.get("BEHAVIOUR_POLICY_OUT", os.path.join(
 MODES = ("mean action", "sampled")
 
 
+class Episodes:
+    """``count`` episodes of ``env_id`` in lockstep (episode ``i`` reset with ``seed + i``, as eval.py):
+    their observations, returns, lengths, and each one's first flip and fall step."""
+
+    def __init__(self, env_id: str, seed: int, count: int, steps: int):
+        self.envs = [make_env(env_id, max_episode_steps=steps) for _ in range(count)]
+        self.obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
+        self.angle_index = torso_angle_index(env_id)
+        self.returns, self.lengths = np.zeros(count), np.zeros(count, dtype=np.int64)
+        self.first_flip = np.full(count, -1, dtype=np.int64)
+        self.fell = np.full(count, -1, dtype=np.int64)
+        self.active = np.ones(count, dtype=bool)
+
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.active)
+
+    def step(self, rows: np.ndarray, actions: np.ndarray, t: int) -> None:
+        """Env ``rows[j]`` takes ``actions[j]`` at step ``t``."""
+        for j, i in enumerate(rows):
+            self.obs[i], reward, terminated, truncated, _ = self.envs[i].step(actions[j])
+            self.returns[i] += reward
+            self.lengths[i] += 1
+            if (self.angle_index is not None and self.first_flip[i] < 0
+                    and torso_flipped(self.obs[i, self.angle_index])):
+                self.first_flip[i] = t
+            if terminated:
+                self.fell[i] = t
+            if terminated or truncated:
+                self.active[i] = False
+
+    def close(self) -> dict:
+        for env in self.envs:
+            env.close()
+        return {"returns": self.returns, "lengths": self.lengths, "first_flip": self.first_flip,
+                "fell": self.fell}
+
+
 def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, sampled: bool) -> dict:
     """``episodes`` episodes in lockstep: returns, lengths, and each one's first flip and fall step."""
-    envs = [make_env(env_id, max_episode_steps=steps) for _ in range(episodes)]
-    act_dim = envs[0].action_space.shape[0]
+    run = Episodes(env_id, seed, episodes, steps)
+    act_dim = run.envs[0].action_space.shape[0]
     noise = np.stack([np.random.default_rng([seed, i]).standard_normal((steps, act_dim), dtype=np.float32)
                       for i in range(episodes)])
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
-    angle_index = torso_angle_index(env_id)
-    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
-    first_flip, fell = np.full(episodes, -1, dtype=np.int64), np.full(episodes, -1, dtype=np.int64)
-    active = np.ones(episodes, dtype=bool)
     for t in range(steps):
-        rows = np.flatnonzero(active)
+        rows = run.rows()
         if rows.size == 0:
             break
         with torch.no_grad():
-            x = torch.from_numpy(obs[rows].astype(np.float32))[None]  # [1, rows, O]
+            x = torch.from_numpy(run.obs[rows].astype(np.float32))[None]  # [1, rows, O]
             eps = torch.from_numpy(noise[rows, t]) if sampled else None  # None: the mean action
             actions = actor.act_with_noise(x, eps)[0].numpy()
-        for j, i in enumerate(rows):
-            obs[i], reward, terminated, truncated, _ = envs[i].step(actions[j])
-            returns[i] += reward
-            lengths[i] += 1
-            if angle_index is not None and first_flip[i] < 0 and torso_flipped(obs[i, angle_index]):
-                first_flip[i] = t
-            if terminated:
-                fell[i] = t
-            if terminated or truncated:
-                active[i] = False
-    for env in envs:
-        env.close()
-    return {"returns": returns, "lengths": lengths, "first_flip": first_flip, "fell": fell}
+        run.step(rows, actions, t)
+    return run.close()
 
 
 def measure(name: str, mode: str, seed: int, episodes: int, steps: int) -> dict:

@@ -298,3 +298,58 @@ def test_action_ranking_writes_one_entry_per_checkpoint_and_its_table(halfcheeta
         action_ranking.main([str(tmp_path / "missing"), "--out", out])
     with pytest.raises(SystemExit, match="nonesuch"):
         action_ranking.main([halfcheetah_checkpoint, "--set", "nonesuch=1", "--out", out])
+
+
+def test_oracle_search_with_one_candidate_is_the_mean_action_and_more_candidates_never_lose_a_step(
+        tmp_path, monkeypatch):
+    import behaviour_policy
+    import oracle_search
+    out = str(tmp_path / "oracle_search.json")
+    monkeypatch.setattr(oracle_search, "RESULTS", out)
+    readme = readme_with(tmp_path, "oracle_search")
+    oracle_search.main(["--episodes", "3", "--steps", "12", "--candidates", "1", "--seed", "5",
+                        "--readme", readme])
+    one = json.load(open(out))["halfcheetah-medium|K=1|H=30|5-7|12"]
+    policy = behaviour_policy.measure("halfcheetah-medium", "mean action", 5, 3, 12)
+    assert one["returns"] == pytest.approx(policy["returns"], rel=1e-6)
+    assert one["mean_action_share"] == 1.0
+    # one step of one simulated step: the best of the candidates' true rewards, never below the mean's
+    best = oracle_search.measure("halfcheetah-medium", 5, 3, 1, 6, 1)
+    first = oracle_search.measure("halfcheetah-medium", 5, 3, 1, 1, 1)
+    assert all(b >= f - 1e-9 for b, f in zip(best["returns"], first["returns"]))
+    assert any(b > f for b, f in zip(best["returns"], first["returns"]))
+    lines = block_text(readme, "oracle_search").splitlines()
+    assert len(lines) == 3 and "| `halfcheetah-medium` | 1 | - | 3 x 12 | 5-7 |" in lines[2]
+
+
+def test_oracle_search_simulates_each_candidate_from_the_copied_state():
+    import oracle_search
+
+    from trajectory.data.generate import REPRODUCTIONS
+    from trajectory.data.soft_actor_critic import load_policy
+    from trajectory.envs import make_env
+    actor = load_policy(REPRODUCTIONS["halfcheetah-medium"].policy)
+    env = make_env("HalfCheetah-v5")
+    obs = env.reset(seed=9)[0]
+    for _ in range(4):
+        obs, *_ = env.step(oracle_search.mean_actions(actor, obs[None])[0])
+    state = (env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy())
+    options = oracle_search.candidate_actions(actor, obs[None], np.ones((1, 2, 6), dtype=np.float32))
+    assert np.allclose(options[0, 0], oracle_search.mean_actions(actor, obs[None])[0])
+    copies = []
+    for _ in range(3):
+        copy = make_env("HalfCheetah-v5")
+        copy.reset(seed=0)
+        copies.append(copy.unwrapped)
+    simulated = oracle_search.simulated_returns(actor, copies, [state], options, 3)
+    for k in range(3):  # by hand: the candidate from the original env's state, then mean actions
+        replay = make_env("HalfCheetah-v5")
+        replay.reset(seed=1)
+        replay.unwrapped.set_state(*state)
+        total, action = 0.0, options[0, k]
+        for h in range(3):
+            o, reward, *_ = replay.step(action)
+            total += 0.99 ** h * reward
+            action = oracle_search.mean_actions(actor, o[None])[0]
+        assert simulated[0, k] == pytest.approx(total, rel=1e-6)
+    assert simulated[0, 1] == pytest.approx(simulated[0, 2])  # the same noise, the same action
