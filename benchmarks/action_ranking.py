@@ -42,6 +42,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -50,25 +51,19 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
 from planners import build_planner  # noqa: E402
-from planners.beam import feed, plan_actions, prefill  # noqa: E402
-from planners.estimates import read_scalar  # noqa: E402
+from planners.beam import plan_actions  # noqa: E402
 from planners.lookahead import imagine  # noqa: E402
 from planners.policy import PolicyPlanner  # noqa: E402
 from planners.rollout import History, load_for_eval, resolve_env_id, transition_tokens  # noqa: E402
-from planners.sampling import greedy, median, sample  # noqa: E402
+from planners.sampling import median, sample  # noqa: E402
 from trajectory.config import EvalConfig  # noqa: E402
 from trajectory.configutil import ConfigError, build_config  # noqa: E402
-from trajectory.envs import make_env  # noqa: E402
+from trajectory.envs import make_env, simulator_state  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
 
 RESULTS = os.environ.get("ACTION_RANKING_OUT", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results", "action_ranking.json"))
 MEDIAN, PLANNER = 0, 1  # candidate indices
-
-
-def simulator_state(env) -> tuple[np.ndarray, np.ndarray]:
-    data = env.unwrapped.data
-    return data.qpos.copy(), data.qvel.copy()
 
 
 @torch.no_grad()
@@ -79,25 +74,18 @@ def score_candidates(model, discretizer, layout, cfg: EvalConfig, context: torch
     context [E, L]; planner_tokens [E, A] (the beam planner's action). Returns action tokens
     [E, K, A] (K = ``candidates``: the median action, the planner's, then draws), the predicted
     reward [E, K] and Q = reward + discount * value [E, K]."""
-    o, a = layout.obs_dim, layout.act_dim
     envs = context.shape[0]
-    rows = context.repeat_interleave(candidates, dim=0)  # [E K, L]
     kind = torch.arange(envs * candidates) % candidates  # [E K]
     forced = planner_tokens.repeat_interleave(candidates, dim=0)  # [E K, A]
-    logits, state, _ = prefill(model, rows, o)
-    tokens = []
-    for j in range(a):
+
+    def first_token(j: int, logits: torch.Tensor) -> torch.Tensor:
         token = sample(logits, generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
         token = torch.where(kind == MEDIAN, median(logits), token)
-        token = torch.where(kind == PLANNER, forced[:, j].to(token.dtype), token)
-        tokens.append(token)
-        logits, state = feed(model, token, state)
-    reward = read_scalar(logits, discretizer, o + a, None)
-    logits, _ = feed(model, greedy(logits), state)
-    value = read_scalar(logits, discretizer, o + a + 1, None)
-    q = reward + cfg.discount * value
-    return (torch.stack(tokens, dim=1).view(envs, candidates, a), reward.view(envs, candidates),
-            q.view(envs, candidates))
+        return torch.where(kind == PLANNER, forced[:, j].to(token.dtype), token)
+    out = imagine(model, discretizer, layout, replace(cfg, beam_steps=1), context, candidates,
+                  first_token, generator)  # one transition: Q = reward + discount * value
+    return (out["actions"][:, 0].view(envs, candidates, -1), out["rewards"][:, 0].view(envs, candidates),
+            out["score"].view(envs, candidates))
 
 
 @torch.no_grad()
@@ -156,8 +144,7 @@ def imagined_returns(model, discretizer, layout, cfg: EvalConfig, context: torch
     discounted value after them, [E, K]."""
     envs, k, _ = tokens.shape
     forced = tokens.reshape(envs * k, -1)
-    settings = EvalConfig(**{**vars(cfg), "beam_steps": horizon})
-    out = imagine(model, discretizer, layout, settings, context, k,
+    out = imagine(model, discretizer, layout, replace(cfg, beam_steps=horizon), context, k,
                   lambda j, logits: forced[:, j].to(logits.device), generator)
     return out["score"].view(envs, k).cpu().numpy()
 

@@ -33,7 +33,7 @@ from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
 from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
 from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
-from trajectory.envs import make_env, normalized_score  # noqa: E402
+from trajectory.envs import make_env, normalized_score, simulator_state  # noqa: E402
 from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
 
 RESULTS = os.environ.get("ORACLE_SEARCH_OUT", os.path.join(
@@ -97,8 +97,7 @@ def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, candi
             break
         options = candidate_actions(actor, run.obs[rows], noise[rows, t])  # [R, K, A]
         if candidates > 1:
-            states = [(run.envs[i].unwrapped.data.qpos.copy(), run.envs[i].unwrapped.data.qvel.copy())
-                      for i in rows]
+            states = [simulator_state(run.envs[i]) for i in rows]
             value = simulated_returns(actor, copies[:len(rows) * candidates], states, options, horizon)
             best = value.argmax(axis=1)
         else:

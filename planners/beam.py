@@ -165,6 +165,22 @@ def token_log_prob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, token[:, None].long()).squeeze(-1) - logits.logsumexp(-1)
 
 
+def next_observation(model, logits: torch.Tensor, state, obs_dim: int, cfg: EvalConfig,
+                     generator: torch.Generator | None = None):
+    """After a planned transition's value logits: feed its value token (greedily: the model never
+    reads it), then decode the next observation, greedily (``k_obs=1``), filtered (``k_obs`` /
+    ``cdf_obs``) or at each token's median (``obs_median``). Returns the logits and state after it,
+    its tokens [R, obs_dim] and their log-probability [R]."""
+    logits, state = feed(model, greedy(logits), state)
+    tokens, log_lik = [], torch.zeros(logits.shape[0], device=logits.device)
+    for _ in range(obs_dim):
+        token = median(logits) if cfg.obs_median else sample(logits, generator, cfg.k_obs, cfg.cdf_obs)
+        log_lik = log_lik + token_log_prob(logits, token)
+        tokens.append(token)
+        logits, state = feed(model, token, state)
+    return logits, state, torch.stack(tokens, dim=1), log_lik
+
+
 class BeamPlanner:
     """TT's beam search; ``percentile``, ``likelihood_weight`` and ``support_penalty`` make it wary
     of plans the model is unsure of, finds unlikely, or that leave the data (all off in TT's
@@ -243,13 +259,10 @@ class BeamPlanner:
             per_env = keep
 
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
-                logits, state = feed(self.model, greedy(logits), state)  # value token (never seen)
-                for _ in range(o):
-                    token = (median(logits) if cfg.obs_median
-                             else sample(logits, self.generator, cfg.k_obs, cfg.cdf_obs))
-                    log_lik = log_lik + token_log_prob(logits, token)
-                    outside = outside + ((token == 0) | (token == last_bin)).float()
-                    logits, state = feed(self.model, token, state)
+                logits, state, tokens, obs_log_lik = next_observation(self.model, logits, state, o, cfg,
+                                                                      self.generator)
+                log_lik = log_lik + obs_log_lik
+                outside = outside + ((tokens == 0) | (tokens == last_bin)).float().sum(-1)
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
         first = self._average_first_action(actions[:, 0], score, envs) if cfg.average_actions else None
         return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise,

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from planners.beam import BeamPlanner, Plan, branch, feed, prefill, token_log_prob
+from planners.beam import BeamPlanner, Plan, branch, feed, next_observation, prefill, token_log_prob
 from planners.estimates import read_scalar
 from planners.sampling import greedy, median, sample
 from trajectory.config import EvalConfig
@@ -59,12 +59,8 @@ def imagine(model, discretizer, layout: TokenLayout, cfg: EvalConfig, context: t
         logits, state = feed(model, greedy(logits), state)  # the reward token, greedily
         value = read_scalar(logits, discretizer, o + a + 1, quantile)
         if t < steps - 1:
-            logits, state = feed(model, greedy(logits), state)  # the value token (never seen)
-            for _ in range(o):
-                token = (median(logits) if cfg.obs_median
-                         else sample(logits, generator, cfg.k_obs, cfg.cdf_obs))
-                log_lik = log_lik + token_log_prob(logits, token)
-                logits, state = feed(model, token, state)
+            logits, state, _, obs_log_lik = next_observation(model, logits, state, o, cfg, generator)
+            log_lik = log_lik + obs_log_lik
     discounts = cfg.discount ** torch.arange(steps + 1, device=device, dtype=torch.float32)
     score = (rewards * discounts[:steps]).sum(-1) + value * discounts[steps]
     return {"actions": actions, "rewards": rewards, "value": value, "score": score,

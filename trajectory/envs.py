@@ -90,6 +90,13 @@ def torso_flipped(angles):
     return np.abs(angles) > np.pi / 2
 
 
+def simulator_state(env) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of a MuJoCo env's joint positions and velocities: what ``env.unwrapped.set_state``
+    takes to put another copy of the env in the same state (the locomotion tasks have no other)."""
+    data = env.unwrapped.data
+    return data.qpos.copy(), data.qvel.copy()
+
+
 def torso_angle_index(env_id: str) -> int | None:
     """Where the torso's pitch (radians) sits in ``env_id``'s observation; None when unknown."""
     try:

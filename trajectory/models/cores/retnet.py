@@ -375,7 +375,6 @@ class RetNetCore(SequenceCore):
         state is consumed: branch with select_state); a chunk applies the deferred decay first."""
         B, t, _ = x.shape
         pos, undecayed, S = state["pos"], state["undecayed"], state["S"]
-        positions = (pos + torch.arange(t, device=x.device))[None]  # [1, t]: the same for every row
         one_token = t == 1 and not torch.is_grad_enabled()
         if undecayed and (not one_token or undecayed == self.max_undecayed):
             log_gamma = self.blocks[0].retention.log_gamma(x.device)
@@ -387,5 +386,6 @@ class RetNetCore(SequenceCore):
                 y, s = block.decode_token(y, pos, s, undecayed)
                 new_states.append(s)
             return y, {"S": new_states, "pos": pos + t, "undecayed": undecayed}
+        positions = (pos + torch.arange(t, device=x.device))[None]  # [1, t]: the same for every row
         y, S = self._run(x, positions, None, S, undecayed)
         return y, {"S": S, "pos": pos + t, "undecayed": undecayed}
