@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	$(PY) -m planners.demo $(DEMO_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check trajectory planners experiments tests benchmarks train.py eval.py profile.py
+	$(VENV)/bin/ruff check trajectory planners experiments tests benchmarks train.py train_critic.py eval.py profile.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -34,6 +34,7 @@ from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
 from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
 from trajectory.envs import make_env, normalized_score, simulator_state  # noqa: E402
+from trajectory.models.critic import load_critic  # noqa: E402
 from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
 
 RESULTS = os.environ.get("ORACLE_SEARCH_OUT", os.path.join(
@@ -78,8 +79,24 @@ def simulated_returns(actor, copies: list, states: list, candidates: np.ndarray,
     return returns.reshape(envs, k)
 
 
+def critic_values(critic, obs: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The learned critic's Q of each candidate [E, K, A] at its env's observation [E, O] -> [E, K]."""
+    envs, k, act_dim = candidates.shape
+    with torch.no_grad():
+        x = torch.from_numpy(obs.astype(np.float32)).repeat_interleave(k, dim=0)
+        return critic.q(x, torch.from_numpy(candidates.reshape(envs * k, act_dim))).view(envs, k).numpy()
+
+
+def critic_summary(path: str) -> dict:
+    """How the critic was trained (from its file), and a label naming it in tables and keys."""
+    saved = torch.load(path, map_location="cpu")
+    summary = {"path": path, "expectile": saved.get("expectile"), "step": saved.get("step")}
+    summary["label"] = f"expectile {summary['expectile']}, {summary['step'] // 1000}k steps"
+    return summary
+
+
 def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, candidates: int,
-                 horizon: int) -> dict:
+                 horizon: int, critic=None) -> dict:
     run = Episodes(env_id, seed, episodes, steps)
     copies = []
     for _ in range(episodes * candidates):
@@ -96,7 +113,9 @@ def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, candi
         if rows.size == 0:
             break
         options = candidate_actions(actor, run.obs[rows], noise[rows, t])  # [R, K, A]
-        if candidates > 1:
+        if candidates > 1 and critic is not None:
+            best = critic_values(critic, run.obs[rows], options).argmax(axis=1)
+        elif candidates > 1:
             states = [simulator_state(run.envs[i]) for i in rows]
             value = simulated_returns(actor, copies[:len(rows) * candidates], states, options, horizon)
             best = value.argmax(axis=1)
@@ -110,16 +129,21 @@ def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, candi
     return {**result, "mean_action_share": chose_mean / max(1, int(result["lengths"].sum()))}
 
 
-def measure(name: str, seed: int, episodes: int, steps: int, candidates: int, horizon: int) -> dict:
+def measure(name: str, seed: int, episodes: int, steps: int, candidates: int, horizon: int,
+            critic_path: str | None = None) -> dict:
     repro = REPRODUCTIONS[name]
     actor = load_policy(repro.policy)
+    critic = load_critic(critic_path) if critic_path else None
     start = time.time()
-    run = run_episodes(actor, repro.env_id, seed, episodes, steps, candidates, horizon)
+    run = run_episodes(actor, repro.env_id, seed, episodes, steps, candidates, horizon, critic)
     scores = normalized_score(repro.env_id, run["returns"])
     failures = failed_episodes(run["returns"], run["first_flip"], run["fell"])
     return {"name": name, "env_id": repro.env_id, "seeds": [seed, seed + episodes - 1],
             "episodes": episodes, "max_episode_steps": steps, "candidates": candidates,
-            "horizon": horizon, "score": summarize(scores, seed=seed),
+            "horizon": horizon if critic is None else 0,
+            "ranker": "simulator" if critic is None else "critic",
+            "critic": critic_summary(critic_path) if critic is not None else None,
+            "score": summarize(scores, seed=seed),
             "return_mean": float(run["returns"].mean()), "failed": len(failures),
             "failed_episodes": failures, "mean_action_share": run["mean_action_share"],
             "returns": run["returns"].tolist(), "seconds": round(time.time() - start, 1)}
@@ -127,20 +151,27 @@ def measure(name: str, seed: int, episodes: int, steps: int, candidates: int, ho
 
 def key(entry: dict) -> str:
     first, last = entry["seeds"]
+    critic = entry.get("critic")
     return (f"{entry['name']}|K={entry['candidates']}|H={entry['horizon']}|{first}-{last}|"
-            f"{entry['max_episode_steps']}")
+            f"{entry['max_episode_steps']}" + (f"|critic={critic['label']}" if critic else ""))
 
 
 def table(results: dict) -> str:
     rows = []
-    for _, r in sorted(results.items(), key=lambda item: (item[1]["name"], item[1]["candidates"],
-                                                          item[1]["horizon"])):
+    for _, r in sorted(results.items(), key=lambda item: (item[1]["name"], bool(item[1].get("critic")),
+                                                          item[1]["candidates"], item[1]["horizon"])):
         s = r["score"]
-        rows.append([f"`{r['name']}`", r["candidates"], r["horizon"] if r["candidates"] > 1 else "-",
+        if r["candidates"] == 1:
+            ranked = "- (the mean action)"
+        elif r.get("critic"):
+            ranked = f"learned critic ({r['critic']['label']})"
+        else:
+            ranked = f"true outcome, {r['horizon']} simulated steps"
+        rows.append([f"`{r['name']}`", r["candidates"], ranked,
                      f"{r['episodes']} x {r['max_episode_steps']:,}", f"{r['seeds'][0]}-{r['seeds'][1]}",
                      f"**{s['mean']:.1f}** ± {s['sem']:.1f}", f"{s['ci95'][0]:.1f}-{s['ci95'][1]:.1f}",
                      f"{100 * r['mean_action_share']:.0f}%", f"{r['failed']} of {r['episodes']}"])
-    return markdown_table(["dataset", "candidates", "simulated steps", "episodes x steps", "seeds",
+    return markdown_table(["dataset", "candidates", "ranked by", "episodes x steps", "seeds",
                            "normalized (± s.e.m.)>", "95% CI>", "mean action chosen>", "failed>"], rows)
 
 
@@ -153,13 +184,17 @@ def main(argv=None) -> None:
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--horizon", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--critic", default=None,
+                        help="rank the candidates by this learned critic (critic.pt) instead of "
+                             "simulating them")
     parser.add_argument("--readme", default=None)
     args = parser.parse_args(argv)
     if args.candidates < 1 or args.horizon < 1 or args.episodes < 1 or args.steps < 1:
         raise SystemExit("error: --candidates, --horizon, --episodes and --steps must be at least 1")
     torch.set_num_threads(args.threads)
     results = load_results(RESULTS)
-    entry = measure(args.name, args.seed, args.episodes, args.steps, args.candidates, args.horizon)
+    entry = measure(args.name, args.seed, args.episodes, args.steps, args.candidates, args.horizon,
+                    args.critic)
     results[key(entry)] = entry
     print(f"{args.name}, {args.candidates} candidates x {args.horizon} simulated steps: "
           f"normalized {format_score(entry['score'])}, failed {entry['failed']} of {args.episodes}, "

@@ -79,7 +79,9 @@ def action_choice(settings: dict, weights: str | None = None) -> str:
         extras.append("observations at their median")
     if settings.get("plan_every", 1) != 1:
         extras.append(f"a plan every {settings['plan_every']} steps")
-    if settings.get("planner") == "lookahead":
+    if settings.get("planner") == "critic":
+        base = f"critic, best of {settings['beam_width']} policy actions"
+    elif settings.get("planner") == "lookahead":
         base = (f"lookahead, {settings['beam_width']} first actions, median policy for "
                 f"{settings['beam_steps']} steps")
     else:

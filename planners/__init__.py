@@ -14,6 +14,8 @@ PLANNER_CATALOG = {
     "policy": "planners.policy:PolicyPlanner",  # the model's own action distribution, no search
     # a few first actions, each followed by the model's median policy in imagination; the best
     "lookahead": "planners.lookahead:LookaheadPlanner",
+    # the model's candidate actions ranked by the run's learned critic (train_critic.py)
+    "critic": "planners.critic:CriticPlanner",
 }
 
 

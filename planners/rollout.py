@@ -208,7 +208,7 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
     return {"returns": returns, "lengths": lengths, "terminal_step": terminal_step,
             "planning_seconds": planning_seconds,
             "plans": plans, "frames": frames, "context_transitions": planner.context_transitions,
-            "trace": trace}
+            "trace": trace, "planner_info": getattr(planner, "info", dict)()}
 
 
 def save_animation(frames: list, path: str) -> str | None:
@@ -379,6 +379,7 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
         "ms_per_env_step": 1e3 * wall / max(1, env_steps),
         "planning_ms_per_plan": 1e3 * result["planning_seconds"] / max(1, result["plans"]),
         "context_transitions_used": result["context_transitions"],
+        "planner_info": result.get("planner_info", {}),  # what a planner adds about itself
         "quantization": model.quantization_info,
         "settings": dict(vars(cfg)),
         "versions": software_versions(),

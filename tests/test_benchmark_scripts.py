@@ -319,7 +319,45 @@ def test_oracle_search_with_one_candidate_is_the_mean_action_and_more_candidates
     assert all(b >= f - 1e-9 for b, f in zip(best["returns"], first["returns"]))
     assert any(b > f for b, f in zip(best["returns"], first["returns"]))
     lines = block_text(readme, "oracle_search").splitlines()
-    assert len(lines) == 3 and "| `halfcheetah-medium` | 1 | - | 3 x 12 | 5-7 |" in lines[2]
+    assert len(lines) == 3 and "| `halfcheetah-medium` | 1 | - (the mean action) | 3 x 12 | 5-7 |" in lines[2]
+
+
+def test_oracle_search_ranked_by_a_critic_takes_the_candidate_it_values_most(tmp_path, monkeypatch):
+    import oracle_search
+    import torch
+
+    from trajectory.data.generate import REPRODUCTIONS
+    from trajectory.data.soft_actor_critic import load_policy
+    from trajectory.models.critic import ActionValueCritic
+    actor = load_policy(REPRODUCTIONS["halfcheetah-medium"].policy)
+
+    class MeanLover:  # values the actor's mean action most: the search must equal the mean action
+        def q(self, obs, act):
+            mean = torch.from_numpy(oracle_search.mean_actions(actor, obs.numpy()))
+            return -(act - mean).square().sum(-1)
+
+    env_id = REPRODUCTIONS["halfcheetah-medium"].env_id
+    loved = oracle_search.run_episodes(actor, env_id, 5, 2, 10, 4, 1, MeanLover())
+    mean = oracle_search.run_episodes(actor, env_id, 5, 2, 10, 1, 1)
+    assert loved["mean_action_share"] == 1.0
+    assert loved["returns"] == pytest.approx(mean["returns"], rel=1e-6)
+    # a saved critic: its values of each candidate, and an entry that names how it was trained
+    critic = ActionValueCritic(17, 6, hidden=8)
+    path = str(tmp_path / "critic.pt")
+    torch.save({"config": critic.config(), "state_dict": critic.state_dict(), "expectile": 0.7,
+                "step": 3000, "discount": 0.99}, path)
+    obs = np.random.default_rng(0).normal(size=(2, 17))
+    options = np.random.default_rng(1).uniform(-1, 1, size=(2, 3, 6)).astype(np.float32)
+    values = oracle_search.critic_values(critic, obs, options)
+    with torch.no_grad():
+        expected = critic.q(torch.tensor(obs[1:], dtype=torch.float32), torch.from_numpy(options[1, 2:]))
+    assert values.shape == (2, 3) and values[1, 2] == pytest.approx(float(expected[0]), rel=1e-5)
+    out = str(tmp_path / "oracle_search.json")
+    monkeypatch.setattr(oracle_search, "RESULTS", out)
+    oracle_search.main(["--episodes", "2", "--steps", "3", "--candidates", "3", "--seed", "5",
+                        "--critic", path])
+    entry = json.load(open(out))["halfcheetah-medium|K=3|H=0|5-6|3|critic=expectile 0.7, 3k steps"]
+    assert entry["ranker"] == "critic" and entry["critic"]["path"] == path
 
 
 def test_oracle_search_simulates_each_candidate_from_the_copied_state():

@@ -115,7 +115,8 @@ class EvalConfig:
     env_id: str = ""  # '': the env of the checkpoint's dataset; another one is refused
     n_episodes: int = 25  # run in parallel, planned in one batch
     max_episode_steps: int = 1000
-    planner: str = "beam"  # beam | policy (no search) | lookahead (policy rollouts; planners.PLANNERS)
+    planner: str = "beam"  # beam | policy (no search) | lookahead | critic (planners.PLANNER_CATALOG)
+    critic: str = ""  # planner=critic: the critic.pt ('': <run>/critic/critic.pt)
     policy_actions: str = "median"  # planner=policy: median (of each token's bins) | greedy | sample
     weights: str = "ema"  # ema: the checkpoint's averaged weights when it has them | raw
     beam_width: int = 32

@@ -1,0 +1,110 @@
+"""Candidate actions from the trajectory model, ranked by a critic learned from the same data.
+
+Per env step, for E environments at once: prefill the context, branch it into ``beam_width``
+candidates, choose their action tokens (candidate 0 the median action, the others drawn as the beam
+planner draws: ``cdf_act`` / ``k_act`` / ``act_window``), and take the candidate whose action the
+run's critic (``train_critic.py``: implicit Q-learning on the dataset) values most, Q(s, a) at the
+current observation. The model proposes what the data would do here; the critic, fitted to many
+transitions where similar actions were taken, judges which of them leads to more return, a ranking
+the model's own imagined futures do not give (``benchmarks/action_ranking.py``).
+
+The critic sees the current observation as its tokens' bin centres (the planner reads tokens), and
+each candidate as the bin centres of its action tokens: exactly the action sent to the environment.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from planners.beam import BeamPlanner, Plan, branch, feed, max_context_transitions, prefill, token_log_prob
+from planners.estimates import parse_percentile
+from planners.sampling import greedy, median, sample
+from trajectory.config import EvalConfig
+from trajectory.models.ops.scopes import op_group
+from trajectory.models.trajectory_model import TokenLayout
+
+
+def critic_path(cfg: EvalConfig) -> str:
+    """``cfg.critic``, or ``<run>/critic/critic.pt`` beside the checkpoint being evaluated."""
+    if cfg.critic:
+        return cfg.critic
+    from trajectory.checkpoint import CHECKPOINT_DIR
+    run_dir = os.path.normpath(cfg.checkpoints_path or ".")
+    if os.path.basename(run_dir) == CHECKPOINT_DIR:
+        run_dir = os.path.dirname(run_dir)
+    return os.path.join(run_dir, "critic", "critic.pt")
+
+
+class CriticPlanner(BeamPlanner):
+    """``beam_width`` candidate actions of the model's policy (the median one and draws), the one
+    the critic values most."""
+
+    def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
+                 generator: torch.Generator | None = None, critic=None):
+        self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
+        self.generator = generator
+        self.quantile = parse_percentile(cfg.percentile)
+        # only the first transition is decoded: beam_steps does not shorten the context
+        self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, 1))
+        o, a = layout.obs_dim, layout.act_dim
+        device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
+        self.critic_source = None  # the file it came from (None: given as an object)
+        if critic is None:
+            from trajectory.models.critic import load_critic
+            self.critic_source = critic_path(cfg)
+            critic = load_critic(self.critic_source, device)
+        if (critic.obs_dim, critic.act_dim) != (o, a):
+            from trajectory.configutil import ConfigError
+            raise ConfigError(f"the critic takes observations of {critic.obs_dim} and actions of "
+                              f"{critic.act_dim} dimensions, the model {o} and {a}: train the critic "
+                              f"on this run (python train_critic.py run=<run dir>)")
+        self.critic = critic
+        centres = torch.as_tensor(discretizer.centres, dtype=torch.float32, device=device)  # [D, V]
+        self.obs_centres, self.act_centres = centres[:o], centres[o:o + a]
+
+    def info(self) -> dict:
+        """For the eval report: which critic ranked the candidates, and how it was trained."""
+        info = {"critic": self.critic_source}
+        if self.critic_source:
+            saved = torch.load(self.critic_source, map_location="cpu")
+            info.update({k: saved.get(k) for k in ("expectile", "step", "discount")})
+        return info
+
+    def _first_token(self, logits: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        drawn = sample(logits, self.generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
+        is_median = torch.arange(len(logits), device=logits.device) % cfg.beam_width == 0
+        return torch.where(is_median, median(logits), drawn)
+
+    @staticmethod
+    def _values(centres: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [R, D] -> their bin centres [R, D]."""
+        return centres[torch.arange(centres.shape[0], device=tokens.device), tokens.long()]
+
+    @torch.no_grad()
+    def plan(self, context: torch.Tensor) -> Plan:
+        """context: [E, n * transition_dim + obs_dim] tokens -> every env's best-valued candidate."""
+        with op_group("sampling_beam"):
+            o, a, k = self.layout.obs_dim, self.layout.act_dim, self.cfg.beam_width
+            envs, device = context.shape[0], context.device
+            logits, state, surprise = prefill(self.model, context, o)
+            index = torch.arange(envs, device=device).repeat_interleave(k)
+            with op_group("reorder"):
+                state = branch(self.model, state, k, index)
+            logits = logits.index_select(0, index)
+            tokens, log_lik = [], torch.zeros(envs * k, device=device)
+            for _ in range(a):
+                token = self._first_token(logits)
+                tokens.append(token)
+                log_lik = log_lik + token_log_prob(logits, token)
+                logits, state = feed(self.model, token, state)
+            reward = self._read(logits, o + a)
+            logits, _ = feed(self.model, greedy(logits), state)
+            value = self._read(logits, o + a + 1)
+            actions = torch.stack(tokens, dim=1)  # [E k, A]
+            obs = self._values(self.obs_centres, context[:, -o:]).index_select(0, index)
+            q = self.critic.q(obs, self._values(self.act_centres, actions)).view(envs, k)
+            best = q.argmax(dim=1) + torch.arange(envs, device=device) * k
+            return Plan(actions[best][:, None], reward[best][:, None], value[best], q.view(-1)[best],
+                        log_lik[best], surprise)
