@@ -60,6 +60,7 @@ from trajectory.config import EvalConfig  # noqa: E402
 from trajectory.configutil import ConfigError, build_config  # noqa: E402
 from trajectory.envs import make_env, simulator_state  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
+from trajectory.models.critic import load_critic  # noqa: E402
 
 RESULTS = os.environ.get("ACTION_RANKING_OUT", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results", "action_ranking.json"))
@@ -169,6 +170,19 @@ def imagined_measures(imagined: np.ndarray, q_real: np.ndarray) -> dict:
             "gain_imagined_choice": float(q_real[np.argmax(imagined)] - q_real[MEDIAN])}
 
 
+@torch.no_grad()
+def critic_values(critic, obs: np.ndarray, actions: np.ndarray, candidates: int) -> np.ndarray:
+    """The critic's Q of every candidate: obs [E, O], actions [E K, A] -> [E, K]."""
+    x = torch.as_tensor(obs, dtype=torch.float32).repeat_interleave(candidates, dim=0)
+    return critic.q(x, torch.as_tensor(actions, dtype=torch.float32)).view(len(obs), candidates).numpy()
+
+
+def critic_measures(critic_q: np.ndarray, q_real: np.ndarray) -> dict:
+    """One state's candidates valued by the run's critic [K] against their realised Q [K]."""
+    return {"critic_rank_correlation": spearman(critic_q, q_real),
+            "gain_critic_choice": float(q_real[np.argmax(critic_q)] - q_real[MEDIAN])}
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Rank correlation of two vectors (average ranks for ties); NaN when either is constant."""
     def ranks(v):
@@ -217,6 +231,8 @@ def measure(checkpoint_path: str, args, overrides: dict) -> dict:
     beam = build_planner(model, discretizer, layout, cfg, generator)
     policy = PolicyPlanner(model, discretizer, layout, policy_cfg)
     context_transitions = min(beam.context_transitions, policy.context_transitions)
+    critic_file = os.path.join(checkpoint_path, "critic", "critic.pt")  # the run's, when it has one
+    critic = load_critic(critic_file) if os.path.isfile(critic_file) else None
     envs = [make_env(env_id) for _ in range(args.envs)]
     pool = [make_env(env_id) for _ in range(args.envs * args.candidates)]
     obs = np.stack([env.reset(seed=args.seed + i)[0] for i, env in enumerate(envs)])
@@ -251,9 +267,17 @@ def measure(checkpoint_path: str, args, overrides: dict) -> dict:
             if args.nudge:  # the same candidates from minutely different velocities
                 nudged_q, _ = realised_returns(states=[nudged(s, args.nudge, nudge_rng) for s in states],
                                                **replay)
+            critic_q = None
+            if critic is not None:  # as planner=critic sees them: bin centres of the tokens
+                critic_q = critic_values(critic, discretizer.decode(obs_tokens, dims=slice(0, o)),
+                                         discretizer.decode(tokens.numpy().reshape(-1, layout.act_dim),
+                                                            dims=slice(o, o + layout.act_dim)),
+                                         args.candidates)
             for j in range(len(rows)):
                 measures = state_measures(q[j].numpy(), real_q[j], reward[j].numpy(), real_r[j])
                 measures.update(imagined_measures(imagined[j], real_q[j]))
+                if critic_q is not None:
+                    measures.update(critic_measures(critic_q[j], real_q[j]))
                 if nudged_q is not None:
                     measures.update(nudged_measures(nudged_q[j], real_q[j]))
                 per_state.append(measures)
@@ -308,8 +332,10 @@ def table(results: dict) -> str:
         rows.append([os.path.basename(entry["checkpoint"].rstrip("/")), entry["core"],
                      f"{(entry['tokens'] or 0) / 1e6:.0f}M", entry["states"],
                      cell(s, "rank_correlation"), cell(s, "imagined_rank_correlation"),
+                     cell(s, "critic_rank_correlation"),
                      cell(s, "reward_rank_correlation"), cell(s, "nudged_rank_correlation"),
                      cell(s, "gain_model_choice"), cell(s, "gain_imagined_choice"),
+                     cell(s, "gain_critic_choice"),
                      cell(s, "gain_drawn"), cell(s, "gain_nudged_choice"),
                      cell(s, "gain_best"), planner,
                      cell(s, "gain_planner"),
@@ -318,8 +344,8 @@ def table(results: dict) -> str:
                      f"seeds {m['seed']}+"])
     return markdown_table(
         ["run", "core", "tokens", "states", "rank corr.: one-step Q", "rank corr.: imagined",
-         "rank corr.: first reward", "rank corr.: realised, nudged state", "gain: best one-step Q",
-         "gain: best imagined", "gain: a draw", "gain: best in the nudged state", "gain: best candidate",
+         "rank corr.: critic", "rank corr.: first reward", "rank corr.: realised, nudged state",
+         "gain: best one-step Q", "gain: best imagined", "gain: best by the critic", "gain: a draw", "gain: best in the nudged state", "gain: best candidate",
          "planner", "gain: planner's action", "spread of Q over candidates: predicted / realised",
          "candidates x steps"], rows)
 

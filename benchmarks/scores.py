@@ -54,7 +54,7 @@ def load_reports(folder: str) -> list[dict]:
     return [json.load(open(p)) for p in paths]
 
 
-def action_choice(settings: dict, weights: str | None = None) -> str:
+def action_choice(settings: dict, weights: str | None = None, planner_info: dict | None = None) -> str:
     """How actions were chosen, in words, from a report's settings and the weights it used (a
     report names them beside its settings: 'ema' asked of a run that kept no average means raw)."""
     weights = weights or settings.get("weights", "ema")
@@ -80,7 +80,10 @@ def action_choice(settings: dict, weights: str | None = None) -> str:
     if settings.get("plan_every", 1) != 1:
         extras.append(f"a plan every {settings['plan_every']} steps")
     if settings.get("planner") == "critic":
-        base = f"critic, best of {settings['beam_width']} policy actions"
+        info = planner_info or {}
+        trained = (f" (IQL expectile {info['expectile']:g}, {info['step'] // 1000}k steps)"
+                   if info.get("expectile") is not None and info.get("step") is not None else "")
+        base = f"critic{trained}, best of {settings['beam_width']} policy actions"
     elif settings.get("planner") == "lookahead":
         base = (f"lookahead, {settings['beam_width']} first actions, median policy for "
                 f"{settings['beam_steps']} steps")
@@ -123,14 +126,15 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
     seeds = sorted(pooled["seeds"])
     settings = first["settings"]
     env_id = settings.get("env_id") or "HalfCheetah-v5"  # reports before env_id was recorded
+    choice = action_choice(settings, first.get("weights"), first.get("planner_info"))
     row = {
-        "id": f"{first['checkpoint']}|{action_choice(settings, first.get('weights'))}|{seeds[0]}-{seeds[-1]}",
+        "id": f"{first['checkpoint']}|{choice}|{seeds[0]}-{seeds[-1]}",
         "checkpoint": first["checkpoint"], "env": env_family(env_id), "core": first["core"],
         "size": first.get("size"), "training": training, "hardware": hardware,
         "tokens": (first.get("training") or {}).get("tokens"),
         "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
         "held_out_value_corr": held_out.get("value_corr"),
-        "actions": label or action_choice(settings, first.get("weights")),
+        "actions": label or choice,
         "planner_settings": {k: settings.get(k) for k in ("planner", "policy_actions", "weights",
                                                           *PLANNER_KEYS)},
         "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
@@ -212,6 +216,9 @@ def gains(rows: list[dict]) -> str:
                            "planner − median policy>", "failed: planner / policies"], lines)
 
 
+PLANNER_COLORS = {"policy": "tab:orange", "critic": "tab:green"}  # other planners: blue
+
+
 def plot(rows: list[dict], path: str) -> None:
     rows = [r for r in rows if r["protocol"]]  # what the table shows
     try:
@@ -223,15 +230,15 @@ def plot(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
     for i, r in enumerate(rows):
         s = r["score"]
-        color = "tab:blue" if r["planner_settings"]["planner"] == "beam" else "tab:orange"
+        color = PLANNER_COLORS.get(r["planner_settings"]["planner"], "tab:blue")
         ax.errorbar(s["mean"], i, xerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]],
                     fmt="o", color=color)
         ax.plot(TT_SCORES[r["env"]], i, "|", color="gray", markersize=10)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{r['env']} {r['core']} {r['training']}: "
                         f"{r['actions'][:40]} [{r['seeds'][0]}]" for r in rows], fontsize=7)
-    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search, orange: policy; "
-                  "gray tick: TT's published score")
+    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search or lookahead, green: "
+                  "critic-ranked, orange: policy; gray tick: TT's published score")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

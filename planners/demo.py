@@ -4,14 +4,17 @@
 2. train: the CPU config of the chosen core for ``minutes`` (skipped when the run already has a
    checkpoint, unless ``retrain=true``), as ``processes`` DDP processes of one thread each (on this
    2-core machine two 1-thread processes train the CPU configs 1.06-1.27x faster than one 2-thread
-   process: ``benchmarks/results/recipe_time.json``);
+   process: ``benchmarks/results/recipe_time.json``); then the run's critic (``train_critic.py``)
+   for ``critic_minutes`` (skipped likewise when the run has one);
 3. evaluate the checkpoint on the same seeds, by the score protocol (25 episodes of 1,000 steps):
-   planning with the settings of ``configs/eval_base.yaml``, and the model's own policy with no
-   search, the baseline the planner has to beat, taking each action token greedily and at its
-   median (:data:`WAYS_TO_ACT`);
+   the model's candidate actions ranked by the critic (``planner=critic``), TT's beam search with
+   the settings of ``configs/eval_base.yaml``, and the model's own policy with no search, the
+   baseline the planners have to beat, taking each action token greedily and at its median
+   (:data:`WAYS_TO_ACT`);
 4. a summary: dataset return, training, every score with its standard error, failed episodes.
 
-    python -m planners.demo [core=s5] [minutes=30] [processes=2] [episodes=25] [eval_steps=1000] [seed=1000]
+    python -m planners.demo [core=s5] [minutes=18] [critic_minutes=12] [processes=2] [episodes=25] \
+        [eval_steps=1000] [seed=1000]
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclass
 class DemoConfig:
     core: str = "s5"  # which CPU config to train (s5 plans fastest on a CPU: benchmarks/results)
-    minutes: float = 30.0  # training budget
+    minutes: float = 18.0  # training budget of the model
+    critic_minutes: float = 12.0  # training budget of the critic (0: no critic, no critic planner)
     retrain: bool = False  # train again even if the run has a checkpoint
     processes: int = 2  # DDP training processes on the CPU, one torch thread each (1: this process)
     episodes: int = 25  # evaluation episodes, planned in one batch (25: the score protocol)
@@ -46,19 +50,23 @@ def stage(title: str) -> None:
 
 # how the demo's checkpoint acts, each evaluated on the same seeds: (name, label, eval overrides)
 WAYS_TO_ACT = (
+    ("critic", "critic-ranked planner", ["planner=critic"]),
     ("beam", "beam-search planner", ["planner=beam"]),
     ("policy", "model's own policy (greedy)", ["planner=policy", "policy_actions=greedy"]),
     ("policymedian", "model's own policy (median)", ["planner=policy", "policy_actions=median"]),
 )
 
 
-def evaluate_all(cfg: DemoConfig, run_dir: str) -> dict:
-    """Every way of :data:`WAYS_TO_ACT`, by the score protocol on the same seeds: name -> report."""
+def evaluate_all(cfg: DemoConfig, run_dir: str, with_critic: bool = True) -> dict:
+    """Every way of :data:`WAYS_TO_ACT` (the critic planner only ``with_critic``), by the score
+    protocol on the same seeds: name -> report."""
     from planners.rollout import evaluate
     from trajectory.config import EvalConfig
 
     reports = {}
     for name, _, overrides in WAYS_TO_ACT:
+        if name == "critic" and not with_critic:
+            continue
         eval_cfg = build_config(EvalConfig, os.path.join(ROOT, "configs/eval_base.yaml"),
                                 [f"checkpoints_path={run_dir}", f"n_episodes={cfg.episodes}",
                                  f"max_episode_steps={cfg.eval_steps}", f"seed={cfg.seed}",
@@ -75,6 +83,22 @@ def train_in_processes(config_path: str, overrides: list[str], processes: int) -
     if status:
         raise RuntimeError(f"training ({processes} processes) stopped with exit status {status}; its "
                            f"messages are above (processes=1 trains in this process instead)")
+
+
+def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int) -> dict | None:
+    """The run's critic for ``cfg.critic_minutes`` (skipped when it has one and ``retrain`` is off)."""
+    from trajectory.training.critic import CriticRunConfig, critic_folder, train_critic
+    if not cfg.critic_minutes:
+        return None
+    stage(f"2b. train the critic: {cfg.critic_minutes:g} minutes on {cfg.device}")
+    folder = critic_folder(run_dir)
+    if os.path.isfile(os.path.join(folder, "critic.pt")) and not cfg.retrain:
+        print(f"{folder} already has a critic: skipping its training (retrain=true to train again)")
+        with open(os.path.join(folder, "metrics.json")) as f:
+            return json.load(f)
+    steps = CriticRunConfig.steps
+    return train_critic(CriticRunConfig(run=run_dir, budget_minutes=cfg.critic_minutes, steps=steps,
+                                        threads=threads, device=cfg.device, overwrite=True))
 
 
 def demo(cfg: DemoConfig) -> dict:
@@ -113,12 +137,13 @@ def demo(cfg: DemoConfig) -> dict:
         train(train_cfg)
     with open(os.path.join(run_dir, CHECKPOINT_DIR, "metrics.json")) as f:
         metrics = json.load(f)
+    summary["critic"] = train_demo_critic(cfg, run_dir, processes)
     summary["train"] = {k: metrics.get(k) for k in ("loss", "act", "obs", "reward", "value", "step",
                                                     "tokens", "stop_reason", "held_out")}
 
     stage(f"3. evaluate: {cfg.episodes} episodes x {cfg.eval_steps} steps, seeds {cfg.seed}-"
-          f"{cfg.seed + cfg.episodes - 1}: planner, then the model's own policy (greedy, median)")
-    reports = evaluate_all(cfg, run_dir)
+          f"{cfg.seed + cfg.episodes - 1}: the planners, then the model's own policy (greedy, median)")
+    reports = evaluate_all(cfg, run_dir, with_critic=bool(cfg.critic_minutes))
     summary["eval"] = {name: {"score": r["score"], "failed": len(r["failed_episodes"]),
                               "ms_per_env_step": r["ms_per_env_step"], "warnings": r["warnings"]}
                        for name, r in reports.items()}
@@ -129,7 +154,12 @@ def demo(cfg: DemoConfig) -> dict:
           f"(normalized {behaviour.get('normalized_mean') or float('nan'):.1f})")
     print(f"training: {metrics.get('step')} steps, {metrics.get('tokens', 0) / 1e6:.0f}M tokens, "
           f"final loss {metrics.get('loss', float('nan')):.3f}, stopped by {metrics.get('stop_reason')}")
+    if summary["critic"]:
+        print(f"critic: {summary['critic']['step']} steps (implicit Q-learning, expectile "
+              f"{summary['critic']['expectile']}), stopped by {summary['critic']['stop_reason']}")
     for name, label, _ in WAYS_TO_ACT:
+        if name not in reports:
+            continue
         r = reports[name]
         print(f"{label:>28}: normalized {format_score(r['score'])}, failed "
               f"{len(r['failed_episodes'])} of {len(r['returns'])}, {r['ms_per_env_step']:.0f} ms/env step")

@@ -211,6 +211,9 @@ def test_spearman_and_the_gains_over_the_median_action():
     assert np.array_equal(new_pos, qpos) and 0 < np.abs(new_vel).max() < 1e-2
     n = nudged_measures(nudged_q=np.array([0.0, 5.0, 1.0]), q_real=np.array([2.0, 1.0, 3.0]))
     assert n["gain_nudged_choice"] == -1.0 and n["nudged_rank_correlation"] == pytest.approx(-0.5)
+    from action_ranking import critic_measures
+    c = critic_measures(critic_q=np.array([0.0, 1.0, 2.0]), q_real=np.array([1.0, 0.0, 4.0]))
+    assert c["gain_critic_choice"] == 3.0 and c["critic_rank_correlation"] == pytest.approx(0.5)
 
 
 def test_action_ranking_scores_median_planner_and_drawn_candidates_and_replays_them_exactly(
@@ -276,7 +279,19 @@ def test_action_ranking_scores_median_planner_and_drawn_candidates_and_replays_t
 
 
 def test_action_ranking_writes_one_entry_per_checkpoint_and_its_table(halfcheetah_checkpoint, tmp_path):
+    import shutil
+
     import action_ranking
+    import torch
+
+    from trajectory.models.critic import ActionValueCritic
+    run = str(tmp_path / os.path.basename(halfcheetah_checkpoint))
+    shutil.copytree(halfcheetah_checkpoint, run)  # with a critic: its ranking is measured too
+    critic = ActionValueCritic(17, 6, hidden=8)
+    os.makedirs(os.path.join(run, "critic"))
+    torch.save({"config": critic.config(), "state_dict": critic.state_dict()},
+               os.path.join(run, "critic", "critic.pt"))
+    halfcheetah_checkpoint = run
     out = str(tmp_path / "action_ranking.json")
     readme = readme_with(tmp_path, "action_ranking")
     action_ranking.main([halfcheetah_checkpoint, "--envs", "2", "--times", "0,3", "--candidates", "4",
@@ -287,10 +302,12 @@ def test_action_ranking_writes_one_entry_per_checkpoint_and_its_table(halfcheeta
     assert entry["states"] == 4 and entry["settings"]["planner"] == {"beam_steps": "2", "beam_width": "4"}
     assert len(entry["scatter"]) == 4 and all(len(p) == 4 and p[0] == 0.0 for p, _ in entry["scatter"])
     summary = entry["summary"]
-    for name in ("imagined_rank_correlation", "nudged_rank_correlation", "gain_nudged_choice"):
+    for name in ("imagined_rank_correlation", "nudged_rank_correlation", "gain_nudged_choice",
+                 "critic_rank_correlation", "gain_critic_choice"):
         assert len(summary[name]) == 2, name  # mean and standard error over the states
     assert summary["gain_best"][0] >= max(summary[n][0] for n in (
-        "gain_model_choice", "gain_imagined_choice", "gain_nudged_choice", "gain_planner"))
+        "gain_model_choice", "gain_imagined_choice", "gain_nudged_choice", "gain_planner",
+        "gain_critic_choice"))
     lines = block_text(readme, "action_ranking").splitlines()
     assert len(lines) == 3 and os.path.basename(halfcheetah_checkpoint) in lines[2]
     assert os.path.isfile(out.replace(".json", ".png"))

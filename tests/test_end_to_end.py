@@ -173,16 +173,19 @@ def test_the_demo_trains_as_two_ddp_processes(tmp_path):
                                          "name=other"], processes=2)
 
 
-def test_the_demo_scores_planner_and_both_policies_on_the_same_seeds(tmp_path, monkeypatch):
+def test_the_demo_scores_both_planners_and_both_policies_on_the_same_seeds(tmp_path, monkeypatch):
     import planners.rollout
     from planners.demo import DemoConfig, evaluate_all
     seen = []
     monkeypatch.setattr(planners.rollout, "evaluate", lambda cfg: seen.append(cfg) or {"cfg": cfg})
     reports = evaluate_all(DemoConfig(episodes=3, eval_steps=7, seed=500), str(tmp_path))
-    assert list(reports) == ["beam", "policy", "policymedian"]
-    assert [c.planner for c in seen] == ["beam", "policy", "policy"]
-    assert [c.policy_actions for c in seen[1:]] == ["greedy", "median"]
+    assert list(reports) == ["critic", "beam", "policy", "policymedian"]
+    assert [c.planner for c in seen] == ["critic", "beam", "policy", "policy"]
+    assert [c.policy_actions for c in seen[2:]] == ["greedy", "median"]
     assert {(c.seed, c.n_episodes, c.max_episode_steps, c.checkpoints_path) for c in seen} == {
         (500, 3, 7, str(tmp_path))}
     assert [c.out for c in seen] == [str(tmp_path / f"eval_{n}_500") for n in reports]
-    assert seen[0].beam_width == 32 and seen[0].cdf_act == 0.6  # the planner as configs/eval_base.yaml
+    assert seen[1].beam_width == 32 and seen[1].cdf_act == 0.6  # the planner as configs/eval_base.yaml
+    seen.clear()  # without a critic (critic_minutes=0) the critic planner is left out
+    assert list(evaluate_all(DemoConfig(episodes=3), str(tmp_path), with_critic=False)) == [
+        "beam", "policy", "policymedian"]

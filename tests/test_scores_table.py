@@ -129,3 +129,7 @@ def test_rows_name_the_lookahead_planner_by_its_candidates_and_steps():
     assert scores.action_choice(lookahead, "raw") == (
         "lookahead, 16 first actions, median policy for 5 steps (raw weights)")
     assert scores.action_choice({**lookahead, "planner": "beam"}, "raw").startswith("beam 16x2")
+    critic = {**lookahead, "planner": "critic", "beam_width": 32}
+    assert scores.action_choice(critic, "ema", {"critic": "c.pt", "expectile": 0.7, "step": 131891}) == (
+        "critic (IQL expectile 0.7, 131k steps), best of 32 policy actions (ema weights)")
+    assert scores.action_choice(critic, "raw") == "critic, best of 32 policy actions (raw weights)"
