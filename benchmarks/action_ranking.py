@@ -345,7 +345,8 @@ def table(results: dict) -> str:
     return markdown_table(
         ["run", "core", "tokens", "states", "rank corr.: one-step Q", "rank corr.: imagined",
          "rank corr.: critic", "rank corr.: first reward", "rank corr.: realised, nudged state",
-         "gain: best one-step Q", "gain: best imagined", "gain: best by the critic", "gain: a draw", "gain: best in the nudged state", "gain: best candidate",
+         "gain: best one-step Q", "gain: best imagined", "gain: best by the critic", "gain: a draw",
+         "gain: best in the nudged state", "gain: best candidate",
          "planner", "gain: planner's action", "spread of Q over candidates: predicted / realised",
          "candidates x steps"], rows)
 
