@@ -65,11 +65,7 @@ class CriticPlanner(BeamPlanner):
 
     def info(self) -> dict:
         """For the eval report: which critic ranked the candidates, and how it was trained."""
-        info = {"critic": self.critic_source}
-        if self.critic_source:
-            saved = torch.load(self.critic_source, map_location="cpu")
-            info.update({k: saved.get(k) for k in ("expectile", "step", "discount")})
-        return info
+        return {"critic": self.critic_source, **getattr(self.critic, "training_info", {})}
 
     def _first_token(self, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

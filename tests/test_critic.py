@@ -187,3 +187,5 @@ def test_train_critic_resumes_exactly_and_eval_plans_with_it(tmp_path):
          "max_episode_steps=3", "beam_context=1"], cwd=tmp_path)
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert report["episode_lengths"] == [3, 3]
+    assert report["planner_info"] == {"critic": os.path.join(str(run_dir), "critic", "critic.pt"),
+                                      "expectile": 0.7, "step": 40, "discount": 0.99}

@@ -89,7 +89,8 @@ def iql_losses(critic: ActionValueCritic, target: ActionValueCritic, batch: dict
 
 
 def load_critic(path: str, device: torch.device | str = "cpu") -> ActionValueCritic:
-    """A critic saved by ``train_critic.py`` (``critic.pt``: its config and weights)."""
+    """A critic saved by ``train_critic.py`` (``critic.pt``: its config and weights), with
+    ``training_info`` (expectile, steps, discount) attached."""
     import os
     import pickle
 
@@ -100,6 +101,8 @@ def load_critic(path: str, device: torch.device | str = "cpu") -> ActionValueCri
         saved = torch.load(path, map_location=device)
         critic = ActionValueCritic(**saved["config"])
         critic.load_state_dict(saved["state_dict"])
+        # how it was trained, for reports: read with the weights, so they always match
+        critic.training_info = {k: saved.get(k) for k in ("expectile", "step", "discount")}
     except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
         raise ConfigError(f"{path} is not a readable critic ({err}); train it again with "
                           f"`python train_critic.py run=<run dir>`") from err
