@@ -63,6 +63,22 @@ def test_resume_continues_exactly(tmp_path):
     assert_same_parameters(straight.model.state_dict(), second.model.state_dict(), atol=0)
 
 
+def test_resuming_a_run_that_reached_max_tokens_trains_no_further_step(tmp_path):
+    # a run killed after its last save, then resumed, must end where an uninterrupted run ends
+    done = make_trainer(tmp_path / "run")
+    done.cfg.train.max_tokens = 3 * done.tokens_per_step
+    done.fit()
+    assert done.progress.step == 3
+    saved = os.path.getmtime(tmp_path / "run" / "checkpoint" / "model.pt")
+    again = make_trainer(tmp_path / "run")
+    again.cfg.train.max_tokens = done.cfg.train.max_tokens
+    again.restore(load_checkpoint(str(tmp_path / "run"), with_trainer_state=True))
+    metrics = again.fit()
+    assert again.progress.step == 3 and metrics["stop_reason"] == "max_tokens"
+    assert_same_parameters(done.model.state_dict(), again.model.state_dict(), atol=0)
+    assert os.path.getmtime(tmp_path / "run" / "checkpoint" / "model.pt") == saved  # not rewritten
+
+
 def test_weight_average_is_saved_resumed_and_loaded_for_eval(tmp_path):
     trainer = make_trainer(tmp_path / "run")
     trainer.cfg.train.ema_decay = 0.5

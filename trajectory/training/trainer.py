@@ -217,6 +217,14 @@ class Trainer:
         from trajectory.training.monitor import TrainLogger
 
         tc = self.cfg.train
+        if tc.max_tokens and self.progress.tokens >= tc.max_tokens:
+            # a resumed run that already reached its token budget: no extra step, nothing rewritten
+            if self.ctx.is_main:
+                print(f"the run has already trained {self.progress.tokens:,} tokens of its "
+                      f"max_tokens={tc.max_tokens:,}: nothing to train (raise train.max_tokens to "
+                      f"continue)")
+            return {"step": self.progress.step, "tokens": self.progress.tokens,
+                    "stop_reason": "max_tokens"}
         if not self.progress.horizon_tokens and (tc.max_tokens or not tc.budget_minutes):
             self.progress.horizon_tokens = min(tc.max_tokens or self.epoch_tokens, self.epoch_tokens)
         total_steps = self.cfg.train.epochs * self.steps_per_epoch
