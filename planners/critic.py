@@ -17,8 +17,8 @@ import os
 
 import torch
 
-from planners.beam import BeamPlanner, Plan, branch, feed, max_context_transitions, prefill, token_log_prob
-from planners.estimates import parse_percentile
+from planners.beam import Plan, branch, feed, max_context_transitions, prefill, token_log_prob
+from planners.estimates import parse_percentile, read_scalar
 from planners.sampling import greedy, median, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
@@ -36,7 +36,7 @@ def critic_path(cfg: EvalConfig) -> str:
     return os.path.join(run_dir, "critic", "critic.pt")
 
 
-class CriticPlanner(BeamPlanner):
+class CriticPlanner:
     """``beam_width`` candidate actions of the model's policy (the median one and draws), the one
     the critic values most."""
 
@@ -62,6 +62,9 @@ class CriticPlanner(BeamPlanner):
         self.critic = critic
         centres = torch.as_tensor(discretizer.centres, dtype=torch.float32, device=device)  # [D, V]
         self.obs_centres, self.act_centres = centres[:o], centres[o:o + a]
+
+    def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
+        return read_scalar(logits, self.discretizer, dim, self.quantile)
 
     def info(self) -> dict:
         """For the eval report: which critic ranked the candidates, and how it was trained."""
