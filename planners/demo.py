@@ -96,8 +96,8 @@ def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int) -> dict | Non
         print(f"{folder} already has a critic: skipping its training (retrain=true to train again)")
         with open(os.path.join(folder, "metrics.json")) as f:
             return json.load(f)
-    steps = CriticRunConfig.steps
-    return train_critic(CriticRunConfig(run=run_dir, budget_minutes=cfg.critic_minutes, steps=steps,
+    # the time budget ends it (the default step count is more than the demo's minutes allow)
+    return train_critic(CriticRunConfig(run=run_dir, budget_minutes=cfg.critic_minutes,
                                         threads=threads, device=cfg.device, overwrite=True))
 
 

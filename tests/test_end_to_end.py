@@ -189,3 +189,22 @@ def test_the_demo_scores_both_planners_and_both_policies_on_the_same_seeds(tmp_p
     seen.clear()  # without a critic (critic_minutes=0) the critic planner is left out
     assert list(evaluate_all(DemoConfig(episodes=3), str(tmp_path), with_critic=False)) == [
         "beam", "policy", "policymedian"]
+
+
+def test_the_demo_trains_the_critic_on_its_budget_and_keeps_an_existing_one(tmp_path, monkeypatch):
+    import trajectory.training.critic as critic_training
+    from planners.demo import DemoConfig, train_demo_critic
+    seen = []
+    monkeypatch.setattr(critic_training, "train_critic", lambda cfg: seen.append(cfg) or {"step": 7})
+    assert train_demo_critic(DemoConfig(critic_minutes=0), str(tmp_path), 2) is None and not seen
+    assert train_demo_critic(DemoConfig(critic_minutes=0.5), str(tmp_path), 2) == {"step": 7}
+    (cfg,) = seen
+    assert (cfg.run, cfg.budget_minutes, cfg.threads, cfg.overwrite) == (str(tmp_path), 0.5, 2, True)
+    folder = tmp_path / "critic"  # a run that has its critic keeps it unless retrain=true
+    folder.mkdir()
+    (folder / "critic.pt").write_bytes(b"x")
+    (folder / "metrics.json").write_text('{"step": 3}')
+    assert train_demo_critic(DemoConfig(critic_minutes=0.5), str(tmp_path), 2) == {"step": 3}
+    assert len(seen) == 1
+    train_demo_critic(DemoConfig(critic_minutes=0.5, retrain=True), str(tmp_path), 2)
+    assert len(seen) == 2

@@ -125,15 +125,15 @@ def critic_folder(run_dir: str) -> str:
 
 
 def _load_run(run_dir: str):
-    """The run's saved training config (its data settings) and its loaded transitions."""
+    """The run's checkpoint, for its data settings and token layout; a missing run is a
+    ConfigError naming the fix."""
     from trajectory.checkpoint import CHECKPOINT_DIR, load_checkpoint
     if not run_dir:
         raise ConfigError("give the trajectory-model run the critic belongs to: run=runs/<name>")
     if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
         raise ConfigError(f"{run_dir} has no {CHECKPOINT_DIR}/: train the model first (python train.py "
                           f"...) or point run= at its folder")
-    checkpoint = load_checkpoint(run_dir)
-    return checkpoint
+    return load_checkpoint(run_dir)
 
 
 def train_critic(cfg: CriticRunConfig) -> dict:
