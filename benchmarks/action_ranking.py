@@ -60,7 +60,7 @@ from trajectory.config import EvalConfig  # noqa: E402
 from trajectory.configutil import ConfigError, build_config  # noqa: E402
 from trajectory.envs import make_env, simulator_state  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
-from trajectory.models.critic import load_critic  # noqa: E402
+from trajectory.models.critic import candidate_values, load_critic  # noqa: E402
 
 RESULTS = os.environ.get("ACTION_RANKING_OUT", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results", "action_ranking.json"))
@@ -170,13 +170,6 @@ def imagined_measures(imagined: np.ndarray, q_real: np.ndarray) -> dict:
             "gain_imagined_choice": float(q_real[np.argmax(imagined)] - q_real[MEDIAN])}
 
 
-@torch.no_grad()
-def critic_values(critic, obs: np.ndarray, actions: np.ndarray, candidates: int) -> np.ndarray:
-    """The critic's Q of every candidate: obs [E, O], actions [E K, A] -> [E, K]."""
-    x = torch.as_tensor(obs, dtype=torch.float32).repeat_interleave(candidates, dim=0)
-    return critic.q(x, torch.as_tensor(actions, dtype=torch.float32)).view(len(obs), candidates).numpy()
-
-
 def critic_measures(critic_q: np.ndarray, q_real: np.ndarray) -> dict:
     """One state's candidates valued by the run's critic [K] against their realised Q [K]."""
     return {"critic_rank_correlation": spearman(critic_q, q_real),
@@ -269,10 +262,11 @@ def measure(checkpoint_path: str, args, overrides: dict) -> dict:
                                                **replay)
             critic_q = None
             if critic is not None:  # as planner=critic sees them: bin centres of the tokens
-                critic_q = critic_values(critic, discretizer.decode(obs_tokens, dims=slice(0, o)),
-                                         discretizer.decode(tokens.numpy().reshape(-1, layout.act_dim),
-                                                            dims=slice(o, o + layout.act_dim)),
-                                         args.candidates)
+                with torch.no_grad():
+                    critic_q = candidate_values(
+                        critic, torch.as_tensor(discretizer.decode(obs_tokens, dims=slice(0, o))),
+                        torch.as_tensor(discretizer.decode(tokens.numpy(), dims=slice(o, o + layout.act_dim)))
+                    ).numpy()
             for j in range(len(rows)):
                 measures = state_measures(q[j].numpy(), real_q[j], reward[j].numpy(), real_r[j])
                 measures.update(imagined_measures(imagined[j], real_q[j]))

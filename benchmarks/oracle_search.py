@@ -34,7 +34,7 @@ from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
 from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
 from trajectory.envs import make_env, normalized_score, simulator_state  # noqa: E402
-from trajectory.models.critic import load_critic  # noqa: E402
+from trajectory.models.critic import candidate_values, load_critic  # noqa: E402
 from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
 
 RESULTS = os.environ.get("ORACLE_SEARCH_OUT", os.path.join(
@@ -79,18 +79,16 @@ def simulated_returns(actor, copies: list, states: list, candidates: np.ndarray,
     return returns.reshape(envs, k)
 
 
+@torch.no_grad()
 def critic_values(critic, obs: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """The learned critic's Q of each candidate [E, K, A] at its env's observation [E, O] -> [E, K]."""
-    envs, k, act_dim = candidates.shape
-    with torch.no_grad():
-        x = torch.from_numpy(obs.astype(np.float32)).repeat_interleave(k, dim=0)
-        return critic.q(x, torch.from_numpy(candidates.reshape(envs * k, act_dim))).view(envs, k).numpy()
+    return candidate_values(critic, torch.from_numpy(obs), torch.from_numpy(candidates)).numpy()
 
 
-def critic_summary(path: str) -> dict:
-    """How the critic was trained (from its file), and a label naming it in tables and keys."""
-    saved = torch.load(path, map_location="cpu")
-    summary = {"path": path, "expectile": saved.get("expectile"), "step": saved.get("step")}
+def critic_summary(critic, path: str) -> dict:
+    """How the critic was trained (read with its weights), and a label naming it in tables and keys."""
+    info = getattr(critic, "training_info", {})
+    summary = {"path": path, "expectile": info.get("expectile"), "step": info.get("step")}
     summary["label"] = f"expectile {summary['expectile']}, {summary['step'] // 1000}k steps"
     return summary
 
@@ -98,8 +96,8 @@ def critic_summary(path: str) -> dict:
 def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, candidates: int,
                  horizon: int, critic=None) -> dict:
     run = Episodes(env_id, seed, episodes, steps)
-    copies = []
-    for _ in range(episodes * candidates):
+    copies = []  # simulators for the candidates, when the simulator ranks them
+    for _ in range(episodes * candidates if critic is None and candidates > 1 else 0):
         env = make_env(env_id, max_episode_steps=UNLIMITED)
         env.reset(seed=0)  # gymnasium steps only reset envs; their state is set before every use
         copies.append(env.unwrapped)  # without the checking wrappers: most of the work is here
@@ -108,7 +106,8 @@ def run_episodes(actor, env_id: str, seed: int, episodes: int, steps: int, candi
         (steps, candidates - 1, act_dim), dtype=np.float32) for i in range(episodes)])
     chose_mean = 0
     from tqdm import tqdm
-    for t in tqdm(range(steps), desc=f"oracle search ({candidates} x {horizon})", unit="step"):
+    ranker = "critic" if critic is not None else f"x {horizon}"
+    for t in tqdm(range(steps), desc=f"oracle search ({candidates} {ranker})", unit="step"):
         rows = run.rows()
         if rows.size == 0:
             break
@@ -142,7 +141,7 @@ def measure(name: str, seed: int, episodes: int, steps: int, candidates: int, ho
             "episodes": episodes, "max_episode_steps": steps, "candidates": candidates,
             "horizon": horizon if critic is None else 0,
             "ranker": "simulator" if critic is None else "critic",
-            "critic": critic_summary(critic_path) if critic is not None else None,
+            "critic": critic_summary(critic, critic_path) if critic is not None else None,
             "score": summarize(scores, seed=seed),
             "return_mean": float(run["returns"].mean()), "failed": len(failures),
             "failed_episodes": failures, "mean_action_share": run["mean_action_share"],
@@ -196,7 +195,9 @@ def main(argv=None) -> None:
     entry = measure(args.name, args.seed, args.episodes, args.steps, args.candidates, args.horizon,
                     args.critic)
     results[key(entry)] = entry
-    print(f"{args.name}, {args.candidates} candidates x {args.horizon} simulated steps: "
+    ranked = (f"ranked by the critic {args.critic}" if args.critic
+              else f"x {args.horizon} simulated steps")
+    print(f"{args.name}, {args.candidates} candidates {ranked}: "
           f"normalized {format_score(entry['score'])}, failed {entry['failed']} of {args.episodes}, "
           f"mean action chosen {100 * entry['mean_action_share']:.0f}% ({entry['seconds']:.0f} s)")
     publish(results, RESULTS, args.readme, "oracle_search", table)

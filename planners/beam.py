@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from planners.estimates import parse_percentile, read_scalar
+from planners.estimates import parse_percentile, read_scalar, token_values
 from planners.sampling import greedy, median, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
@@ -276,7 +276,7 @@ class BeamPlanner:
         o = self.layout.obs_dim
         centres = torch.as_tensor(self.discretizer.centres[o:o + a], dtype=torch.float32,
                                   device=first.device)  # [A, V]
-        values = centres[torch.arange(a, device=first.device), first.long()].view(envs, -1, a)
+        values = token_values(centres, first).view(envs, -1, a)
         score = score.float().view(envs, -1)
         scale = self.cfg.average_actions * score.std(dim=1, keepdim=True).clamp_min(1e-6)
         weights = ((score - score.max(dim=1, keepdim=True).values) / scale).softmax(dim=1)

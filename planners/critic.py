@@ -18,9 +18,10 @@ import os
 import torch
 
 from planners.beam import Plan, branch, feed, max_context_transitions, prefill, token_log_prob
-from planners.estimates import parse_percentile, read_scalar
-from planners.sampling import greedy, median, sample
+from planners.estimates import parse_percentile, read_scalar, token_values
+from planners.sampling import greedy, median_or_drawn
 from trajectory.config import EvalConfig
+from trajectory.models.critic import candidate_values, load_critic
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
 
@@ -51,7 +52,6 @@ class CriticPlanner:
         device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
         self.critic_source = None  # the file it came from (None: given as an object)
         if critic is None:
-            from trajectory.models.critic import load_critic
             self.critic_source = critic_path(cfg)
             critic = load_critic(self.critic_source, device)
         if (critic.obs_dim, critic.act_dim) != (o, a):
@@ -70,17 +70,6 @@ class CriticPlanner:
         """For the eval report: which critic ranked the candidates, and how it was trained."""
         return {"critic": self.critic_source, **getattr(self.critic, "training_info", {})}
 
-    def _first_token(self, logits: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        drawn = sample(logits, self.generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
-        is_median = torch.arange(len(logits), device=logits.device) % cfg.beam_width == 0
-        return torch.where(is_median, median(logits), drawn)
-
-    @staticmethod
-    def _values(centres: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [R, D] -> their bin centres [R, D]."""
-        return centres[torch.arange(centres.shape[0], device=tokens.device), tokens.long()]
-
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:
         """context: [E, n * transition_dim + obs_dim] tokens -> every env's best-valued candidate."""
@@ -94,7 +83,8 @@ class CriticPlanner:
             logits = logits.index_select(0, index)
             tokens, log_lik = [], torch.zeros(envs * k, device=device)
             for _ in range(a):
-                token = self._first_token(logits)
+                token = median_or_drawn(logits, k, self.generator, self.cfg.k_act, self.cfg.cdf_act,
+                                        self.cfg.act_window)
                 tokens.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)
@@ -102,8 +92,8 @@ class CriticPlanner:
             logits, _ = feed(self.model, greedy(logits), state)
             value = self._read(logits, o + a + 1)
             actions = torch.stack(tokens, dim=1)  # [E k, A]
-            obs = self._values(self.obs_centres, context[:, -o:]).index_select(0, index)
-            q = self.critic.q(obs, self._values(self.act_centres, actions)).view(envs, k)
+            q = candidate_values(self.critic, token_values(self.obs_centres, context[:, -o:]),
+                                 token_values(self.act_centres, actions).view(envs, k, a))
             best = q.argmax(dim=1) + torch.arange(envs, device=device) * k
             return Plan(actions[best][:, None], reward[best][:, None], value[best], q.view(-1)[best],
                         log_lik[best], surprise)

@@ -57,15 +57,15 @@ WAYS_TO_ACT = (
 )
 
 
-def evaluate_all(cfg: DemoConfig, run_dir: str, with_critic: bool = True) -> dict:
-    """Every way of :data:`WAYS_TO_ACT` (the critic planner only ``with_critic``), by the score
-    protocol on the same seeds: name -> report."""
+def evaluate_all(cfg: DemoConfig, run_dir: str) -> dict:
+    """Every way of :data:`WAYS_TO_ACT` (the critic planner only when the demo trains a critic:
+    ``critic_minutes`` > 0), by the score protocol on the same seeds: name -> report."""
     from planners.rollout import evaluate
     from trajectory.config import EvalConfig
 
     reports = {}
     for name, _, overrides in WAYS_TO_ACT:
-        if name == "critic" and not with_critic:
+        if name == "critic" and not cfg.critic_minutes:
             continue
         eval_cfg = build_config(EvalConfig, os.path.join(ROOT, "configs/eval_base.yaml"),
                                 [f"checkpoints_path={run_dir}", f"n_episodes={cfg.episodes}",
@@ -143,7 +143,7 @@ def demo(cfg: DemoConfig) -> dict:
 
     stage(f"3. evaluate: {cfg.episodes} episodes x {cfg.eval_steps} steps, seeds {cfg.seed}-"
           f"{cfg.seed + cfg.episodes - 1}: the planners, then the model's own policy (greedy, median)")
-    reports = evaluate_all(cfg, run_dir, with_critic=bool(cfg.critic_minutes))
+    reports = evaluate_all(cfg, run_dir)
     summary["eval"] = {name: {"score": r["score"], "failed": len(r["failed_episodes"]),
                               "ms_per_env_step": r["ms_per_env_step"], "warnings": r["warnings"]}
                        for name, r in reports.items()}

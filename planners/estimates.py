@@ -11,7 +11,12 @@ import torch
 
 from trajectory.config import parse_percentile  # the one check of the setting, where it enters
 
-__all__ = ["parse_percentile", "read_scalar"]
+__all__ = ["parse_percentile", "read_scalar", "token_values"]
+
+
+def token_values(centres: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens [R, D] of D consecutive dimensions -> their bin centres [R, D] (``centres`` [D, V])."""
+    return centres[torch.arange(centres.shape[0], device=tokens.device), tokens.long()]
 
 
 def read_scalar(logits: torch.Tensor, discretizer, dim: int, quantile: float | None) -> torch.Tensor:

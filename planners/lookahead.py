@@ -21,7 +21,7 @@ import torch
 
 from planners.beam import BeamPlanner, Plan, branch, feed, next_observation, prefill, token_log_prob
 from planners.estimates import read_scalar
-from planners.sampling import greedy, median, sample
+from planners.sampling import greedy, median, median_or_drawn
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
@@ -74,9 +74,8 @@ class LookaheadPlanner(BeamPlanner):
 
     def _first_token(self, j: int, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        drawn = sample(logits, self.generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
-        is_median = torch.arange(len(logits), device=logits.device) % cfg.beam_width == 0
-        return torch.where(is_median, median(logits), drawn)
+        return median_or_drawn(logits, cfg.beam_width, self.generator, cfg.k_act, cfg.cdf_act,
+                                cfg.act_window)
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:

@@ -88,6 +88,15 @@ def least_kept_probability(probs: torch.Tensor, cdf: float) -> torch.Tensor:
     return ascending.gather(-1, dropped.clamp_max(probs.shape[-1] - 1))  # the argmax always stays
 
 
+def median_or_drawn(logits: torch.Tensor, copies: int, generator: torch.Generator | None, k: int | None,
+                    cdf: float | None, window: float | None) -> torch.Tensor:
+    """Rows are ``copies`` candidates per env (env-major): the first of each takes the median
+    token, the others a draw as :func:`sample` makes it.  logits [R, V] -> [R]."""
+    drawn = sample(logits, generator, k, cdf, window)
+    is_median = torch.arange(len(logits), device=logits.device) % copies == 0
+    return torch.where(is_median, median(logits), drawn)
+
+
 def sample(logits: torch.Tensor, generator: torch.Generator | None,
            top_k: int | None = None, cdf: float | None = None,
            window: float | None = None) -> torch.Tensor:

@@ -187,7 +187,7 @@ def test_the_demo_scores_both_planners_and_both_policies_on_the_same_seeds(tmp_p
     assert [c.out for c in seen] == [str(tmp_path / f"eval_{n}_500") for n in reports]
     assert seen[1].beam_width == 32 and seen[1].cdf_act == 0.6  # the planner as configs/eval_base.yaml
     seen.clear()  # without a critic (critic_minutes=0) the critic planner is left out
-    assert list(evaluate_all(DemoConfig(episodes=3), str(tmp_path), with_critic=False)) == [
+    assert list(evaluate_all(DemoConfig(episodes=3, critic_minutes=0), str(tmp_path))) == [
         "beam", "policy", "policymedian"]
 
 

@@ -75,6 +75,14 @@ class ActionValueCritic(nn.Module):
                 "members": self.members}
 
 
+def candidate_values(critic, obs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Q of every env's candidate actions: obs [E, O], candidates [E, K, A] -> [E, K] (each
+    observation repeated for its candidates)."""
+    envs, k, act_dim = candidates.shape
+    return critic.q(obs.float().repeat_interleave(k, dim=0),
+                    candidates.reshape(envs * k, act_dim).float()).view(envs, k)
+
+
 def iql_losses(critic: ActionValueCritic, target: ActionValueCritic, batch: dict, discount: float,
                expectile: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(value loss, Q loss) of one batch: ``obs``, ``act``, ``reward``, ``next_obs``, ``not_done``."""
