@@ -146,9 +146,9 @@ def prefill(model, context: torch.Tensor, obs_dim: int):
 
 
 def branch(model, state, copies: int, index: torch.Tensor):
-    """Every environment's state becomes ``copies`` beams (``index`` repeats each row ``copies``
-    times): through the model's ``branch_state`` where it has one (the context is then kept once
-    per environment), else by copying rows with ``select_state``."""
+    """Every row of the state becomes ``copies`` rows (``index`` repeats each row ``copies`` times):
+    through the model's ``branch_state`` where it has one (an environment's context, or a beam's
+    tokens, is then kept once for all its copies), else by copying rows with ``select_state``."""
     if hasattr(model, "branch_state"):
         return model.branch_state(state, copies)
     return model.select_state(state, index)
@@ -219,11 +219,8 @@ class BeamPlanner:
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
-            with op_group("reorder"):
-                if t == 0:
-                    state = branch(self.model, state, expand, index)
-                else:
-                    state = self.model.select_state(state, index)
+            with op_group("reorder"):  # each beam's copies share what it decoded so far
+                state = branch(self.model, state, expand, index)
             logits, actions, rewards, log_lik, outside = rows(index, logits, actions, rewards,
                                                               log_lik, outside)
             per_env *= expand

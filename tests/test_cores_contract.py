@@ -186,3 +186,34 @@ def test_branching_again_and_pruning_equals_each_row_run_alone(core_name):
     state, seqs, outs = decode(state, seqs, outs, 3, chunk=2)  # a chunk after branching, then a token
     expected = core(seqs)[:, P:]
     torch.testing.assert_close(outs, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("core_name", sorted(CORES))
+@torch.no_grad()
+def test_branching_twice_then_mixing_environments_equals_each_row_run_alone(core_name):
+    """Branching a branched state before anything was decoded after it, branching again after
+    decoding (copies sharing their beam's tokens), then a reorder that mixes environments (the
+    shared levels must be unfolded into per-row histories): every row matches the parallel form."""
+    core = make_core(core_name)
+    envs, P = 2, 5
+    seqs = torch.randn(envs, P, D)
+    state = core.init_state(envs, seqs.device, seqs.dtype)
+    _, state = core.step(seqs, state)
+    outs = torch.zeros(envs, 0, D)
+    for copies in (2, 3):  # twice with no token in between
+        state = core.branch_state(state, copies)
+        seqs, outs = seqs.repeat_interleave(copies, 0), outs.repeat_interleave(copies, 0)
+    for copies, index in ((2, torch.tensor([11, 0, 4, 7, 4, 20])), (3, None)):
+        new = torch.randn(seqs.shape[0], 3, D)
+        for j in range(3):
+            y, state = core.step(new[:, j:j + 1], state)
+            outs = torch.cat([outs, y], 1)
+        seqs = torch.cat([seqs, new], 1)
+        state = core.branch_state(state, copies)  # the decoded tokens shared by the copies
+        seqs, outs = seqs.repeat_interleave(copies, 0), outs.repeat_interleave(copies, 0)
+        new = torch.randn(seqs.shape[0], 2, D)
+        y, state = core.step(new, state)  # a chunk on the branched state
+        seqs, outs = torch.cat([seqs, new], 1), torch.cat([outs, y], 1)
+        if index is not None:  # rows of both environments, out of order and repeated
+            state, seqs, outs = core.select_state(state, index), seqs[index], outs[index]
+    torch.testing.assert_close(outs, core(seqs)[:, P:], atol=ATOL, rtol=0)

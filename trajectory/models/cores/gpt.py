@@ -15,12 +15,14 @@ cache, every layer, every token). A chunk of ``t > 1`` tokens attends to the cac
 within itself. ``select_state`` copies only the valid entries.
 
 Shared prefix (``branch_state``): a planner's beams of one environment share its context. The
-branched state keeps the context's keys/values once per environment (the prefix, ``[E, H, P, hd]``)
-and per row only the keys/values decoded after it (the suffix). A query attends to both in one
-softmax: its scores against the prefix come from one matrix product per environment (the queries of
-all its rows stacked), against the suffix from its own row; the two parts share the running maximum
-and the normalizer, so the result is the softmax over the concatenated keys. Reordering beams copies
-suffixes only.
+branched state keeps the context's keys/values once per environment (the prefix, keys stored
+transposed) and per row only the keys/values decoded after it (the suffix). A query's scores against
+the prefix come from one matrix product per environment (the queries of all its rows stacked),
+against the suffix from its own row; each part is normalized by its own maximum and the parts are
+merged with their sums, so the result is the softmax over the concatenated keys. Reordering beams
+copies suffixes only. Branching a branched state (a beam expanded into copies) adds a middle level:
+the beam's suffix, read once for its copies (their queries stacked), which then keep only what they
+decode after it; pruning folds it back into per-row suffixes, a copy it needed anyway.
 
 Context window. Positions are learned for ``max_len`` tokens, so ``forward`` refuses longer inputs.
 ``step`` keeps going past ``max_len`` as a sliding window: a token attends to itself and the
@@ -89,11 +91,12 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y)), k, v
 
 
-    def forward_shared(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
+    def forward_shared(self, x: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
                        past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, t, D] of B = E * r rows, r consecutive rows per prefix; prefix keys/values
-        [E, H, P, hd]; past: the rows' suffix buffers [B, H, cap, hd] and their valid length (the
-        new entries are written in place; the caller keeps them within cap)."""
+        """x [B, t, D]; shared: levels of keys transposed [G, H, hd, L] and values [G, H, L, hd] read
+        by groups of B / G consecutive rows (see :func:`shared_prefix_attention`); past: the rows'
+        suffix buffers [B, H, cap, hd] and their valid length (the new entries are written in
+        place; the caller keeps them within cap)."""
         B, t, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)
@@ -102,43 +105,57 @@ class CausalSelfAttention(nn.Module):
             k_buf, v_buf, length = past
             k_buf[:, :, length:length + t] = k
             v_buf[:, :, length:length + t] = v
-            y = shared_prefix_attention(q, prefix[0], prefix[1], k_buf[:, :, :length + t],
-                                        v_buf[:, :, :length + t])
+            y = shared_prefix_attention(q, shared, k_buf[:, :, :length + t], v_buf[:, :, :length + t])
         y = y.transpose(1, 2).reshape(B, t, D)
         return self.resid_drop(self.proj(y)), k_buf, v_buf
 
 
-def shared_prefix_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
+def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
                             suffix_k: torch.Tensor, suffix_v: torch.Tensor) -> torch.Tensor:
-    """softmax(q [k_prefix; k_suffix]^T / sqrt(hd)) [v_prefix; v_suffix] without repeating the prefix.
+    """softmax(q [k_shared...; k_suffix]^T / sqrt(hd)) [v_shared...; v_suffix], each shared level's
+    keys/values read once per group of rows.
 
-    q [B, H, t, hd] with B = E * r (rows grouped by prefix); prefix_k/v [E, H, P, hd]; suffix_k/v
-    [B, H, S, hd] whose last t entries are the queries' own tokens (causal among them).
-    Returns [B, H, t, hd].
+    q [B, H, t, hd]; ``shared``: levels of (keys transposed [G, H, hd, L], values [G, H, L, hd]),
+    each with G dividing B and B / G consecutive rows per group (an environment's context; a beam's
+    tokens shared by its copies); suffix_k/v [B, H, S, hd], each row's own, whose last t entries are
+    the queries' own tokens (causal among them). Returns [B, H, t, hd].
+
+    Each part is a softmax of its own (its own maximum, sum and weighted values), merged per query
+    at the end, as flash attention merges blocks: the large score tensors stay in the layout their
+    product wrote them in, and only [B, H, t, hd + 2] statistics change layout.
     """
     B, H, t, hd = q.shape
-    E = prefix_k.shape[0]
-    r, S = B // E, suffix_k.shape[2]
+    S = suffix_k.shape[2]
     q = q * hd ** -0.5
-    grouped = q.view(E, r, H, t, hd).transpose(1, 2).reshape(E, H, r * t, hd)  # one product per env
-    prefix_scores = grouped @ prefix_k.transpose(-1, -2)  # [E, H, r t, P]
-    suffix_scores = q @ suffix_k.transpose(-1, -2)  # [B, H, t, S]
+    parts = []
+    for keys_t, values in shared:
+        G = keys_t.shape[0]
+        r = B // G
+        grouped = q.view(G, r, H, t, hd).transpose(1, 2).reshape(G, H, r * t, hd)  # a product per group
+        w = grouped @ keys_t  # [G, H, r t, L]
+        top = w.amax(-1, keepdim=True)
+        w = w.sub_(top).exp_()
+        stats = torch.cat([w @ values, w.sum(-1, keepdim=True), top], -1)  # [G, H, r t, hd + 2]
+        stats = stats.view(G, H, r, t, hd + 2).transpose(1, 2).reshape(B, H, t, hd + 2)
+        parts.append(stats.split((hd, 1, 1), dim=-1))
+
+    w = q @ suffix_k.transpose(-1, -2)  # [B, H, t, S]
     if t > 1:  # query i sees the suffix up to its own token S - t + i
         lag = (torch.arange(t, device=q.device) + S - t)[:, None] - torch.arange(S, device=q.device)
-        suffix_scores = suffix_scores.masked_fill(lag < 0, float("-inf"))
+        w = w.masked_fill_(lag < 0, float("-inf"))
+    top = w.amax(-1, keepdim=True)  # finite: every query sees its own token
+    w = w.sub_(top).exp_()
+    parts.append((w @ suffix_v, w.sum(-1, keepdim=True), top))
 
-    def to_rows(z: torch.Tensor) -> torch.Tensor:  # [E, H, r t, ...] -> [B, H, t, ...]
-        return z.view(E, H, r, t, *z.shape[3:]).transpose(1, 2).reshape(B, H, t, *z.shape[3:])
-
-    def to_groups(z: torch.Tensor) -> torch.Tensor:  # [B, H, t, ...] -> [E, H, r t, ...]
-        return z.view(E, r, H, t, *z.shape[3:]).transpose(1, 2).reshape(E, H, r * t, *z.shape[3:])
-
-    top = torch.maximum(to_rows(prefix_scores.amax(-1)), suffix_scores.amax(-1))  # [B, H, t]
-    prefix_w = (prefix_scores - to_groups(top)[..., None]).exp_()
-    suffix_w = (suffix_scores - top[..., None]).exp_()
-    total = to_rows(prefix_w.sum(-1)) + suffix_w.sum(-1)  # [B, H, t]
-    out = to_rows(prefix_w @ prefix_v) + suffix_w @ suffix_v  # [B, H, t, hd]
-    return out / total[..., None]
+    top = parts[0][2]
+    for _, _, part_top in parts[1:]:
+        top = torch.maximum(top, part_top)
+    out = total = None
+    for part_out, part_sum, part_top in parts:
+        scale = (part_top - top).exp_()
+        out = part_out * scale if out is None else out.addcmul_(part_out, scale)
+        total = part_sum * scale if total is None else total.addcmul_(part_sum, scale)
+    return out.div_(total)
 
 
 class MLP(nn.Module):
@@ -168,9 +185,9 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
-    def forward_shared(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor],
+    def forward_shared(self, x: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
                        past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, k, v = self.attn.forward_shared(self.ln1(x), prefix, past)
+        a, k, v = self.attn.forward_shared(self.ln1(x), shared, past)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
@@ -266,39 +283,79 @@ class GPTCore(SequenceCore):
 
     def _step_shared(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         t, pos, cached = x.shape[1], state["pos"], state["length"]
-        prefix = state["prefix"]
+        prefix, middle = state["prefix"], state.get("middle")
         h = self.drop(x + self.pos_emb(pos + torch.arange(t, device=x.device)))
-        for block, pk, pv, k, v in zip(self.blocks, prefix["k"], prefix["v"], state["k"], state["v"]):
-            h, _, _ = block.forward_shared(h, (pk, pv), (k, v, cached))
+        for layer, (block, k, v) in enumerate(zip(self.blocks, state["k"], state["v"])):
+            shared = [(prefix["kt"][layer], prefix["v"][layer])]
+            if middle is not None:
+                shared.append((middle["k"][layer].transpose(-1, -2), middle["v"][layer]))
+            h, _, _ = block.forward_shared(h, shared, (k, v, cached))
         return h, {**state, "length": cached + t, "pos": pos + t}
 
     def branch_state(self, state: State, copies: int) -> State:
-        """Each row becomes ``copies`` rows sharing its keys/values as a prefix (kept once).
-        The prefix is ``{"k": [...], "v": [...]}`` per layer, ``[E, H, P, hd]``; its length and the
-        rows per environment follow from the shapes."""
-        if "prefix" in state:  # already shared: copy suffixes like any reorder
-            return super().branch_state(state, copies)
+        """Each row becomes ``copies`` rows sharing its keys/values, kept once.
+
+        From a plain state, the rows' keys/values become the prefix ``{"kt": [...], "v": [...]}``
+        per layer: keys transposed ``[E, H, hd, P]`` (the layout their product with the queries
+        reads) and values ``[E, H, P, hd]``. From a state that already has a prefix, each row's
+        suffix becomes the *middle* level ``{"k": [...], "v": [...]}`` (``[rows, H, M, hd]``, the old
+        buffers, no copy), read once for its ``copies`` children; they then keep only what they
+        decode after it. Lengths and group sizes follow from the shapes."""
+        if "middle" in state:  # a third level: fold the middle into the suffixes first
+            state = self._fold_middle(state, None)
         length = state["length"]
         rows, H, _, hd = state["k"][0].shape
+        if "prefix" in state:
+            if length == 0:  # nothing decoded since the prefix: copying empty suffixes is free
+                return super().branch_state(state, copies)
+            free = self.cfg.max_len - state["prefix"]["v"][0].shape[2] - length
+            own_shape = (rows * copies, H, free, hd)
+            return {"k": [b.new_empty(own_shape) for b in state["k"]],
+                    "v": [b.new_empty(own_shape) for b in state["v"]],
+                    "length": 0, "pos": state["pos"], "prefix": state["prefix"],
+                    "middle": {"k": [b[:, :, :length] for b in state["k"]],
+                               "v": [b[:, :, :length] for b in state["v"]]}}
         suffix_shape = (rows * copies, H, self.cfg.max_len - length, hd)
         return {"k": [b.new_empty(suffix_shape) for b in state["k"]],
                 "v": [b.new_empty(suffix_shape) for b in state["v"]],
                 "length": 0, "pos": state["pos"],
-                "prefix": {"k": [b[:, :, :length] for b in state["k"]],
-                           "v": [b[:, :, :length] for b in state["v"]]}}
+                "prefix": {"kt": [b[:, :, :length].transpose(-1, -2).contiguous() for b in state["k"]],
+                           "v": [b[:, :, :length].contiguous() for b in state["v"]]}}
+
+    def _fold_middle(self, state: State, index: torch.Tensor | None) -> State:
+        """A state with a middle level as a two-level one (prefix, then per-row suffixes), keeping
+        the rows ``index`` (all rows when None): each new suffix is its row's middle entries
+        followed by its own, gathered straight into fresh buffers (the pruning copy)."""
+        middle, length = state["middle"], state["length"]
+        rows = state["k"][0].shape[0]
+        if index is None:
+            index = torch.arange(rows, device=state["k"][0].device)
+        parents = torch.div(index, rows // middle["k"][0].shape[0], rounding_mode="floor")
+        M = middle["k"][0].shape[2]
+
+        def fold(mid: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+            out = own.new_empty((len(index), own.shape[1], M + own.shape[2], own.shape[3]))
+            torch.index_select(mid, 0, parents, out=out[:, :, :M])
+            torch.index_select(own[:, :, :length], 0, index, out=out[:, :, M:M + length])
+            return out
+        return {"k": [fold(m, o) for m, o in zip(middle["k"], state["k"])],
+                "v": [fold(m, o) for m, o in zip(middle["v"], state["v"])],
+                "length": M + length, "pos": state["pos"], "prefix": state["prefix"]}
 
     def _unshare(self, state: State) -> State:
         """The plain form of a shared-prefix state: every row's full K/V buffers."""
+        if "middle" in state:
+            state = self._fold_middle(state, None)
         prefix, length = state["prefix"], state["length"]
-        P = prefix["k"][0].shape[2]
-        rows_per_env = state["k"][0].shape[0] // prefix["k"][0].shape[0]
+        P = prefix["v"][0].shape[2]
+        rows_per_env = state["k"][0].shape[0] // prefix["v"][0].shape[0]
 
         def join(pre: torch.Tensor, suf: torch.Tensor) -> torch.Tensor:
             out = suf.new_empty((suf.shape[0], suf.shape[1], self.cfg.max_len, suf.shape[3]))
             out[:, :, :P] = pre.repeat_interleave(rows_per_env, dim=0)
             out[:, :, P:P + length] = suf[:, :, :length]
             return out
-        return {"k": [join(p, s) for p, s in zip(prefix["k"], state["k"])],
+        return {"k": [join(p.transpose(-1, -2), s) for p, s in zip(prefix["kt"], state["k"])],
                 "v": [join(p, s) for p, s in zip(prefix["v"], state["v"])],
                 "length": P + length, "pos": state["pos"]}
 
@@ -306,8 +363,10 @@ class GPTCore(SequenceCore):
         """Gather rows, copying only the valid entries of each buffer into fresh buffers (of a
         shared-prefix state: only the suffixes, while rows stay with their prefix)."""
         if "prefix" in state and not stays_grouped(index, state["k"][0].shape[0],
-                                                   state["prefix"]["k"][0].shape[0]):
+                                                   state["prefix"]["v"][0].shape[0]):
             return self.select_state(self._unshare(state), index)
+        if "middle" in state:
+            return self._fold_middle(state, index)
         length = state["length"]
 
         def gather(buffer: torch.Tensor) -> torch.Tensor:
