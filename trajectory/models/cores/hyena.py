@@ -23,7 +23,10 @@ Shared prefix (``branch_state``): a long convolution is linear in its input, so 
 position after the prefix is the prefix's contribution plus the suffix's. The branched state
 computes the prefix's contribution to every later position once per original row, with one FFT per
 long convolution, and keeps per row only the inputs decoded after it: a decoded token then convolves
-with the suffix alone, and reordering copies suffixes only.
+with the suffix alone, and reordering copies suffixes only. Branching a branched state (a beam
+expanded into copies) makes each beam's suffix a middle level: a decoded token's convolution reads
+it once per beam for all its copies, and expanding copies nothing; pruning folds it back into
+per-row suffixes, the copy it made anyway.
 """
 from __future__ import annotations
 
@@ -166,6 +169,8 @@ class HyenaOperator(nn.Module):
     def step(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
         if u.shape[1] == 1:
             return self._step_token(u, state)
+        if "middle" in state:  # a chunk convolves the whole suffix by FFT: per-row histories
+            state = self.fold_middle(state, None)
         t = u.shape[1]  # u: [B, t, D]
         window = torch.cat([state["short"].permute(1, 2, 0), self.in_proj(u).transpose(1, 2)], dim=-1)
         z = F.conv1d(window, self.short_conv.weight, self.short_conv.bias,
@@ -199,8 +204,9 @@ class HyenaOperator(nn.Module):
         short = torch.cat([kept[1:], proj[None]]) if self.kernel > 1 else kept
         v, *gates = z.split(self.d, dim=1)  # each [B, D]
         _, h_rev, _ = self.filters()
-        length, prefix = state["length"], state.get("prefix")
+        length, prefix, middle = state["length"], state.get("prefix"), state.get("middle")
         end = length + 1
+        M = middle["hist"][0].shape[0] if middle is not None else 0
         v = v.t()  # [D, B] from here on
         for n, x in enumerate(gates):
             buffer = state["hist"][n]
@@ -210,8 +216,13 @@ class HyenaOperator(nn.Module):
                 taps = h_rev[n, :, self.max_len - end:].to(buffer.dtype)  # [D, end]
                 y = torch.bmm(taps.unsqueeze(1), buffer[:end].transpose(0, 1)).squeeze(1)  # [D, B]
                 y.addcmul_(v, self.bias[n, :, None])
+                if middle is not None:  # the beam's tokens before the copies', once per beam
+                    mid = middle["hist"][n]  # [M, D, beams]
+                    taps = h_rev[n, :, self.max_len - M - end:self.max_len - end].to(mid.dtype)
+                    share = torch.bmm(taps.unsqueeze(1), mid.transpose(0, 1))  # [D, 1, beams]
+                    y = (y.view(self.d, mid.shape[-1], -1) + share.transpose(1, 2)).view(self.d, -1)
             if prefix is not None:  # the shared prefix's share at this position, [E, D] -> rows
-                start = prefix["hist"][n].shape[-1] + length
+                start = prefix["hist"][n].shape[-1] + M + length
                 share = prefix["out"][n][:, :, start:start + 1].squeeze(-1)  # [E, D]
                 E = share.shape[0]
                 y = (y.view(self.d, E, -1) + share.t()[:, :, None]).view(self.d, -1)
@@ -228,9 +239,15 @@ class HyenaOperator(nn.Module):
         return (y.reshape(E, B // E, self.d, t) + out[:, None, :, start:start + t]).view(B, self.d, t)
 
     def branch(self, state: dict, copies: int) -> dict:
-        """The layer's state with each row's history kept once as a prefix for ``copies`` rows:
-        ``{"hist": inputs [E, D, P], "out": their share of every output position [E, D, max_len]}``
-        per long convolution (the prefix length and rows per group follow from the shapes)."""
+        """The layer's state with each row's history kept once for ``copies`` rows.
+
+        From a plain state the history becomes the prefix: ``{"hist": inputs [E, D, P], "out":
+        their share of every output position [E, D, max_len]}`` per long convolution. From a
+        branched state each row's suffix becomes the middle level ``{"hist": [M, D, rows]}`` (the
+        old buffers, no copy), convolved once per row for its copies, which then keep only what
+        they decode after it. Lengths and rows per group follow from the shapes."""
+        if "prefix" in state:
+            return self._branch_suffix(state, copies)
         _, h, h_f = self.filters()
         length = state["length"]
         rows = state["short"].shape[1]
@@ -244,8 +261,46 @@ class HyenaOperator(nn.Module):
                          for _ in range(self.order)],
                 "length": 0, "prefix": {"hist": prefix_hist, "out": prefix_out}}
 
+    def _branch_suffix(self, state: dict, copies: int) -> dict:
+        if "middle" in state:  # a third level: fold the middle into the suffixes first
+            state = self.fold_middle(state, None)
+        length, rows = state["length"], state["short"].shape[1]
+        if length == 0:  # nothing decoded since the prefix: copying empty suffixes is free
+            return self.fold_middle({**state, "middle": {"hist": [b[:0] for b in state["hist"]]}},
+                                    torch.arange(rows, device=state["short"].device
+                                                 ).repeat_interleave(copies))
+        free = self.max_len - state["prefix"]["hist"][0].shape[-1] - length
+        like = state["hist"][0]
+        return {"short": state["short"].repeat_interleave(copies, dim=1),
+                "hist": [like.new_empty((free, self.d, rows * copies)) for _ in range(self.order)],
+                "length": 0, "prefix": state["prefix"],
+                "middle": {"hist": [buffer[:length] for buffer in state["hist"]]}}
+
+    def fold_middle(self, state: dict, index: Tensor | None) -> dict:
+        """A layer state with a middle level as one with per-row suffixes, keeping the rows
+        ``index`` (all when None): each new suffix is its row's middle inputs, then its own,
+        gathered straight into fresh buffers (the copy pruning needs anyway)."""
+        mids, length, rows = state["middle"]["hist"], state["length"], state["short"].shape[1]
+        if index is None:
+            index = torch.arange(rows, device=state["short"].device)
+        M, _, beams = mids[0].shape
+        parents = torch.div(index, rows // beams, rounding_mode="floor")
+        cap = self.max_len - state["prefix"]["hist"][0].shape[-1]
+        hist = []
+        for mid, own in zip(mids, state["hist"]):
+            out = own.new_empty((cap, self.d, len(index)))
+            torch.index_select(mid.reshape(M * self.d, beams), 1, parents,
+                               out=out[:M].view(M * self.d, len(index)))
+            torch.index_select(own[:length].view(length * self.d, rows), 1, index,
+                               out=out[M:M + length].view(length * self.d, len(index)))
+            hist.append(out)
+        return {"short": state["short"].index_select(1, index), "hist": hist,
+                "length": M + length, "prefix": state["prefix"]}
+
     def unshare(self, state: dict) -> dict:
         """The plain form of a branched layer state: every row's whole history."""
+        if "middle" in state:
+            state = self.fold_middle(state, None)
         prefix, length = state["prefix"], state["length"]
         P = prefix["hist"][0].shape[-1]
         rows_per_group = state["short"].shape[1] // prefix["hist"][0].shape[0]
@@ -324,6 +379,8 @@ class HyenaCore(SequenceCore):
         if state and "prefix" in state[0] and not stays_grouped(
                 index, state[0]["short"].shape[1], state[0]["prefix"]["hist"][0].shape[0]):
             state = [block.mixer.unshare(layer) for block, layer in zip(self.blocks, state)]
+        if state and "middle" in state[0]:
+            return [block.mixer.fold_middle(layer, index) for block, layer in zip(self.blocks, state)]
         selected = []
         for layer in state:
             length = layer["length"]
@@ -338,10 +395,6 @@ class HyenaCore(SequenceCore):
         return selected
 
     def branch_state(self, state: State, copies: int) -> State:
-        if state and "prefix" in state[0]:  # already shared: copy suffixes like any reorder
-            short = state[0]["short"]  # [kernel - 1, B, C]: rows are its second dimension
-            index = torch.arange(short.shape[1], device=short.device).repeat_interleave(copies)
-            return self.select_state(state, index)
         return [block.mixer.branch(layer, copies) for block, layer in zip(self.blocks, state)]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -349,6 +402,7 @@ class HyenaCore(SequenceCore):
         if state:  # tokens before x: the suffix's, after the shared prefix's when branched
             layer = state[0]
             seen = layer["length"] + (layer["prefix"]["hist"][0].shape[-1] if "prefix" in layer else 0)
+            seen += layer["middle"]["hist"][0].shape[0] if "middle" in layer else 0
         self._check_length(seen + x.shape[1])  # x: [B, t, D]
         new_state = []
         for block, layer_state in zip(self.blocks, state):
