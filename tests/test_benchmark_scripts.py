@@ -9,6 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.join(ROOT, "benchmarks"))  # last: nothing there may shadow anything
+import gpt_decode_floor  # noqa: E402
 import planning  # noqa: E402
 import profile_table  # noqa: E402
 import sampling  # noqa: E402
@@ -62,6 +63,42 @@ def test_planning_measures_each_core_in_its_own_process_and_writes_one_table(tmp
     with pytest.raises(SystemExit, match="other settings"):
         planning.main(["--size", "cpu", "--cores", "s5", "--envs", "2", "--repeats", "1",
                        "--baseline-repeats", "0", "--threads", "1", "--out", out, "--merge"])
+
+
+def test_gpt_decode_floor_ablations_compute_what_they_name_and_count_the_bytes_given():
+    import torch
+
+    from trajectory.models.cores.gpt import shared_prefix_attention
+    torch.manual_seed(0)
+    q = torch.randn(6, 2, 1, 4)
+    shared = [(torch.randn(2, 2, 4, 5), torch.randn(2, 2, 5, 4))]
+    k, v = torch.randn(6, 2, 3, 4), torch.randn(6, 2, 3, 4)
+    ablation = gpt_decode_floor.Ablation()
+    torch.testing.assert_close(ablation(q, shared, k, v), shared_prefix_attention(q, shared, k, v))
+    assert ablation.suffix_bytes == 2 * k.numel() * 4 and ablation.shared_bytes == 2 * 2 * 2 * 4 * 5 * 4
+    ablation.mode = "own suffix only"
+    torch.testing.assert_close(ablation(q, shared, k, v), shared_prefix_attention(q, [], k, v))
+    ablation.mode = "shared levels only"
+    torch.testing.assert_close(ablation(q, shared, k, v),
+                               shared_prefix_attention(q, shared, k[:, :, -1:], v[:, :, -1:]))
+    ablation.mode = "without attention"
+    assert torch.equal(ablation(q, shared, k, v), q)
+
+
+def test_gpt_decode_floor_writes_its_json_and_puts_the_attention_back(tmp_path):
+    from trajectory.models.cores import gpt
+    original = gpt.shared_prefix_attention
+    out = str(tmp_path / "floor.json")
+    result = gpt_decode_floor.main(["--envs", "1", "--repeats", "1", "--out", out])
+    assert gpt.shared_prefix_attention is original
+    saved = json.load(open(out))
+    assert saved["settings"]["envs"] == 1 and saved["suffix_gb_per_env_step"] > 0
+    assert set(saved["seconds_per_env_step"]) == {"full", "without attention", "shared levels only",
+                                                  "own suffix only"}
+    assert saved["attention_seconds"] == pytest.approx(
+        result["seconds_per_env_step"]["full"] - result["seconds_per_env_step"]["without attention"])
+    assert saved["suffix_read_floor_seconds"] == pytest.approx(
+        saved["suffix_gb_per_env_step"] / saved["read_bandwidth_gb_s"])
 
 
 def test_sampling_benchmark_times_every_pair_and_tabulates_the_json(tmp_path):
