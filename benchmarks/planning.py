@@ -8,6 +8,8 @@ env step. Three ways, in this process on the same inputs, so the ratios are side
 
 * ``shared``: the step form with each environment's context kept once for its beams (the default);
 * ``plain``: the step form with every beam holding its own copy of the context (the reference);
+* ``context only``: the context shared, but a beam's copies each copying what it decoded (the
+  shared form before beams' copies shared their beam);
 * ``recompute``: every new token re-runs the model on the whole sequence (how the original projects
   decoded; ``--baseline-repeats 0`` skips it);
 * ``compiled`` (``--compile``): the shared step form with the one-token step through
@@ -44,6 +46,7 @@ from readme_blocks import markdown_table, replace_block
 
 from planners.beam import (
     BeamPlanner,
+    ContextSharingModel,
     PlainStateModel,
     RecomputingModel,
     max_context_transitions,
@@ -105,13 +108,16 @@ def main(argv=None) -> dict:
             return BeamPlanner(adapter, disc, LAYOUT, cfg, torch.Generator().manual_seed(0))
         shared = timed(lambda: planner(model).plan(context), args.repeats)
         plain = timed(lambda: planner(PlainStateModel(model)).plan(context), args.repeats)
+        context_only = timed(lambda: planner(ContextSharingModel(model)).plan(context), args.repeats)
         # Matrix-product FLOPs one plan executes (counted once, outside the timed runs).
         flops = count_flops(model, planner(model), context)["flops_per_env_step"]
         row = {"ms_per_env_step_cached": shared * 1e3, "ms_per_env_step_plain": plain * 1e3,
+               "ms_per_env_step_context_only": context_only * 1e3,
                "shared_vs_plain": plain / shared, "ms_per_env_step_per_env_cached": shared * 1e3 / args.envs,
                "gflop_per_env_step": flops / 1e9, "ceiling_fraction": flops / shared / ceiling,
                "matmul_ceiling_gflops": ceiling / 1e9, "process": os.getpid()}
-        line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   plain {plain * 1e3:9.1f} ms  "
+        line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   context only {context_only * 1e3:9.1f} ms"
+                f"   plain {plain * 1e3:9.1f} ms  "
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
         if args.compile:
@@ -196,7 +202,8 @@ def plot(results: dict, envs: int, path: str, size: str = "tt") -> None:
     names = list(results)
     series = [("ms_per_env_step_recompute", "re-run the sequence per token", "#bbbbbb"),
               ("ms_per_env_step_plain", "step form, context copied per beam", "#9ecae1"),
-              ("ms_per_env_step_cached", "step form, context shared by beams", "#1f77b4"),
+              ("ms_per_env_step_context_only", "context shared, beams' tokens copied", "#6baed6"),
+              ("ms_per_env_step_cached", "context and beams' tokens shared", "#1f77b4"),
               ("ms_per_env_step_compiled", "the same, step compiled", "#08306b")]
     series = [s for s in series if all(s[0] in results[n] for n in names)]
     width = 0.8 / len(series)
@@ -223,9 +230,12 @@ def table(saved: dict) -> str:
     cores, settings = saved["cores"], saved["settings"]
     recompute = all("ms_per_env_step_recompute" in row for row in cores.values())
     plain = all("ms_per_env_step_plain" in row for row in cores.values())  # older files lack it
-    columns = ["core", "shared prefix, s / env step>" if plain else "step form, s / env step>"]
+    columns = ["core", "shared, s / env step>" if plain else "step form, s / env step>"]
     if plain:
         columns += ["context per beam, s>", "speed-up>"]
+    context_only = all("ms_per_env_step_context_only" in row for row in cores.values())
+    if context_only:
+        columns += ["beams' tokens copied, s>", "sharing them saves>"]
     if recompute:
         columns += ["re-run per token, s>", "step form vs re-run>"]
     compiled = all("ms_per_env_step_compiled" in row for row in cores.values())
@@ -239,6 +249,9 @@ def table(saved: dict) -> str:
         cells = [name, f"{row['ms_per_env_step_cached'] / 1e3:.2f}"]
         if plain:
             cells += [f"{row['ms_per_env_step_plain'] / 1e3:.2f}", f"{row['shared_vs_plain']:.2f}x"]
+        if context_only:
+            ratio = row["ms_per_env_step_context_only"] / row["ms_per_env_step_cached"]
+            cells += [f"{row['ms_per_env_step_context_only'] / 1e3:.2f}", f"{ratio:.2f}x"]
         if recompute:
             cells += [f"{row['ms_per_env_step_recompute'] / 1e3:.0f}", f"{row['speedup']:.0f}x"]
         if compiled:

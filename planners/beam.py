@@ -68,6 +68,33 @@ class PlainStateModel:
         return self.model.select_state(state, index)
 
 
+class ContextSharingModel:
+    """A model whose beams share only the environment's context: after the first branch of a plan,
+    a beam's copies each copy what it decoded (the planner's behaviour before copies shared their
+    beam; kept as a reference in benchmarks and tests)."""
+
+    def __init__(self, model):
+        self.model, self.rows, self.device, self.branched = model, 0, None, False
+
+    def init_state(self, batch_size: int, device, dtype=torch.float32):
+        self.rows, self.device, self.branched = batch_size, device, False
+        return self.model.init_state(batch_size, device, dtype)
+
+    def step(self, tokens: torch.Tensor, state):
+        self.rows = tokens.shape[0]
+        return self.model.step(tokens, state)
+
+    def select_state(self, state, index: torch.Tensor):
+        self.rows = len(index)
+        return self.model.select_state(state, index)
+
+    def branch_state(self, state, copies: int):
+        if not self.branched:  # the context, once per environment
+            self.branched = True
+            return self.model.branch_state(state, copies)
+        return self.select_state(state, torch.arange(self.rows, device=self.device).repeat_interleave(copies))
+
+
 @dataclass
 class Plan:
     actions: torch.Tensor  # [E, beam_steps, act_dim] action tokens of each env's best beam

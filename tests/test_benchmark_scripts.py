@@ -45,6 +45,7 @@ def test_planning_measures_each_core_in_its_own_process_and_writes_one_table(tmp
     assert len(processes) == 2 and os.getpid() not in processes
     for row in saved["cores"].values():
         assert row["ms_per_env_step_cached"] > 0 and row["gflop_per_env_step"] > 0
+        assert row["ms_per_env_step_context_only"] > 0 and row["ms_per_env_step_plain"] > 0
         assert row["ceiling_fraction"] == pytest.approx(
             row["gflop_per_env_step"] / (row["ms_per_env_step_cached"] / 1e3) / row["matmul_ceiling_gflops"])
     assert saved["settings"]["envs"] == 1 and saved["settings"]["threads"] == 1
@@ -52,6 +53,9 @@ def test_planning_measures_each_core_in_its_own_process_and_writes_one_table(tmp
     lines = text.splitlines()
     assert lines[2].startswith("| s5 | ") and lines[3].startswith("| retnet | ")
     assert f"{saved['cores']['s5']['ms_per_env_step_cached'] / 1e3:.2f}" in lines[2]
+    assert "beams' tokens copied" in lines[0]
+    s5 = saved["cores"]["s5"]
+    assert f"{s5['ms_per_env_step_context_only'] / s5['ms_per_env_step_cached']:.2f}x" in lines[2]
     assert os.path.isfile(out.replace(".json", ".png"))
 
     # --merge keeps the other rows of a file measured at the same settings, replacing only its cores
