@@ -12,7 +12,9 @@ It has two forms that compute the same function:
 same history: a planner's beams of one environment. By default it is ``select_state`` with every row
 repeated; a core whose state grows with the history overrides it to keep the shared history once per
 original row (the *prefix*) and only what each copy adds after it per row (the *suffix*), so that
-decoding reads the prefix once per group and reordering copies only suffixes. Such a state still
+decoding reads the prefix once per group and reordering copies only suffixes. A planner branches
+again at every beam expansion: a core may then keep each beam's suffix once for its copies too (a
+*middle* level), folded back into per-row suffixes by the next ``select_state``. Such a state still
 accepts any ``select_state`` index; one that mixes rows of different groups is first expanded to
 the plain form.
 ``step`` may write into the buffers of the state it is given (GPT's K/V cache and Hyena's history

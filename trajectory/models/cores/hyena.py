@@ -44,6 +44,13 @@ from trajectory.models.ops.scopes import op_group
 Tensor = torch.Tensor
 
 
+def gather_columns(source: Tensor, index: Tensor, out: Tensor) -> None:
+    """out[:, j] = source[:, index[j]] for a time-major history [positions * D, rows]: one gather
+    with the index broadcast over the rows, which torch spreads over its threads (index_select
+    along the last dimension runs on one)."""
+    torch.gather(source, 1, index[None].expand(source.shape[0], -1), out=out)
+
+
 class Sine(nn.Module):
     """``sin(w * x)`` with a learnable frequency per unit (the paper's filter activation)."""
 
@@ -289,10 +296,9 @@ class HyenaOperator(nn.Module):
         hist = []
         for mid, own in zip(mids, state["hist"]):
             out = own.new_empty((cap, self.d, len(index)))
-            torch.index_select(mid.reshape(M * self.d, beams), 1, parents,
-                               out=out[:M].view(M * self.d, len(index)))
-            torch.index_select(own[:length].view(length * self.d, rows), 1, index,
-                               out=out[M:M + length].view(length * self.d, len(index)))
+            gather_columns(mid.reshape(M * self.d, beams), parents, out[:M].view(M * self.d, len(index)))
+            gather_columns(own[:length].view(length * self.d, rows), index,
+                           out[M:M + length].view(length * self.d, len(index)))
             hist.append(out)
         return {"short": state["short"].index_select(1, index), "hist": hist,
                 "length": M + length, "prefix": state["prefix"]}
@@ -388,8 +394,8 @@ class HyenaCore(SequenceCore):
             for buffer in layer["hist"]:  # [max_len, D, B]: gather the valid positions' columns
                 cap, D, rows = buffer.shape
                 out = buffer.new_empty((cap, D, len(index)))
-                torch.index_select(buffer[:length].view(length * D, rows), 1, index,
-                                   out=out[:length].view(length * D, len(index)))
+                gather_columns(buffer[:length].view(length * D, rows), index,
+                               out[:length].view(length * D, len(index)))
                 hist.append(out)
             selected.append({**layer, "short": layer["short"].index_select(1, index), "hist": hist})
         return selected
