@@ -116,8 +116,8 @@ def main(argv=None) -> dict:
                "shared_vs_plain": plain / shared, "ms_per_env_step_per_env_cached": shared * 1e3 / args.envs,
                "gflop_per_env_step": flops / 1e9, "ceiling_fraction": flops / shared / ceiling,
                "matmul_ceiling_gflops": ceiling / 1e9, "process": os.getpid()}
-        line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   context only {context_only * 1e3:9.1f} ms"
-                f"   plain {plain * 1e3:9.1f} ms  "
+        line = (f"{name:7s} shared {shared * 1e3:9.1f} ms/env step   "
+                f"context only {context_only * 1e3:9.1f} ms   plain {plain * 1e3:9.1f} ms  "
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
         if args.compile:
