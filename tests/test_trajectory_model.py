@@ -85,9 +85,15 @@ def test_unknown_core_option_is_an_error():
 def test_compiled_token_step_matches_the_eager_step_and_leaves_chunks_eager():
     """compile_step routes one-token steps through torch.compile (counted), chunks stay eager, and
     decoding a branched, reordered state gives the eager logits and the same state."""
+    import torch._dynamo
+
+    from trajectory.models.trajectory_model import STEP_RECOMPILE_LIMIT
     eager, compiled = make_model("retnet"), make_model("retnet")
     calls = []
+    torch._dynamo.config.recompile_limit = 8  # torch's default
     compiled.compile_step()
+    # a plan's state forms need more graphs than the default allows; past it the step runs eager
+    assert torch._dynamo.config.recompile_limit == STEP_RECOMPILE_LIMIT
     inner = compiled._compiled_token_step
     compiled._compiled_token_step = lambda *args: calls.append(1) or inner(*args)
     tokens = random_tokens(batch=2)

@@ -51,6 +51,7 @@ class TokenLayout:
 
 
 GROUP_NAMES = ("obs", "act", "reward", "value")
+STEP_RECOMPILE_LIMIT = 64  # graphs of the compiled step: see TrajectoryModel.compile_step
 
 
 class EinLinear(nn.Module):
@@ -153,7 +154,16 @@ class TrajectoryModel(nn.Module):
         The compiled step computes the same function; fused kernels may round differently in the
         last bits. The first calls pay the compilation (up to a minute or two per core on 2 CPU
         cores; torch's on-disk cache makes later processes faster). ``options`` go to
-        ``torch.compile``."""
+        ``torch.compile``.
+
+        A planner's step meets several state forms (an environment's context shared, then a beam's
+        middle level too; empty and growing suffixes; contexts that grow at an episode's start;
+        fewer rows after pruning), each a graph of its own. Past dynamo's recompile limit (8 by
+        default) the step would silently run eager for the rest of the process, so it is raised
+        to ``STEP_RECOMPILE_LIMIT``."""
+        import torch._dynamo
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, STEP_RECOMPILE_LIMIT)
         self._compiled_token_step = torch.compile(self._step, **options)
 
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
