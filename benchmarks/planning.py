@@ -207,15 +207,21 @@ def plot(results: dict, envs: int, path: str, size: str = "tt") -> None:
               ("ms_per_env_step_compiled", "the same, step compiled", "#08306b")]
     series = [s for s in series if all(s[0] in results[n] for n in names)]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for j, (key, label, color) in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(names))]
         ax.bar(xs, [results[n][key] / 1e3 for n in names], width, label=label, color=color)
+        if key == "ms_per_env_step_cached" and all("ceiling_fraction" in results[n] for n in names):
+            for x, n in zip(xs, names):  # the shared plan's share of the matmul ceiling
+                ax.annotate(f"{100 * results[n]['ceiling_fraction']:.0f}%", (x, results[n][key] / 1e3),
+                            xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
     ax.set_xticks(list(range(len(names))), names)
     ax.set_yscale("log")
     ax.set_ylabel("seconds per env step")
-    ax.set_title(f"beam-search planning, {envs} envs, {'TT size' if size == 'tt' else 'CPU size'}")
-    ax.legend(fontsize=8, loc="upper left")
+    fractions = any("ceiling_fraction" in r for r in results.values())
+    ax.set_title(f"beam-search planning, {envs} envs, {'TT size' if size == 'tt' else 'CPU size'}"
+                 + (" (% over a bar: of the matmul ceiling)" if fractions else ""), fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
