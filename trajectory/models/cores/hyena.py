@@ -272,16 +272,14 @@ class HyenaOperator(nn.Module):
         if "middle" in state:  # a third level: fold the middle into the suffixes first
             state = self.fold_middle(state, None)
         length, rows = state["length"], state["short"].shape[1]
-        if length == 0:  # nothing decoded since the prefix: copying empty suffixes is free
-            return self.fold_middle({**state, "middle": {"hist": [b[:0] for b in state["hist"]]}},
-                                    torch.arange(rows, device=state["short"].device
-                                                 ).repeat_interleave(copies))
         free = self.max_len - state["prefix"]["hist"][0].shape[-1] - length
         like = state["hist"][0]
-        return {"short": state["short"].repeat_interleave(copies, dim=1),
-                "hist": [like.new_empty((free, self.d, rows * copies)) for _ in range(self.order)],
-                "length": 0, "prefix": state["prefix"],
-                "middle": {"hist": [buffer[:length] for buffer in state["hist"]]}}
+        branched = {"short": state["short"].repeat_interleave(copies, dim=1),
+                    "hist": [like.new_empty((free, self.d, rows * copies)) for _ in range(self.order)],
+                    "length": 0, "prefix": state["prefix"]}
+        if length == 0:  # nothing decoded since the prefix: the copies start empty
+            return branched
+        return {**branched, "middle": {"hist": [buffer[:length] for buffer in state["hist"]]}}
 
     def fold_middle(self, state: dict, index: Tensor | None) -> dict:
         """A layer state with a middle level as one with per-row suffixes, keeping the rows
