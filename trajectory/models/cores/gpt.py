@@ -132,20 +132,14 @@ def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, to
         G = keys_t.shape[0]
         r = B // G
         grouped = q.view(G, r, H, t, hd).transpose(1, 2).reshape(G, H, r * t, hd)  # a product per group
-        w = grouped @ keys_t  # [G, H, r t, L]
-        top = w.amax(-1, keepdim=True)
-        w = w.sub_(top).exp_()
-        stats = torch.cat([w @ values, w.sum(-1, keepdim=True), top], -1)  # [G, H, r t, hd + 2]
+        stats = torch.cat(softmax_part(grouped @ keys_t, values), -1)  # [G, H, r t, hd + 2]
         stats = stats.view(G, H, r, t, hd + 2).transpose(1, 2).reshape(B, H, t, hd + 2)
         parts.append(stats.split((hd, 1, 1), dim=-1))
 
-    w = q @ suffix_k.transpose(-1, -2)  # [B, H, t, S]
+    scores = q @ suffix_k.transpose(-1, -2)  # [B, H, t, S]
     if t > 1:  # query i sees the suffix up to its own token S - t + i
-        lag = (torch.arange(t, device=q.device) + S - t)[:, None] - torch.arange(S, device=q.device)
-        w = w.masked_fill_(lag < 0, float("-inf"))
-    top = w.amax(-1, keepdim=True)  # finite: every query sees its own token
-    w = w.sub_(top).exp_()
-    parts.append((w @ suffix_v, w.sum(-1, keepdim=True), top))
+        scores = scores.masked_fill_(~window_mask(S - t, t, S, q.device), float("-inf"))
+    parts.append(softmax_part(scores, suffix_v))  # finite maxima: every query sees its own token
 
     top = parts[0][2]
     for _, _, part_top in parts[1:]:
@@ -156,6 +150,15 @@ def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, to
         out = part_out * scale if out is None else out.addcmul_(part_out, scale)
         total = part_sum * scale if total is None else total.addcmul_(part_sum, scale)
     return out.div_(total)
+
+
+def softmax_part(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One part of a softmax split over key blocks: scores [..., L] (overwritten) and values
+    [..., L, hd] -> the values weighted by exp(score - max) [..., hd], the weights' sum [..., 1] and
+    the max [..., 1]."""
+    top = scores.amax(-1, keepdim=True)
+    weights = scores.sub_(top).exp_()
+    return weights @ values, weights.sum(-1, keepdim=True), top
 
 
 class MLP(nn.Module):
@@ -306,15 +309,14 @@ class GPTCore(SequenceCore):
         length = state["length"]
         rows, H, _, hd = state["k"][0].shape
         if "prefix" in state:
-            if length == 0:  # nothing decoded since the prefix: copying empty suffixes is free
-                return super().branch_state(state, copies)
-            free = self.cfg.max_len - state["prefix"]["v"][0].shape[2] - length
-            own_shape = (rows * copies, H, free, hd)
-            return {"k": [b.new_empty(own_shape) for b in state["k"]],
-                    "v": [b.new_empty(own_shape) for b in state["v"]],
-                    "length": 0, "pos": state["pos"], "prefix": state["prefix"],
-                    "middle": {"k": [b[:, :, :length] for b in state["k"]],
-                               "v": [b[:, :, :length] for b in state["v"]]}}
+            own_shape = (rows * copies, H, self.cfg.max_len - state["prefix"]["v"][0].shape[2] - length, hd)
+            branched = {"k": [b.new_empty(own_shape) for b in state["k"]],
+                        "v": [b.new_empty(own_shape) for b in state["v"]],
+                        "length": 0, "pos": state["pos"], "prefix": state["prefix"]}
+            if length == 0:  # nothing decoded since the prefix: the copies start empty
+                return branched
+            return {**branched, "middle": {"k": [b[:, :, :length] for b in state["k"]],
+                                           "v": [b[:, :, :length] for b in state["v"]]}}
         suffix_shape = (rows * copies, H, self.cfg.max_len - length, hd)
         return {"k": [b.new_empty(suffix_shape) for b in state["k"]],
                 "v": [b.new_empty(suffix_shape) for b in state["v"]],
