@@ -2,19 +2,21 @@
 keys/values each part streams, and this machine's memory bandwidth, in one run.
 
 One beam-search plan at the halfcheetah defaults (25 envs x beam 32 x expand 2, random weights) is
-timed four ways in this process, side by side:
+timed five ways in this process, side by side:
 
-* ``full``: the step form as it plans;
+* ``full``: the step form with torch's attention (``attention_kernel=torch``);
 * ``without attention``: the attention output replaced by its queries (keys/values are still
   written; nothing is read back): what the rest of the model and the planner cost;
 * ``shared levels only``: each query attends to the shared levels (the environment's context and
   its beam's middle) but not to its row's own suffix;
-* ``own suffix only``: the reverse.
+* ``own suffix only``: the reverse;
+* ``fused kernel``: the step form with the fused decode-attention kernel (``attention_kernel=auto``,
+  when it builds here), the whole attention in one pass per row and head.
 
 Alongside, the bytes of keys/values each part reads per plan (counted from the tensors the attention
 is given) and the read bandwidth of a sum over a tensor far larger than the caches. The suffix's
 bytes over that bandwidth is the time reading them takes at the least: the floor the per-row
-suffixes put under a plan, whatever the arithmetic.
+suffixes put under a plan, whatever the arithmetic; all the bytes over it, the floor of any attention.
 
     python benchmarks/gpt_decode_floor.py [--size cpu|tt] [--threads 2] [--repeats 3]
 
@@ -36,6 +38,7 @@ from planners.profiling import TT_LAYOUT, random_discretizer
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.io import save_json
 from trajectory.models.cores import gpt
+from trajectory.models.ops import decode_attention
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.trajectory_model import TrajectoryModel
 
@@ -90,10 +93,13 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     model = TrajectoryModel(ModelConfig(core="gpt", **SIZES[args.size]), TT_LAYOUT).eval()
     ablation = Ablation()
+
+    def plan():
+        return BeamPlanner(model, disc, TT_LAYOUT, cfg, torch.Generator().manual_seed(0)).plan(context)
     gpt.shared_prefix_attention = ablation
+    previous_kernel = decode_attention.attention_kernel()
+    decode_attention.set_attention_kernel("torch")  # the ablations replace torch's attention
     try:
-        def plan():
-            return BeamPlanner(model, disc, TT_LAYOUT, cfg, torch.Generator().manual_seed(0)).plan(context)
         plan()  # counts the bytes of one plan
         shared_bytes, suffix_bytes = ablation.shared_bytes, ablation.suffix_bytes
         seconds = {}
@@ -103,6 +109,12 @@ def main(argv=None) -> dict:
             print(f"{mode:20s} {seconds[mode]:.3f} s / env step", flush=True)
     finally:
         gpt.shared_prefix_attention = FULL
+        decode_attention.set_attention_kernel(previous_kernel)
+    fused = None
+    if previous_kernel != "torch" and decode_attention.load() is not None:
+        plan()  # the kernel's first calls
+        fused = seconds["fused kernel"] = timed(plan, args.repeats)
+        print(f"{'fused kernel':20s} {fused:.3f} s / env step", flush=True)
     bandwidth = read_bandwidth()
     floor = suffix_bytes / bandwidth
     result = {
@@ -117,11 +129,17 @@ def main(argv=None) -> dict:
         "suffix_gb_per_env_step": suffix_bytes / 1e9, "shared_gb_per_env_step": shared_bytes / 1e9,
         "read_bandwidth_gb_s": bandwidth / 1e9,
         "suffix_read_floor_seconds": floor,
+        "all_read_floor_seconds": (suffix_bytes + shared_bytes) / bandwidth,
+        "fused_attention_seconds": None if fused is None else fused - seconds["without attention"],
+        "attention_kernel": decode_attention.describe(),
     }
     print(f"attention {result['attention_seconds']:.3f} s of {seconds['full']:.3f}; own suffixes "
           f"{result['own_suffix_seconds']:.3f} s for {suffix_bytes / 1e9:.2f} GB of keys/values "
           f"(at {bandwidth / 1e9:.1f} GB/s read: {floor:.3f} s at the least); shared levels "
           f"{result['shared_levels_seconds']:.3f} s for {shared_bytes / 1e9:.2f} GB")
+    if fused is not None:
+        print(f"fused kernel: attention {result['fused_attention_seconds']:.3f} s (reading every "
+              f"key/value once: {result['all_read_floor_seconds']:.3f} s at the least)")
     save_json(result, out_path)
     print(f"wrote {out_path}")
     return result

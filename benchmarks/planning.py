@@ -12,6 +12,8 @@ env step. Three ways, in this process on the same inputs, so the ratios are side
   shared form before beams' copies shared their beam);
 * ``recompute``: every new token re-runs the model on the whole sequence (how the original projects
   decoded; ``--baseline-repeats 0`` skips it);
+* ``torch attention``: the shared form with torch's ops for the attention instead of the fused
+  decode-attention kernel (``attention_kernel=torch``), for the cores whose plans call the kernel;
 * ``compiled`` (``--compile``): the shared step form with the one-token step through
   ``torch.compile`` (``eval.py compile_step=true``), timed after the plans that compile it; the
   compilation's own seconds are reported beside it.
@@ -56,6 +58,7 @@ from planners.profiling import TT_LAYOUT, count_flops, matmul_ceiling, random_di
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
+from trajectory.models.ops import decode_attention
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.trajectory_model import TrajectoryModel
 
@@ -106,7 +109,9 @@ def main(argv=None) -> dict:
 
         def planner(adapter):
             return BeamPlanner(adapter, disc, LAYOUT, cfg, torch.Generator().manual_seed(0))
+        kernel_calls = decode_attention.calls()
         shared = timed(lambda: planner(model).plan(context), args.repeats)
+        uses_kernel = decode_attention.calls() > kernel_calls
         plain = timed(lambda: planner(PlainStateModel(model)).plan(context), args.repeats)
         context_only = timed(lambda: planner(ContextSharingModel(model)).plan(context), args.repeats)
         # Matrix-product FLOPs one plan executes (counted once, outside the timed runs).
@@ -120,6 +125,13 @@ def main(argv=None) -> dict:
                 f"context only {context_only * 1e3:9.1f} ms   plain {plain * 1e3:9.1f} ms  "
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
+        if uses_kernel:
+            decode_attention.set_attention_kernel("torch")
+            torch_attention = timed(lambda: planner(model).plan(context), args.repeats)
+            decode_attention.set_attention_kernel("auto")
+            row.update(ms_per_env_step_torch_attention=torch_attention * 1e3,
+                       kernel_vs_torch_attention=torch_attention / shared)
+            line += f"   torch attention {torch_attention * 1e3:9.1f} ms  x{torch_attention / shared:4.2f}"
         if args.compile:
             # Every core's compiled step is TrajectoryModel._step: one code object whose compiled
             # variants share dynamo's recompile limit, so start each core from an empty cache.
@@ -203,14 +215,15 @@ def plot(results: dict, envs: int, path: str, size: str = "tt") -> None:
     series = [("ms_per_env_step_recompute", "re-run the sequence per token", "#bbbbbb"),
               ("ms_per_env_step_plain", "step form, context copied per beam", "#9ecae1"),
               ("ms_per_env_step_context_only", "context shared, beams' tokens copied", "#6baed6"),
+              ("ms_per_env_step_torch_attention", "the same, torch's attention ops", "#4a90c2"),
               ("ms_per_env_step_cached", "context and beams' tokens shared", "#1f77b4"),
               ("ms_per_env_step_compiled", "the same, step compiled", "#08306b")]
-    series = [s for s in series if all(s[0] in results[n] for n in names)]
+    series = [s for s in series if any(s[0] in results[n] for n in names)]  # a gap where a core lacks one
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for j, (key, label, color) in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [results[n][key] / 1e3 for n in names], width, label=label, color=color)
+        ax.bar(xs, [results[n].get(key, float("nan")) / 1e3 for n in names], width, label=label, color=color)
         if key == "ms_per_env_step_cached" and all("ceiling_fraction" in results[n] for n in names):
             for x, n in zip(xs, names):  # the shared plan's share of the matmul ceiling
                 ax.annotate(f"{100 * results[n]['ceiling_fraction']:.0f}%", (x, results[n][key] / 1e3),
@@ -250,6 +263,9 @@ def table(saved: dict) -> str:
     flops = all("ceiling_fraction" in row for row in cores.values())  # older files lack it
     if flops:
         columns += ["GFLOP / env step>", "of the matmul ceiling>"]
+    torch_attention = any("ms_per_env_step_torch_attention" in row for row in cores.values())
+    if torch_attention:  # only the cores whose plans call the fused kernel have it
+        columns += ["torch attention, s>", "kernel saves>"]
     rows = []
     for name, row in cores.items():
         cells = [name, f"{row['ms_per_env_step_cached'] / 1e3:.2f}"]
@@ -265,6 +281,10 @@ def table(saved: dict) -> str:
                       f"{row['compile_seconds']:.0f}"]
         if flops:
             cells += [f"{row['gflop_per_env_step']:.1f}", f"{100 * row['ceiling_fraction']:.1f}%"]
+        if torch_attention:
+            cells += ([f"{row['ms_per_env_step_torch_attention'] / 1e3:.2f}",
+                       f"{row['kernel_vs_torch_attention']:.2f}x"]
+                      if "ms_per_env_step_torch_attention" in row else ["-", "-"])
         rows.append(cells)
     size = f"{settings.get('n_layers', 4)} layers x {settings.get('d_model', 128)} wide"
     note = (f"({size}, {settings['envs']} envs x beam "

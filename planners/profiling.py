@@ -34,6 +34,8 @@ from trajectory.config import EvalConfig, ModelConfig
 from trajectory.configutil import ConfigError
 from trajectory.io import save_json, save_text
 from trajectory.models.ops.allocator import reuse_freed_memory
+from trajectory.models.ops.decode_attention import describe as describe_attention_kernel
+from trajectory.models.ops.decode_attention import set_attention_kernel
 from trajectory.models.ops.scopes import PREFIX, scopes_enabled
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 
@@ -285,7 +287,8 @@ def markdown(report: dict) -> str:
              f"planned transitions, {report['settings']['beam_context']} of context; "
              f"{report['settings']['profile_steps']} timed and {report['settings']['profiled_plans']}"
              f" profiled plan(s) after {WARMUP_PLANS} warm-up. Matmul ceiling (fp32, measured): "
-             f"{ceiling / 1e9:.1f} GFLOP/s.", "",
+             f"{ceiling / 1e9:.1f} GFLOP/s. GPT's planning attention: "
+             f"{report['settings'].get('attention_kernel', 'torch')}.", "",
              "| core | precision | weights | ms / env step | vs first | ms / token | size MB | "
              "MFLOP / token | GFLOP/s | % of ceiling | peak tensor MB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -348,6 +351,7 @@ def profile_planning(cfg: EvalConfig) -> dict:
     reuse_freed_memory()  # planning reallocates large state buffers every reorder
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    set_attention_kernel(cfg.attention_kernel)
     if cfg.profile_steps < 1:
         raise ConfigError("profile_steps must be >= 1")
     torch.manual_seed(cfg.seed)
@@ -366,7 +370,8 @@ def profile_planning(cfg: EvalConfig) -> dict:
         "settings": {"n_envs": cfg.n_episodes, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
                      "beam_context": cfg.beam_context, "sample_expand": cfg.sample_expand,
                      "profile_steps": cfg.profile_steps, "profiled_plans": PROFILED_PLANS,
-                     "warmup_plans": WARMUP_PLANS, "seed": cfg.seed},
+                     "warmup_plans": WARMUP_PLANS, "seed": cfg.seed,
+                     "attention_kernel": describe_attention_kernel()},
         "machine": {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "matmul_flop_s": matmul_ceiling(),
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},

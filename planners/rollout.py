@@ -29,6 +29,7 @@ from trajectory.envs import (
 )
 from trajectory.io import save_json
 from trajectory.models.ops.allocator import reuse_freed_memory
+from trajectory.models.ops.decode_attention import set_attention_kernel
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
 
@@ -82,6 +83,7 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
         except QuantizationError as err:
             raise ConfigError(f"{err}") from None
     model.quantization_info = info
+    set_attention_kernel(cfg.attention_kernel)  # before the first plan: "fused" fails here, not later
     if cfg.compile_step:
         model.compile_step()
     return checkpoint, model

@@ -69,6 +69,27 @@ def test_planning_measures_each_core_in_its_own_process_and_writes_one_table(tmp
                        "--baseline-repeats", "0", "--threads", "1", "--out", out, "--merge"])
 
 
+def test_planning_times_gpt_beside_torchs_attention_when_its_plan_calls_the_kernel(tmp_path):
+    from trajectory.models.ops import decode_attention
+    if decode_attention.load() is None:
+        pytest.skip(f"the kernel cannot be built here: {decode_attention.unavailable_reason()}")
+    out = str(tmp_path / "planning_cpu.json")
+    planning.main(["--size", "cpu", "--cores", "gpt", "--envs", "1", "--repeats", "1",
+                   "--baseline-repeats", "0", "--threads", "1", "--out", out])
+    saved = json.load(open(out))
+    gpt = saved["cores"]["gpt"]
+    assert gpt["kernel_vs_torch_attention"] == pytest.approx(
+        gpt["ms_per_env_step_torch_attention"] / gpt["ms_per_env_step_cached"])
+    assert decode_attention.attention_kernel() == "auto"  # put back after the torch-attention row
+    # a core whose plan never calls the kernel gets no such row, and dashes in the table
+    saved["cores"]["s5"] = {k: v for k, v in gpt.items() if "torch_attention" not in k}
+    lines = planning.table(saved).splitlines()
+    assert "torch attention, s" in lines[0]
+    assert lines[2].endswith(f"| {gpt['ms_per_env_step_torch_attention'] / 1e3:.2f} | "
+                             f"{gpt['kernel_vs_torch_attention']:.2f}x |")
+    assert lines[3].endswith("| - | - |")
+
+
 def test_gpt_decode_floor_ablations_compute_what_they_name_and_count_the_bytes_given():
     import torch
 
@@ -91,14 +112,17 @@ def test_gpt_decode_floor_ablations_compute_what_they_name_and_count_the_bytes_g
 
 def test_gpt_decode_floor_writes_its_json_and_puts_the_attention_back(tmp_path):
     from trajectory.models.cores import gpt
+    from trajectory.models.ops import decode_attention
     original = gpt.shared_prefix_attention
     out = str(tmp_path / "floor.json")
     result = gpt_decode_floor.main(["--envs", "1", "--repeats", "1", "--out", out])
-    assert gpt.shared_prefix_attention is original
+    assert gpt.shared_prefix_attention is original and decode_attention.attention_kernel() == "auto"
     saved = json.load(open(out))
     assert saved["settings"]["envs"] == 1 and saved["suffix_gb_per_env_step"] > 0
+    fused = ["fused kernel"] if decode_attention.load() is not None else []
     assert set(saved["seconds_per_env_step"]) == {"full", "without attention", "shared levels only",
-                                                  "own suffix only"}
+                                                  "own suffix only", *fused}
+    assert saved["all_read_floor_seconds"] > saved["suffix_read_floor_seconds"]
     assert saved["attention_seconds"] == pytest.approx(
         result["seconds_per_env_step"]["full"] - result["seconds_per_env_step"]["without attention"])
     assert saved["suffix_read_floor_seconds"] == pytest.approx(

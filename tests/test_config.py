@@ -76,3 +76,9 @@ def test_a_removed_setting_in_a_saved_config_still_loads_but_is_refused_on_the_c
     assert from_dict(TrainRunConfig, {"train": {"num_workers": 0, "lr": 0.1}}).train.lr == 0.1
     with pytest.raises(ConfigError, match="unknown config key 'train.num_workers'"):
         build_config(TrainRunConfig, None, ["train.num_workers=2"])
+
+
+def test_attention_kernel_choice_is_checked_before_any_work():
+    assert parse_cli(EvalConfig, ["attention_kernel=torch"]).attention_kernel == "torch"
+    with pytest.raises(ConfigError, match="attention_kernel must be one of auto, torch, fused"):
+        parse_cli(EvalConfig, ["attention_kernel=flash"])

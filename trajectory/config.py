@@ -103,6 +103,9 @@ def parse_percentile(value: str) -> float | None:
 
 # how planner=policy picks each action token: the most likely one, the distribution's median, or a draw
 POLICY_ACTIONS = ("greedy", "median", "sample")
+# GPT's planning attention: the fused CPU kernel where it builds (auto), torch's ops, or the kernel
+# or an error (trajectory/models/ops/decode_attention.py)
+ATTENTION_KERNELS = ("auto", "torch", "fused")
 
 
 @dataclass
@@ -143,6 +146,7 @@ class EvalConfig:
     quantize: str = "none"  # none | dynamic | static
     calibration_batches: int = 8  # static quantization
     compile_step: bool = False  # torch.compile the one-token step (planning only; first plans slower)
+    attention_kernel: str = "auto"  # GPT's planning attention: auto | torch | fused (see ATTENTION_KERNELS)
     render: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     out: str = ""  # where the report goes (default: <run>/eval)
@@ -163,6 +167,9 @@ class EvalConfig:
                 raise ConfigError(f"act_window must be in (0, 1], got {self.act_window}")
             if self.k_act is not None:
                 raise ConfigError("act_window replaces the k_act filter; set k_act=null")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, got "
+                              f"'{self.attention_kernel}'")
         if self.compile_step and self.quantize != "none":
             raise ConfigError("compile_step=true does not combine with quantize (the int8 modules "
                               "are not compiled); choose one")

@@ -45,6 +45,7 @@ from torch import nn
 
 from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
 from trajectory.models.cores.options import GPTOptions
+from trajectory.models.ops import decode_attention
 from trajectory.models.ops.scopes import op_group
 
 KV = tuple[torch.Tensor, torch.Tensor, int]  # key and value buffers [B, H, cap, hd], valid length
@@ -105,9 +106,20 @@ class CausalSelfAttention(nn.Module):
             k_buf, v_buf, length = past
             k_buf[:, :, length:length + t] = k
             v_buf[:, :, length:length + t] = v
-            y = shared_prefix_attention(q, shared, k_buf[:, :, :length + t], v_buf[:, :, :length + t])
+            y = attend_shared(q, shared, k_buf[:, :, :length + t], v_buf[:, :, :length + t])
         y = y.transpose(1, 2).reshape(B, t, D)
         return self.resid_drop(self.proj(y)), k_buf, v_buf
+
+
+def attend_shared(q: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
+                  suffix_k: torch.Tensor, suffix_v: torch.Tensor) -> torch.Tensor:
+    """The attention of :func:`shared_prefix_attention`, by the fused CPU kernel where it applies
+    (see :mod:`trajectory.models.ops.decode_attention`), else by torch."""
+    if decode_attention.applies(q):
+        return decode_attention.decode_attention(
+            q, [keys_t.transpose(-1, -2) for keys_t, _ in shared], [values for _, values in shared],
+            suffix_k, suffix_v)
+    return shared_prefix_attention(q, shared, suffix_k, suffix_v)
 
 
 def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
