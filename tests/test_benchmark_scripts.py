@@ -85,9 +85,11 @@ def test_planning_times_gpt_beside_torchs_attention_when_its_plan_calls_the_kern
     saved["cores"]["s5"] = {k: v for k, v in gpt.items() if "torch_attention" not in k}
     lines = planning.table(saved).splitlines()
     assert "torch attention, s" in lines[0]
-    assert lines[2].endswith(f"| {gpt['ms_per_env_step_torch_attention'] / 1e3:.2f} | "
-                             f"{gpt['kernel_vs_torch_attention']:.2f}x |")
-    assert lines[3].endswith("| - | - |")
+    assert lines[0].startswith("| core | shared, s / env step | torch attention, s | kernel saves |")
+    assert lines[2].startswith(f"| gpt | {gpt['ms_per_env_step_cached'] / 1e3:.2f} | "
+                               f"{gpt['ms_per_env_step_torch_attention'] / 1e3:.2f} | "
+                               f"{gpt['kernel_vs_torch_attention']:.2f}x |")
+    assert lines[3].startswith(f"| s5 | {gpt['ms_per_env_step_cached'] / 1e3:.2f} | - | - |")
 
 
 def test_gpt_decode_floor_ablations_compute_what_they_name_and_count_the_bytes_given():

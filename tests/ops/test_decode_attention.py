@@ -147,3 +147,16 @@ def test_a_failed_build_falls_back_with_the_compilers_first_line(monkeypatch):
     assert da.load() is None
     assert da.unavailable_reason() == ("building decode_attention.cpp failed (Error building "
                                        "extension 'trajectory_decode_attention')")
+
+
+@needs_kernel
+def test_flop_counter_counts_the_kernels_products_as_torchs_path_does():
+    from torch.utils.flop_counter import FlopCounterMode
+    q, shared, k, v = random_state(t=2, own=6)
+
+    def count(kernel):
+        da.set_attention_kernel(kernel)
+        with FlopCounterMode(display=False) as counter:
+            attend_shared(q, shared, k, v)
+        return counter.get_total_flops()
+    assert count("fused") == count("torch") > 0

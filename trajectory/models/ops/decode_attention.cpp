@@ -59,6 +59,12 @@ inline float hsum(__m256 x) {
   return _mm_cvtss_f32(m);
 }
 
+// All bits set in the lanes below m (m >= 8: every lane).
+inline __m256 lanes_below(int64_t m) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(m, 8))), lane));
+}
+
 constexpr int64_t PREFETCH_AHEAD = 2;  // items: a row's own keys are a fresh DRAM read each time
 
 // Asks the cache for n rows of `width` floats, `stride` floats apart (contiguous rows: one span).
@@ -74,18 +80,27 @@ inline void prefetch_rows(const float* p, int64_t n, int64_t stride, int64_t wid
 // scores[j] = <q, k_j> for j < n, padded with -inf up to a multiple of 8; returns their maximum.
 // Keys in rows (channel stride 1): eight dot products reduced together by horizontal adds; keys
 // transposed (position stride 1): 32 positions per pass over the channels, four independent
-// accumulators; any other layout: the scalar loop.
+// accumulators; the last partial block of eight in vector form too (masked), since a scalar tail
+// of a few keys costs as much as dozens in vectors; any other layout: a scalar loop.
 template <int C>
 inline float dot_keys(const __m256* q, const float* qf, const float* k, int64_t n, int64_t kj,
                       int64_t kd, float* scores) {
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 top = ninf;
-  const int64_t n8 = (n + 7) / 8 * 8;
-  int64_t j = 0;
+  auto finish_block = [&](int64_t j, __m256 s) {  // lanes past n become -inf
+    if (n - j < 8) s = _mm256_blendv_ps(ninf, s, lanes_below(n - j));
+    _mm256_storeu_ps(scores + j, s);
+    top = _mm256_max_ps(top, s);
+  };
   if (kd == 1) {  // keys in rows
-    for (; j + 8 <= n; j += 8) {
+    for (int64_t j = 0; j < n; j += 8) {
+      const int64_t m = std::min<int64_t>(8, n - j);
       __m256 a[8];
       for (int jj = 0; jj < 8; ++jj) {
+        if (jj >= m) {
+          a[jj] = _mm256_setzero_ps();
+          continue;
+        }
         const float* kr = k + (j + jj) * kj;
         __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(kr));
         for (int c = 1; c < C; ++c) s = _mm256_fmadd_ps(q[c], _mm256_loadu_ps(kr + 8 * c), s);
@@ -94,12 +109,11 @@ inline float dot_keys(const __m256* q, const float* qf, const float* k, int64_t 
       const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
       const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
       const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-      const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                                     _mm256_permute2f128_ps(u0, u1, 0x31));
-      _mm256_storeu_ps(scores + j, s);
-      top = _mm256_max_ps(top, s);
+      finish_block(j, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                    _mm256_permute2f128_ps(u0, u1, 0x31)));
     }
   } else if (kj == 1) {  // keys transposed: 32 positions per pass over the channels
+    int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
       __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
       for (int d = 0; d < 8 * C; ++d) {
@@ -114,23 +128,24 @@ inline float dot_keys(const __m256* q, const float* qf, const float* k, int64_t 
       _mm256_storeu_ps(scores + j + 16, s2); _mm256_storeu_ps(scores + j + 24, s3);
       top = _mm256_max_ps(top, _mm256_max_ps(_mm256_max_ps(s0, s1), _mm256_max_ps(s2, s3)));
     }
-    for (; j + 8 <= n; j += 8) {
+    for (; j < n; j += 8) {
+      const __m256i mask = _mm256_castps_si256(lanes_below(n - j));  // all lanes but in the last
       __m256 s = _mm256_setzero_ps();
       for (int d = 0; d < 8 * C; ++d)
-        s = _mm256_fmadd_ps(_mm256_set1_ps(qf[d]), _mm256_loadu_ps(k + d * kd + j), s);
-      _mm256_storeu_ps(scores + j, s);
-      top = _mm256_max_ps(top, s);
+        s = _mm256_fmadd_ps(_mm256_set1_ps(qf[d]), _mm256_maskload_ps(k + d * kd + j, mask), s);
+      finish_block(j, s);
+    }
+  } else {
+    for (int64_t j = 0; j < n; j += 8) {
+      alignas(32) float block[8];
+      for (int jj = 0; jj < 8; ++jj) {
+        block[jj] = 0.f;
+        for (int d = 0; jj < n - j && d < 8 * C; ++d) block[jj] += qf[d] * k[(j + jj) * kj + d * kd];
+      }
+      finish_block(j, _mm256_load_ps(block));
     }
   }
-  float tail_top = -std::numeric_limits<float>::infinity();
-  for (; j < n; ++j) {
-    float s = 0.f;
-    for (int d = 0; d < 8 * C; ++d) s += qf[d] * k[j * kj + d * kd];
-    scores[j] = s;
-    tail_top = std::max(tail_top, s);
-  }
-  for (; j < n8; ++j) scores[j] = -std::numeric_limits<float>::infinity();
-  return std::max(hmax(top), tail_top);
+  return hmax(top);
 }
 
 // One part's exp(score - max) weights times its values, folded into the running (top, total, acc),

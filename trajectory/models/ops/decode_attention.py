@@ -18,6 +18,7 @@ import threading
 import warnings
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from trajectory.config import ATTENTION_KERNELS
 from trajectory.configutil import ConfigError
@@ -144,3 +145,14 @@ def calls() -> int:
 @decode_attention.register_fake
 def _(q, level_keys, level_values, suffix_k, suffix_v):
     return q.new_empty(q.shape)
+
+
+@register_flop_formula(torch.ops.trajectory.decode_attention)
+def decode_attention_flops(q_shape, level_keys_shape, level_values_shape, suffix_k_shape,
+                           suffix_v_shape, *args, out_shape=None, **kwargs) -> int:
+    """The matrix products of the attention, counted as for torch's path (its two batched
+    products per part): per query and key, a multiply-add per channel for the score and one for
+    the weighted value."""
+    B, H, t, hd = q_shape
+    keys = sum(shape[2] for shape in level_keys_shape) + suffix_k_shape[2]
+    return 2 * 2 * B * H * t * keys * hd
