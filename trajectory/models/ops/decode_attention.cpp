@@ -62,7 +62,8 @@ inline float hsum(__m256 x) {
 // All bits set in the lanes below m (m >= 8: every lane).
 inline __m256 lanes_below(int64_t m) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(m, 8))), lane));
+  const __m256i count = _mm256_set1_epi32(static_cast<int>(std::min<int64_t>(m, 8)));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(count, lane));
 }
 
 constexpr int64_t PREFETCH_AHEAD = 2;  // items: a row's own keys are a fresh DRAM read each time
@@ -74,7 +75,8 @@ inline void prefetch_rows(const float* p, int64_t n, int64_t stride, int64_t wid
     n = 1;
   }
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t off = 0; off < width; off += 16) _mm_prefetch(reinterpret_cast<const char*>(p + r * stride + off), _MM_HINT_T0);
+    for (int64_t off = 0; off < width; off += 16)  // a 64-byte line per 16 floats
+      _mm_prefetch(reinterpret_cast<const char*>(p + r * stride + off), _MM_HINT_T0);
 }
 
 // scores[j] = <q, k_j> for j < n, padded with -inf up to a multiple of 8; returns their maximum.
@@ -238,12 +240,14 @@ torch::Tensor decode_attention(torch::Tensor q, std::vector<torch::Tensor> level
       auto head_of = [&](int64_t item) { return (item / rows) % H; };
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = row_of(item), h = head_of(item);
-        if (item + PREFETCH_AHEAD < end) {  // the keys/values a later item reads first, unless shared
+        if (item + PREFETCH_AHEAD < end) {  // what a later item reads, unless the same as now
           const int64_t nb = row_of(item + PREFETCH_AHEAD), nh = head_of(item + PREFETCH_AHEAD);
           for (const Level& p : levels) {
             const int64_t per_group = B / p.groups, g = nb / per_group;
             if (g == b / per_group && nh == h) continue;  // the same keys as now: in cache
-            prefetch_rows(p.k + g * p.k_g + nh * p.k_h, p.k_d == 1 ? p.length : hd, p.k_d == 1 ? p.k_j : p.k_d, p.k_d == 1 ? hd : p.length);
+            const bool in_rows = p.k_d == 1;  // else transposed: hd rows of `length` positions
+            prefetch_rows(p.k + g * p.k_g + nh * p.k_h, in_rows ? p.length : hd, in_rows ? p.k_j : p.k_d,
+                          in_rows ? hd : p.length);
             prefetch_rows(p.v + g * p.v_g + nh * p.v_h, p.length, p.v_j, hd);
           }
           prefetch_rows(skp + nb * sk_b + nh * sk_h, S, sk_j, hd);
@@ -259,12 +263,16 @@ torch::Tensor decode_attention(torch::Tensor q, std::vector<torch::Tensor> level
           for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
           for (const Level& p : levels) {
             const int64_t g = b / (B / p.groups);
-            const float part_top = dot_keys<C>(qv, qf, p.k + g * p.k_g + h * p.k_h, p.length, p.k_j, p.k_d, scores.data());
-            merge_part<C>(scores.data(), part_top, p.v + g * p.v_g + h * p.v_h, p.length, p.v_j, top, total, acc);
+            const float part_top = dot_keys<C>(qv, qf, p.k + g * p.k_g + h * p.k_h, p.length, p.k_j,
+                                               p.k_d, scores.data());
+            merge_part<C>(scores.data(), part_top, p.v + g * p.v_g + h * p.v_h, p.length, p.v_j, top,
+                          total, acc);
           }
           const int64_t seen = S - t + i + 1;  // query i sees its own suffix up to its token
-          const float part_top = dot_keys<C>(qv, qf, skp + b * sk_b + h * sk_h, seen, sk_j, 1, scores.data());
-          merge_part<C>(scores.data(), part_top, svp + b * sv_b + h * sv_h, seen, sv_j, top, total, acc);
+          const float part_top = dot_keys<C>(qv, qf, skp + b * sk_b + h * sk_h, seen, sk_j, 1,
+                                             scores.data());
+          merge_part<C>(scores.data(), part_top, svp + b * sv_b + h * sv_h, seen, sv_j, top, total,
+                        acc);
           const __m256 inv = _mm256_set1_ps(1.f / hsum(total));
           float* orow = op + ((b * H + h) * t + i) * hd;
           for (int c = 0; c < C; ++c) _mm256_storeu_ps(orow + 8 * c, _mm256_mul_ps(acc[c], inv));
