@@ -29,6 +29,7 @@ from trajectory.envs import (
 )
 from trajectory.io import save_json
 from trajectory.models.ops.allocator import reuse_freed_memory
+from trajectory.models.ops.decode_attention import describe as describe_attention_kernel
 from trajectory.models.ops.decode_attention import set_attention_kernel
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
@@ -383,6 +384,7 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
         "context_transitions_used": result["context_transitions"],
         "planner_info": result.get("planner_info", {}),  # what a planner adds about itself
         "quantization": model.quantization_info,
+        "attention_kernel": describe_attention_kernel(),  # what GPT's planning attention ran on
         "settings": dict(vars(cfg)),
         "versions": software_versions(),
     }

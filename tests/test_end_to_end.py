@@ -60,6 +60,11 @@ def test_train_then_eval_from_the_command_line(tmp_path, core, quantize):
     assert report["behaviour"]["return_count"] == 3
     assert report["score"]["n"] == 2 and len(report["warnings"]) == 2  # 2 episodes of 3 steps
     assert report["versions"]["torch"] and report["seeds"] == [3, 4]
+    from trajectory.models.ops.decode_attention import load
+    if core != "gpt":
+        assert report["attention_kernel"] == "unused"
+    elif load() is not None:  # the kernel builds here: GPT's plans ran on it
+        assert report["attention_kernel"] == "fused"
     assert (run_dir / "eval" / "trace.npz").exists()
     assert np.isfinite(report["normalized_mean"])
     # the same checkpoint planned with int8 (static calibrates on the checkpoint's own data)

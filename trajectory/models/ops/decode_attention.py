@@ -49,12 +49,13 @@ def attention_kernel() -> str:
 
 
 def describe() -> str:
-    """The planning attention this process runs, for reports: fused, torch, or torch (why)."""
+    """What GPT's planning attention ran on in this process, for reports: fused, torch,
+    torch (why the kernel is unavailable), or unused (no plan needed it, e.g. another core)."""
     if _mode == "torch":
         return "torch"
-    if _module is not None:
-        return "fused"
-    return f"torch ({_unavailable})" if _unavailable else "torch (kernel not needed yet)"
+    if _unavailable:
+        return f"torch ({_unavailable})"
+    return "fused" if _calls else "unused"
 
 
 def unavailable_reason() -> str | None:
