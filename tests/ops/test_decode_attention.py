@@ -17,7 +17,10 @@ needs_kernel = pytest.mark.skipif(not BUILDABLE, reason="no AVX2 CPU or C++ tool
 
 
 @pytest.fixture(autouse=True)
-def restore_mode():
+def restore_mode(monkeypatch):
+    """Each test starts with no attention counted and leaves the mode as it found it."""
+    monkeypatch.setattr(da, "_calls", 0)
+    monkeypatch.setattr(da, "_torch_calls", 0)
     mode = da.attention_kernel()
     yield
     da.set_attention_kernel(mode)
@@ -160,3 +163,16 @@ def test_flop_counter_counts_the_kernels_products_as_torchs_path_does():
             attend_shared(q, shared, k, v)
         return counter.get_total_flops()
     assert count("fused") == count("torch") > 0
+
+
+def test_describe_reports_which_path_the_planning_attention_took(monkeypatch):
+    da.set_attention_kernel("auto")
+    assert da.describe() == "unused"  # no GPT planned: nothing to report
+    q, shared, k, v = random_state()
+    attend_shared(q.double(), [(a.double(), b.double()) for a, b in shared], k.double(), v.double())
+    assert da.describe() == "torch"  # a dtype the kernel does not take
+    if da.load() is not None:
+        attend_shared(q, shared, k, v)
+        assert da.describe() == "fused and torch"
+        monkeypatch.setattr(da, "_torch_calls", 0)
+        assert da.describe() == "fused"

@@ -119,6 +119,7 @@ def attend_shared(q: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor
         return decode_attention.decode_attention(
             q, [keys_t.transpose(-1, -2) for keys_t, _ in shared], [values for _, values in shared],
             suffix_k, suffix_v)
+    decode_attention.count_torch_path()
     return shared_prefix_attention(q, shared, suffix_k, suffix_v)
 
 

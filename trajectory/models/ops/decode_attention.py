@@ -31,6 +31,7 @@ _module = None  # the built extension
 _unavailable: str | None = None  # why it cannot be built here, once known
 _lock = threading.Lock()
 _calls = 0  # kernel calls in this process: whether a model's planning went through it
+_torch_calls = 0  # shared-prefix attentions that took torch's ops instead
 
 
 def set_attention_kernel(mode: str) -> None:
@@ -49,13 +50,23 @@ def attention_kernel() -> str:
 
 
 def describe() -> str:
-    """What GPT's planning attention ran on in this process, for reports: fused, torch,
-    torch (why the kernel is unavailable), or unused (no plan needed it, e.g. another core)."""
-    if _mode == "torch":
-        return "torch"
-    if _unavailable:
-        return f"torch ({_unavailable})"
-    return "fused" if _calls else "unused"
+    """What GPT's planning attention ran on in this process, for reports: fused, torch, torch
+    (why the kernel is unavailable), or unused (no plan needed it: another core)."""
+    if _calls and not _torch_calls:
+        return "fused"
+    if _calls:
+        return "fused and torch"  # e.g. a CPU and a GPU model, or the mode changed in between
+    if _torch_calls or _mode == "torch":
+        return f"torch ({_unavailable})" if _unavailable and _mode != "torch" else "torch"
+    return "unused"
+
+
+def count_torch_path() -> None:
+    """Notes that a shared-prefix attention ran on torch's ops (for :func:`describe`). Not while
+    dynamo traces a compiled step: a changing global there would be guarded on, and recompiled."""
+    global _torch_calls
+    if not torch.compiler.is_compiling():
+        _torch_calls += 1
 
 
 def unavailable_reason() -> str | None:
