@@ -97,21 +97,19 @@ def main(argv=None) -> dict:
     def plan():
         return BeamPlanner(model, disc, TT_LAYOUT, cfg, torch.Generator().manual_seed(0)).plan(context)
     gpt.shared_prefix_attention = ablation
-    previous_kernel = decode_attention.attention_kernel()
-    decode_attention.set_attention_kernel("torch")  # the ablations replace torch's attention
     try:
-        plan()  # counts the bytes of one plan
-        shared_bytes, suffix_bytes = ablation.shared_bytes, ablation.suffix_bytes
-        seconds = {}
-        for mode in ("full", "without attention", "shared levels only", "own suffix only"):
-            ablation.mode = mode
-            seconds[mode] = timed(plan, args.repeats)
-            print(f"{mode:20s} {seconds[mode]:.3f} s / env step", flush=True)
+        with decode_attention.kernel_mode("torch"):  # the ablations replace torch's attention
+            plan()  # counts the bytes of one plan
+            shared_bytes, suffix_bytes = ablation.shared_bytes, ablation.suffix_bytes
+            seconds = {}
+            for mode in ("full", "without attention", "shared levels only", "own suffix only"):
+                ablation.mode = mode
+                seconds[mode] = timed(plan, args.repeats)
+                print(f"{mode:20s} {seconds[mode]:.3f} s / env step", flush=True)
     finally:
         gpt.shared_prefix_attention = FULL
-        decode_attention.set_attention_kernel(previous_kernel)
     fused = None
-    if previous_kernel != "torch" and decode_attention.load() is not None:
+    if decode_attention.attention_kernel() != "torch" and decode_attention.load() is not None:
         plan()  # the kernel's first calls
         fused = seconds["fused kernel"] = timed(plan, args.repeats)
         print(f"{'fused kernel':20s} {fused:.3f} s / env step", flush=True)

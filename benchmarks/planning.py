@@ -126,9 +126,8 @@ def main(argv=None) -> dict:
                 f"x{plain / shared:4.2f}   {flops / 1e9:6.1f} GFLOP, {100 * flops / shared / ceiling:4.1f}% "
                 f"of the ceiling")
         if uses_kernel:
-            decode_attention.set_attention_kernel("torch")
-            torch_attention = timed(lambda: planner(model).plan(context), args.repeats)
-            decode_attention.set_attention_kernel("auto")
+            with decode_attention.kernel_mode("torch"):
+                torch_attention = timed(lambda: planner(model).plan(context), args.repeats)
             row.update(ms_per_env_step_torch_attention=torch_attention * 1e3,
                        kernel_vs_torch_attention=torch_attention / shared)
             line += f"   torch attention {torch_attention * 1e3:9.1f} ms  x{torch_attention / shared:4.2f}"

@@ -98,7 +98,7 @@ def test_gpt_decode_floor_ablations_compute_what_they_name_and_count_the_bytes_g
     from trajectory.models.cores.gpt import shared_prefix_attention
     torch.manual_seed(0)
     q = torch.randn(6, 2, 1, 4)
-    shared = [(torch.randn(2, 2, 4, 5), torch.randn(2, 2, 5, 4))]
+    shared = [(torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4))]
     k, v = torch.randn(6, 2, 3, 4), torch.randn(6, 2, 3, 4)
     ablation = gpt_decode_floor.Ablation()
     torch.testing.assert_close(ablation(q, shared, k, v), shared_prefix_attention(q, shared, k, v))

@@ -82,15 +82,11 @@ def test_gpt_plans_the_same_with_the_fused_attention_kernel_and_with_torch():
     cfg = eval_cfg()
     context = torch.randint(0, SMALL.vocab, (3, SMALL.transition_dim + SMALL.obs_dim))
     plans, used = [], []
-    previous = decode_attention.attention_kernel()
-    try:
-        for kernel in ("fused", "torch"):
-            decode_attention.set_attention_kernel(kernel)
+    for kernel in ("fused", "torch"):
+        with decode_attention.kernel_mode(kernel):
             before = decode_attention.calls()
             plans.append(BeamPlanner(model, disc, SMALL, cfg, torch.Generator().manual_seed(5)).plan(context))
             used.append(decode_attention.calls() - before)
-    finally:
-        decode_attention.set_attention_kernel(previous)
     assert used[0] > 0 and used[1] == 0  # every decoded token's attention, then none
     assert torch.equal(plans[0].actions, plans[1].actions)
     torch.testing.assert_close(plans[0].score, plans[1].score, atol=1e-4, rtol=0)

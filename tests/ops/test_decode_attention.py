@@ -28,19 +28,19 @@ def restore_mode(monkeypatch):
 
 def random_state(rows_per_env=6, copies=2, envs=3, heads=2, hd=16, prefix=7, middle=5, own=4,
                  t=1, seed=0):
-    """q and levels as GPT's shared step passes them: the prefix's keys transposed and contiguous,
-    the middle level's keys a view into a larger buffer (as branch_state keeps them), and the own
-    suffix a view of the first entries of per-row buffers."""
+    """q and levels as GPT's shared step passes them: the prefix's keys a view of keys stored
+    transposed, the middle level's keys a view into a larger buffer (as branch_state keeps them),
+    and the own suffix a view of the first entries of per-row buffers."""
     g = torch.Generator().manual_seed(seed)
     B = envs * rows_per_env
     q = torch.randn(B, t, heads, hd, generator=g).transpose(1, 2)  # strided, as the step's view
-    shared = [(torch.randn(envs, heads, hd, prefix, generator=g),
+    shared = [(torch.randn(envs, heads, hd, prefix, generator=g).transpose(-1, -2),
                torch.randn(envs, heads, prefix, hd, generator=g))]
     if middle:
         beams = B // copies
         k = torch.randn(beams, heads, middle + 3, hd, generator=g)[:, :, :middle]
         v = torch.randn(beams, heads, middle + 3, hd, generator=g)[:, :, :middle]
-        shared.append((k.transpose(-1, -2), v))
+        shared.append((k, v))
     suffix_k = torch.randn(B, heads, own + 2, hd, generator=g)[:, :, :own]
     suffix_v = torch.randn(B, heads, own + 2, hd, generator=g)[:, :, :own]
     return q, shared, suffix_k, suffix_v
@@ -55,8 +55,7 @@ def test_kernel_equals_torch_attention_over_every_level_layout(hd, levels):
     q, shared, k, v = random_state(hd=hd, prefix=37, middle=13 if hd != 32 else 32, own=9)
     shared = {"suffix only": [], "context": shared[:1], "context and beam": shared}[levels]
     expected = shared_prefix_attention(q, shared, k, v)
-    got = da.decode_attention(q, [kt.transpose(-1, -2) for kt, _ in shared],
-                              [values for _, values in shared], k, v)
+    got = da.decode_attention(q, [keys for keys, _ in shared], [values for _, values in shared], k, v)
     torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-6)
 
 
@@ -95,9 +94,9 @@ def test_scores_far_apart_stay_finite_and_exact():
 def test_bad_shapes_are_refused_by_the_kernel():
     da.set_attention_kernel("fused")
     q, shared, k, v = random_state()
-    kt, values = shared[0]
+    keys, values = shared[0]
     with pytest.raises(RuntimeError, match="divide the rows"):
-        four = kt.repeat(2, 1, 1, 1)[:4].transpose(-1, -2), values.repeat(2, 1, 1, 1)[:4]
+        four = keys.repeat(2, 1, 1, 1)[:4], values.repeat(2, 1, 1, 1)[:4]
         da.decode_attention(q, [four[0]], [four[1]], k, v)  # 18 rows in 4 groups
     with pytest.raises(RuntimeError, match="head width"):
         q5, _, k5, v5 = random_state(hd=12)
@@ -176,3 +175,25 @@ def test_describe_reports_which_path_the_planning_attention_took(monkeypatch):
         assert da.describe() == "fused and torch"
         monkeypatch.setattr(da, "_torch_calls", 0)
         assert da.describe() == "fused"
+
+
+@needs_kernel
+def test_keys_strided_in_both_dimensions_take_the_general_loop_and_agree():
+    """A level whose keys have neither unit channel nor unit position stride (every other column
+    of a wider tensor) goes through the kernel's general loop."""
+    da.set_attention_kernel("fused")
+    q, shared, k, v = random_state(hd=16, prefix=11, middle=9)
+    wide = torch.randn(shared[1][0].shape[0], 2, 9, 32)[..., ::2]  # strides (..., 32, 2)
+    assert wide.stride(-1) != 1 and wide.stride(-2) != 1
+    shared[1] = (wide, shared[1][1])
+    torch.testing.assert_close(attend_shared(q, shared, k, v), shared_prefix_attention(q, shared, k, v),
+                               rtol=2e-5, atol=2e-6)
+
+
+def test_kernel_mode_puts_the_previous_mode_back_even_after_an_error():
+    da.set_attention_kernel("auto")
+    with pytest.raises(RuntimeError, match="inside"):
+        with da.kernel_mode("torch"):
+            assert da.attention_kernel() == "torch"
+            raise RuntimeError("inside")
+    assert da.attention_kernel() == "auto"

@@ -94,10 +94,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward_shared(self, x: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor]],
                        past: KV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, t, D]; shared: levels of keys transposed [G, H, hd, L] and values [G, H, L, hd] read
-        by groups of B / G consecutive rows (see :func:`shared_prefix_attention`); past: the rows'
-        suffix buffers [B, H, cap, hd] and their valid length (the new entries are written in
-        place; the caller keeps them within cap)."""
+        """x [B, t, D]; shared: levels of keys and values [G, H, L, hd] read by groups of B / G
+        consecutive rows (see :func:`shared_prefix_attention`); past: the rows' suffix buffers
+        [B, H, cap, hd] and their valid length (the new entries are written in place; the caller
+        keeps them within cap)."""
         B, t, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)
@@ -116,9 +116,8 @@ def attend_shared(q: torch.Tensor, shared: list[tuple[torch.Tensor, torch.Tensor
     """The attention of :func:`shared_prefix_attention`, by the fused CPU kernel where it applies
     (see :mod:`trajectory.models.ops.decode_attention`), else by torch."""
     if decode_attention.applies(q):
-        return decode_attention.decode_attention(
-            q, [keys_t.transpose(-1, -2) for keys_t, _ in shared], [values for _, values in shared],
-            suffix_k, suffix_v)
+        return decode_attention.decode_attention(q, [keys for keys, _ in shared],
+                                                 [values for _, values in shared], suffix_k, suffix_v)
     decode_attention.count_torch_path()
     return shared_prefix_attention(q, shared, suffix_k, suffix_v)
 
@@ -128,8 +127,9 @@ def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, to
     """softmax(q [k_shared...; k_suffix]^T / sqrt(hd)) [v_shared...; v_suffix], each shared level's
     keys/values read once per group of rows.
 
-    q [B, H, t, hd]; ``shared``: levels of (keys transposed [G, H, hd, L], values [G, H, L, hd]),
-    each with G dividing B and B / G consecutive rows per group (an environment's context; a beam's
+    q [B, H, t, hd]; ``shared``: levels of (keys, values), both [G, H, L, hd] at any strides (the
+    context's keys are a view of keys stored transposed, the layout their product reads), each
+    with G dividing B and B / G consecutive rows per group (an environment's context; a beam's
     tokens shared by its copies); suffix_k/v [B, H, S, hd], each row's own, whose last t entries are
     the queries' own tokens (causal among them). Returns [B, H, t, hd].
 
@@ -141,11 +141,11 @@ def shared_prefix_attention(q: torch.Tensor, shared: list[tuple[torch.Tensor, to
     S = suffix_k.shape[2]
     q = q * hd ** -0.5
     parts = []
-    for keys_t, values in shared:
-        G = keys_t.shape[0]
+    for keys, values in shared:
+        G = keys.shape[0]
         r = B // G
         grouped = q.view(G, r, H, t, hd).transpose(1, 2).reshape(G, H, r * t, hd)  # a product per group
-        stats = torch.cat(softmax_part(grouped @ keys_t, values), -1)  # [G, H, r t, hd + 2]
+        stats = torch.cat(softmax_part(grouped @ keys.transpose(-1, -2), values), -1)  # [G, H, r t, hd + 2]
         stats = stats.view(G, H, r, t, hd + 2).transpose(1, 2).reshape(B, H, t, hd + 2)
         parts.append(stats.split((hd, 1, 1), dim=-1))
 
@@ -302,9 +302,9 @@ class GPTCore(SequenceCore):
         prefix, middle = state["prefix"], state.get("middle")
         h = self.drop(x + self.pos_emb(pos + torch.arange(t, device=x.device)))
         for layer, (block, k, v) in enumerate(zip(self.blocks, state["k"], state["v"])):
-            shared = [(prefix["kt"][layer], prefix["v"][layer])]
+            shared = [(prefix["kt"][layer].transpose(-1, -2), prefix["v"][layer])]
             if middle is not None:
-                shared.append((middle["k"][layer].transpose(-1, -2), middle["v"][layer]))
+                shared.append((middle["k"][layer], middle["v"][layer]))
             h, _, _ = block.forward_shared(h, shared, (k, v, cached))
         return h, {**state, "length": cached + t, "pos": pos + t}
 

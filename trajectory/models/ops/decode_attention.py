@@ -9,10 +9,11 @@ pass per (row, head), with the running softmax in registers.
 ``attention_kernel`` picks the path: ``auto`` (the kernel where it applies and builds, else torch,
 with one warning saying why), ``torch`` (always the torch path: the reference), ``fused`` (the
 kernel or an error naming the fix). The kernel is built once per machine with torch's C++
-extension loader (a C++ compiler and ninja; about 40 s) into torch's extension cache.
+extension loader (a C++ compiler and ninja; tens of seconds) into torch's extension cache.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -47,6 +48,18 @@ def set_attention_kernel(mode: str) -> None:
 
 def attention_kernel() -> str:
     return _mode
+
+
+@contextlib.contextmanager
+def kernel_mode(mode: str):
+    """``set_attention_kernel(mode)`` for a block, the previous mode put back after it (benchmarks
+    and tests that time or compare both paths in one process)."""
+    previous = _mode
+    set_attention_kernel(mode)
+    try:
+        yield
+    finally:
+        set_attention_kernel(previous)
 
 
 def describe() -> str:
@@ -108,7 +121,7 @@ def _build():
 
     # Said only when it takes long, i.e. when it compiles rather than loads the cached build.
     notice = threading.Timer(3.0, print, ("building the fused decode-attention kernel (once per "
-                                          "machine, about 40 s; attention_kernel=torch skips it)",),
+                                          "machine, under a minute; attention_kernel=torch skips it)",),
                              {"flush": True})
     notice.start()
     try:
