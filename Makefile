@@ -1,4 +1,4 @@
-# Quick start:  make test   |   make demo
+# Quick start:  make test   |   make demo   (make test-fast: the edit-test loop, under a minute)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: test demo lint clean
+.PHONY: test test-fast demo lint clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # where profile.py would shadow the standard library's profile module.
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q
+
+# Everything but simulator rollouts, DDP, training to a loss and subprocess CLI runs (tests/conftest.py)
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -m "not slow"
 
 demo: $(VENV)/.installed
 	$(PY) -m planners.demo $(DEMO_ARGS)

@@ -16,8 +16,8 @@ python eval.py --config=configs/eval_base.yaml checkpoints_path=runs/<name> n_ep
 
 
 def evaluate(cfg: EvalConfig) -> None:
-    from planners import check_planner
-    check_planner(cfg.planner)  # torch-free: a mistyped planner is reported at once
+    from planners import check_planner_inputs
+    check_planner_inputs(cfg)  # torch-free: a mistyped planner or a missing critic, at once
     try:
         from planners.rollout import evaluate as rollout_evaluate
     except ImportError as err:

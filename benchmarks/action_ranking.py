@@ -3,7 +3,7 @@ planner: search can only beat the model's own policy if its ranking of candidate
 
     python benchmarks/action_ranking.py runs/<name> [runs/<other> ...] [--envs 10] \
         [--times 100,400,700] [--candidates 16] [--horizon 200] [--model-horizon 5] [--nudge 1e-3] \
-        [--seed 100] [--set key=value ...] [--readme README.md]
+        [--seed 100] [--set key=value ...] [--readme docs/results.md]
 
 For each checkpoint, ``--envs`` environments (reset with ``seed + i``, as eval.py) are driven by the
 model's median policy. At each step of ``--times`` every environment's simulator state is copied
@@ -12,7 +12,7 @@ into ``--candidates`` fresh copies, one per candidate action for that state:
 * candidate 0: the median policy's action (the baseline every planner has to beat);
 * candidate 1: the action the beam planner would take (eval_base.yaml's settings, ``--set`` overrides);
 * the others: drawn from the model the way the planner draws its candidates (``cdf_act``, ``k_act``,
-  ``act_window``), one dimension at a time.
+  one dimension at a time).
 
 The model scores each candidate as a one-step planner does, Q = r + discount * V with the reward and
 the value-to-go read off its distributions after the candidate's action tokens. The environment
@@ -21,7 +21,7 @@ scores it by what happens: the candidate action, then the median policy for the 
 the unseen tail weighs 0.13, and it follows the same policy for every candidate). MuJoCo is
 deterministic, so each realised Q is exact for its state.
 
-The model also scores each candidate by imagination (:func:`planners.lookahead.imagine`): the
+The model also scores each candidate by imagination (:func:`planners.imagine.imagine`): the
 candidate, then its median policy for ``--model-horizon`` transitions inside the model, the
 discounted predicted rewards plus the value after them. And each candidate is replayed once more
 from the state with its joint velocities moved by ``--nudge`` x N(0, 1) (a hundredth of the reset
@@ -33,8 +33,8 @@ realised first reward), and what choosing gains over the median action in realis
 candidate by each of those rankings, a drawn candidate on average, the planner's action, and the
 best candidate (what a perfect ranker would gain from this candidate set). Means
 with their standard errors over states go to ``benchmarks/results/action_ranking.json`` (entries of
-other checkpoints or settings are kept), a plot beside it, and with ``--readme`` the README block
-``action_ranking``.
+other checkpoints or settings are kept), a plot beside it, and with ``--readme`` the block
+``action_ranking`` of that Markdown file (docs/results.md).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
 from planners import build_planner  # noqa: E402
 from planners.beam import plan_actions  # noqa: E402
-from planners.lookahead import imagine  # noqa: E402
+from planners.imagine import imagine  # noqa: E402
 from planners.policy import PolicyPlanner  # noqa: E402
 from planners.rollout import History, load_for_eval, resolve_env_id, transition_tokens  # noqa: E402
 from planners.sampling import median, sample  # noqa: E402
@@ -80,7 +80,7 @@ def score_candidates(model, discretizer, layout, cfg: EvalConfig, context: torch
     forced = planner_tokens.repeat_interleave(candidates, dim=0)  # [E K, A]
 
     def first_token(j: int, logits: torch.Tensor) -> torch.Tensor:
-        token = sample(logits, generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
+        token = sample(logits, generator, cfg.k_act, cfg.cdf_act)
         token = torch.where(kind == MEDIAN, median(logits), token)
         return torch.where(kind == PLANNER, forced[:, j].to(token.dtype), token)
     out = imagine(model, discretizer, layout, replace(cfg, beam_steps=1), context, candidates,
@@ -141,7 +141,7 @@ def realised_returns(model, discretizer, layout, policy_cfg: EvalConfig, env_id:
 def imagined_returns(model, discretizer, layout, cfg: EvalConfig, context: torch.Tensor,
                      tokens: torch.Tensor, horizon: int, generator: torch.Generator) -> np.ndarray:
     """Each candidate [E, K, A] followed by the model's median policy for ``horizon`` transitions
-    in the model (:func:`planners.lookahead.imagine`): its discounted predicted rewards plus the
+    in the model (:func:`planners.imagine.imagine`): its discounted predicted rewards plus the
     discounted value after them, [E, K]."""
     envs, k, _ = tokens.shape
     forced = tokens.reshape(envs * k, -1)
@@ -383,7 +383,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--model-horizon", type=int, default=5,
                         help="transitions each candidate is followed in the model for the imagined "
-                             "estimate (the lookahead planner's beam_steps)")
+                             "estimate")
     parser.add_argument("--nudge", type=float, default=1e-3,
                         help="replay every candidate from the state with its velocities moved by "
                              "this x N(0, 1): how reproducible the realised ranking is (0: skip)")
@@ -392,7 +392,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="planner settings (eval_base.yaml keys) for the beam planner's candidate")
     parser.add_argument("--out", default=RESULTS)
-    parser.add_argument("--readme", default=None)
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'action_ranking' block to rewrite (docs/results.md)")
     args = parser.parse_args(argv)
     try:
         args.times = [int(t) for t in args.times.split(",") if t]

@@ -2,16 +2,16 @@
 planner trained on its data has to beat.
 
     python benchmarks/behaviour_policy.py [--names halfcheetah-medium] [--seed 1000] \
-        [--episodes 25] [--steps 1000] [--readme README.md]
+        [--episodes 25] [--steps 1000] [--readme docs/data.md]
 
-For each reproduction (``trajectory/data/generate.py``) the committed SAC actor acts two ways, on the
-same environment seeds as ``eval.py`` (episode ``i`` reset with ``seed + i``): its mean action, and
-an action sampled as the dataset generator samples it (``tanh(mean + std * noise)``, the noise of
-episode ``i`` from ``default_rng([seed, i])``). Each gives the mean normalized score with its
-standard error and 95% bootstrap interval, and the failed episodes by the same rules as
+For each reproduction (``trajectory/behaviour/reproductions.py``) the committed SAC actor acts two
+ways, on the same environment seeds as ``eval.py`` (episode ``i`` reset with ``seed + i``): its mean
+action, and an action sampled as the dataset generator samples it (``tanh(mean + std * noise)``, the
+noise of episode ``i`` from ``default_rng([seed, i])``). Each gives the mean normalized score with
+its standard error and 95% bootstrap interval, and the failed episodes by the same rules as
 ``eval.py`` (a fall, the torso past 90 degrees, or a return below 0). Results go to
 ``benchmarks/results/behaviour_policy.json`` (entries of other settings are kept) and, with
-``--readme``, to the README block ``behaviour_policy``.
+``--readme``, to the block ``behaviour_policy`` of that Markdown file (docs/data.md).
 
 The sampled row is what the dataset holds; the mean-action row is what the same policy scores once
 its exploration noise is taken away, which is also roughly what a model that copies the data's most
@@ -30,8 +30,8 @@ import torch
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
-from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
-from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
+from trajectory.behaviour.policy import load_policy  # noqa: E402
+from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
 from trajectory.envs import make_env, normalized_score, torso_angle_index, torso_flipped  # noqa: E402
 from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
 
@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=25)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--readme", default=None, help="rewrite this README's 'behaviour_policy' block")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'behaviour_policy' block to rewrite (docs/data.md)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -9,7 +9,8 @@ For every registered core at the Trajectory Transformer's size (4 layers, 128 wi
 
     python benchmarks/cores.py [--batch 1600] [--context 125] [--cores gpt,s5] [--threads 2]
 
-Prints a table and writes benchmarks/results/cores.json.
+Prints a table and writes benchmarks/results/cores.json; ``python benchmarks/tables.py
+benchmarks/results/cores.json --readme README.md`` then rewrites the README's cores table.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@
 
     python benchmarks/cpu_size_sweep.py --core gpt --sizes 64x2,128x2,128x4 --minutes 20
 
-Writes benchmarks/results/cpu_size_sweep_<core>.json and a plot beside it.
+Writes benchmarks/results/cpu_size_sweep_<core>.json and a plot beside it; ``python benchmarks/tables.py
+benchmarks/results/cpu_size_sweep_<core>.json --readme docs/training.md`` then rewrites its table.
 """
 from __future__ import annotations
 

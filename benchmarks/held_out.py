@@ -4,7 +4,8 @@ Windows of the episodes every run held out (``data.holdout_fraction``), teacher-
 per token group, next-observation and reward errors in real units, value calibration (see
 ``trajectory/training/held_out.py``).
 
-    python benchmarks/held_out.py runs/s5-30m [runs/other ...] [--windows 2048] [--readme README.md]
+    python benchmarks/held_out.py runs/s5-30m [runs/other ...] [--windows 2048] [--readme docs/results.md]
+    python benchmarks/held_out.py table --readme docs/results.md    # the saved results again
 
 Prints a table and writes benchmarks/results/held_out.json (one entry per run and weights).
 """
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders, or 'table' to reprint the saved results")
     parser.add_argument("--windows", type=int, default=2048)
-    parser.add_argument("--readme", default=None, help="rewrite its held_out block with the table")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'held_out' block to rewrite (docs/results.md)")
     args = parser.parse_args(argv)
     results = load_results(OUT)
     for run in args.runs if args.runs != ["table"] else []:

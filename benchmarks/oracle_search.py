@@ -2,7 +2,7 @@
 outcome lifts the behaviour policy. The ceiling a learned planner's ranking works under.
 
     python benchmarks/oracle_search.py [--name halfcheetah-medium] [--episodes 25] [--steps 1000] \
-        [--candidates 16] [--horizon 30] [--seed 1000] [--readme README.md]
+        [--candidates 16] [--horizon 30] [--seed 1000] [--readme docs/results.md]
 
 At every step of every episode (episode ``i`` reset with ``seed + i``, as eval.py) the dataset's
 committed SAC actor proposes ``--candidates`` actions: its mean action and draws made as the dataset
@@ -15,7 +15,7 @@ This is what a planner would do with a perfect model of the environment and a se
 actions the data contains, ranking them over ``--horizon`` steps. Results (mean normalized score
 with its standard error and 95% interval, failed episodes by eval.py's rules) go to
 ``benchmarks/results/oracle_search.json`` (entries of other settings are kept) and, with ``--readme``,
-to the README block ``oracle_search``.
+to the block ``oracle_search`` of that Markdown file (docs/results.md).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from behaviour_policy import Episodes  # noqa: E402
 from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
-from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
-from trajectory.data.soft_actor_critic import load_policy  # noqa: E402
+from trajectory.behaviour.policy import load_policy  # noqa: E402
+from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
 from trajectory.envs import make_env, normalized_score, simulator_state  # noqa: E402
 from trajectory.models.critic import candidate_values, load_critic  # noqa: E402
 from trajectory.score_stats import failed_episodes, format_score, summarize  # noqa: E402
@@ -186,7 +186,8 @@ def main(argv=None) -> None:
     parser.add_argument("--critic", default=None,
                         help="rank the candidates by this learned critic (critic.pt) instead of "
                              "simulating them")
-    parser.add_argument("--readme", default=None)
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'oracle_search' block to rewrite (docs/results.md)")
     args = parser.parse_args(argv)
     if args.candidates < 1 or args.horizon < 1 or args.episodes < 1 or args.steps < 1:
         raise SystemExit("error: --candidates, --horizon, --episodes and --steps must be at least 1")

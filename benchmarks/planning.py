@@ -26,10 +26,12 @@ Each core's matrix-product FLOPs per plan are counted once (``torch.utils.flop_c
 timed runs) and set against this machine's fp32 matmul throughput at the same thread count: the
 fraction of that ceiling the shared step form reaches.
 
-    python benchmarks/planning.py [--size tt|cpu] [--cores gpt,s5] [--envs 25] [--threads 2] [--compile]
+    python benchmarks/planning.py [--size tt|cpu] [--cores gpt,s5] [--envs 25] [--threads 2] [--compile] \\
+        [--out benchmarks/results/planning_cpu.json] [--readme docs/planning.md]
 
-Prints a table and writes benchmarks/results/planning.json and a bar chart beside it
-(``--replot`` redraws the chart from the JSON alone).
+Prints a table and writes benchmarks/results/planning.json (or ``--out``) and a bar chart beside it;
+``--readme`` rewrites the block named after ``--out`` in docs/planning.md (``--replot`` redraws the
+chart and that block from the JSON alone).
 """
 from __future__ import annotations
 
@@ -83,8 +85,8 @@ def main(argv=None) -> dict:
                         help="keep the other cores' rows of --out (same size, envs and threads) and "
                              "replace only the cores measured now")
     parser.add_argument("--readme", default=None,
-                        help="rewrite the README block named after --out (planning_cpu.json: "
-                             "planning_cpu) with its table")
+                        help="the Markdown file (docs/planning.md) whose block named after --out "
+                             "(planning_cpu.json: planning_cpu) to rewrite with its table")
     parser.add_argument("--same-process", action="store_true",
                         help="measure every core in this process instead of one fresh process each")
     args = parser.parse_args(argv)
@@ -198,7 +200,7 @@ def previous_rows(args) -> dict:
 
 
 def publish(saved: dict, args) -> dict:
-    """The chart beside ``--out`` and, with ``--readme``, the README block named after it."""
+    """The chart beside ``--out`` and, with ``--readme``, the block named after it in that file."""
     plot(saved["cores"], saved["settings"]["envs"], args.out.replace(".json", ".png"),
          saved["settings"].get("size", "tt"))
     if args.readme:
@@ -243,7 +245,7 @@ def block_name(out: str) -> str:
 
 
 def table(saved: dict) -> str:
-    """README table: seconds per env step with the shared prefix, the per-row reference, their
+    """The docs table: seconds per env step with the shared prefix, the per-row reference, their
     ratio, and re-running the sequence where it was measured."""
     cores, settings = saved["cores"], saved["settings"]
     recompute = all("ms_per_env_step_recompute" in row for row in cores.values())

@@ -1,10 +1,10 @@
-"""The README's profile table, from a ``profile.py`` report (``profile.json``): per core and
+"""The profile table of docs/profiling.md, from a ``profile.py`` report (``profile.json``): per core and
 precision, ms per env step and per decoded token, the share of beam reordering, and the three op
 groups that take the most time.
 
     python profile.py --config=configs/eval_base.yaml compare=gpt,hyena,retnet,s5 n_episodes=5 \\
         threads=2 out=benchmarks/results/profile_tt
-    python benchmarks/profile_table.py benchmarks/results/profile_tt/profile.json --readme README.md
+    python benchmarks/profile_table.py benchmarks/results/profile_tt/profile.json --readme docs/profiling.md
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def table(report: dict) -> str:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", help="a profile.json written by profile.py")
-    parser.add_argument("--readme", default=None, help="rewrite its profile_tt block")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose --block to rewrite (docs/profiling.md)")
     parser.add_argument("--block", default="profile_tt")
     args = parser.parse_args(argv)
     with open(args.report) as f:

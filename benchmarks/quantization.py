@@ -15,7 +15,8 @@ size do not depend on the weights, agreement does, so it is left out.
 
     python benchmarks/quantization.py [--cores gpt,s5] [--checkpoints s5=runs/x] [--envs 5]
 
-Prints a table and writes benchmarks/results/quantization*.json.
+Prints a table and writes benchmarks/results/quantization*.json; ``python benchmarks/tables.py
+benchmarks/results/quantization*.json --readme docs/int8.md`` then rewrites the tables of docs/int8.md.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""What the result scripts share: their JSON results file, Markdown tables, and the README block
-each rewrites (the text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``), so that tables
-quoted there always come from a results file."""
+"""What the result scripts share: their JSON results file, Markdown tables, and the block each
+rewrites in a Markdown file (README.md or a page under docs/: the text between
+``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``), so that tables quoted there always come from a
+results file. ``--readme <file>`` names that file in every script."""
 from __future__ import annotations
 
 import json
@@ -33,6 +34,13 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     rules = ["---:" if c.endswith(">") else "---" for c in columns]
     lines = [titles, rules, *[[str(cell) for cell in row] for row in rows]]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def link(readme: str, path: str) -> str:
+    """``path`` (absolute, or relative to the repository root) as a Markdown link target relative to
+    the folder of ``readme``, the file the link is written into."""
+    target = path if os.path.isabs(path) else os.path.join(ROOT, path)
+    return os.path.relpath(target, os.path.dirname(os.path.abspath(readme))).replace(os.sep, "/")
 
 
 def replace_block(readme: str, name: str, text: str) -> None:

@@ -9,6 +9,7 @@ model with ``train.compile=true``).
         configs/cpu/halfcheetah_medium_s5.yaml [--steps 60] [--threads 2]
     python benchmarks/recipe_time.py configs/cpu/halfcheetah_medium_s5.yaml --processes 2 --threads 1
     python benchmarks/recipe_time.py configs/cpu/halfcheetah_medium_s5.yaml --set train.compile=true
+    ... [--readme docs/training.md]    # with the table of every saved setup
 
 ``--processes N`` runs the loop as N DDP processes (gloo, as ``torchrun --nproc_per_node=N
 train.py`` trains), each with ``--threads`` torch threads; the global batch is the recipe's.
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override, as train.py takes them (repeatable)")
     parser.add_argument("--rank-out", default=None, help=argparse.SUPPRESS)  # a DDP rank's entry
-    parser.add_argument("--readme", default=None, help="rewrite its recipe_time block with a table")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'recipe_time' block to rewrite (docs/training.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.rank_out:  # launched as one rank of in_processes()

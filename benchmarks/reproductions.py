@@ -1,15 +1,16 @@
 """The local reproductions of D4RL's medium datasets: behaviour policy and dataset, per environment.
 
     python benchmarks/reproductions.py [--names hopper-medium,walker2d-medium] [--cache-dir data] \
-        [--readme README.md]
+        [--readme docs/data.md]
 
-For each reproduction it reads the committed policy's card (``trajectory/assets/<env>_medium_policy.json``,
-written by ``python -m trajectory.data.policy_card``) and the dataset that ``data.source=<name>``
-loads (generated on first use, which takes a few minutes), and records: the policy's training steps
-and its sampled-action return, then the dataset's episodes, how many ended by a fall (a true
-terminal), their mean length, the behaviour return and its D4RL-normalized score. Results go to
+For each reproduction it reads the committed policy's card
+(``trajectory/behaviour/policies/<env>_medium_policy.json``, written by
+``python -m trajectory.behaviour.card``) and the dataset that ``data.source=<name>`` loads (generated
+on first use, which takes a few minutes), and records: the policy's training steps and its
+sampled-action return, then the dataset's episodes, how many ended by a fall (a true terminal),
+their mean length, the behaviour return and its D4RL-normalized score. Results go to
 ``benchmarks/results/reproductions.json`` (entries of other names are kept) and, with ``--readme``,
-to the README block ``reproductions``.
+to the block ``reproductions`` of that Markdown file (docs/data.md).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
-from trajectory.data.generate import REPRODUCTIONS  # noqa: E402
+from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "reproductions.json")
 
@@ -74,7 +75,8 @@ def main(argv=None) -> None:
     parser.add_argument("--names", default=",".join(sorted(REPRODUCTIONS)),
                         help="comma-separated reproductions (default: all)")
     parser.add_argument("--cache-dir", default="data")
-    parser.add_argument("--readme", default=None, help="rewrite this README's 'reproductions' block")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'reproductions' block to rewrite (docs/data.md)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     unknown = sorted(set(names) - set(REPRODUCTIONS))

@@ -5,7 +5,7 @@ At the halfcheetah defaults a planning step decodes ~125 tokens on 1,600 rows (2
 expand 2) over 100 bins; every action token is drawn through the cdf filter, every observation,
 reward and value token taken greedily, and every token's log-probability kept.
 
-    python benchmarks/sampling.py [--rows 1600] [--bins 100] [--threads 2]
+    python benchmarks/sampling.py [--rows 1600] [--bins 100] [--threads 2] [--readme docs/planning.md]
 
 Prints a table and writes benchmarks/results/sampling.json.
 """
@@ -40,7 +40,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", default=os.path.join(RESULTS, "sampling.json"))
-    parser.add_argument("--readme", default=None, help="rewrite the README's sampling block")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'sampling' block to rewrite (docs/planning.md)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""The scores table: every normalized score the README quotes, from eval.py's reports.
+"""The scores table: every normalized score docs/results.md quotes, from eval.py's reports.
 
 Each row is one checkpoint, one way of choosing actions and one set of seeds, evaluated with the
 score protocol (25 episodes of 1,000 steps). A row may be assembled from several reports of the
@@ -7,14 +7,16 @@ episodes run as 5 processes of 5 on a machine with many cores); the parts' episo
 
     python benchmarks/scores.py add runs/s5-30m/eval_beam_1000 --training "30 min" \\
         --hardware "2 CPU cores" [--label "beam, TT settings"]
-    python benchmarks/scores.py table [--readme README.md]
-    python benchmarks/scores.py rebuild [--rows benchmarks/score_rows.tsv] [--readme README.md]
+    python benchmarks/scores.py table [--readme docs/results.md]
+    python benchmarks/scores.py rebuild [--rows benchmarks/score_rows.tsv] [--readme docs/results.md]
 
 ``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id);
 ``rebuild`` makes every row again from a list of ``folder<TAB>training<TAB>hardware`` lines (the
-committed reports under benchmarks/results/evals). Then the table is printed; ``--readme``
-rewrites the README's text between the ``<!-- scores:begin -->`` and ``<!-- scores:end -->``
-markers with it, and benchmarks/results/scores.png shows the rows with their 95% intervals.
+committed reports under benchmarks/results/evals). Then the table is printed; ``--readme`` names
+the Markdown file (docs/results.md) whose text between the ``<!-- scores:begin -->`` and
+``<!-- scores:end -->`` markers it rewrites, and benchmarks/results/scores.png shows the rows with
+their 95% intervals. ``python benchmarks/headline.py`` condenses the same file into the README's
+headline table.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
     sys.path.append(ROOT)
-from readme_blocks import markdown_table, replace_block  # noqa: E402  (the script's folder)
+from readme_blocks import link, markdown_table, replace_block  # noqa: E402  (the script's folder)
 
 from trajectory.envs import env_family  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
@@ -40,8 +42,7 @@ SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # t
 # TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
 TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
-                "act_window", "anchor_median", "obs_median", "average_actions", "percentile",
-                "likelihood_weight", "support_penalty", "plan_every")
+                "average_actions", "plan_every")
 
 
 def load_reports(folder: str) -> list[dict]:
@@ -54,29 +55,16 @@ def load_reports(folder: str) -> list[dict]:
     return [json.load(open(p)) for p in paths]
 
 
-def action_choice(settings: dict, weights: str | None = None, planner_info: dict | None = None) -> str:
-    """How actions were chosen, in words, from a report's settings and the weights it used (a
-    report names them beside its settings: 'ema' asked of a run that kept no average means raw)."""
-    weights = weights or settings.get("weights", "ema")
+def action_choice(settings: dict, planner_info: dict | None = None) -> str:
+    """How actions were chosen, in words, from a report's settings. (Rows made from reports of
+    options since retired keep the labels they were written with.)"""
     if settings.get("planner", "beam") == "policy":
-        return f"policy, {settings.get('policy_actions', 'greedy')} ({weights} weights)"
+        return f"policy, {settings.get('policy_actions', 'greedy')}"
     extras = []
-    if settings.get("percentile", "mean") != "mean":
-        extras.append(f"reward/value at q={settings['percentile']}")
-    if settings.get("likelihood_weight"):
-        extras.append(f"likelihood weight {settings['likelihood_weight']}")
-    if settings.get("support_penalty"):
-        extras.append(f"support penalty {settings['support_penalty']}")
-    if settings.get("act_window") is not None:
-        extras.append(f"actions from the central {settings['act_window']:g} of their distribution")
-    elif settings.get("cdf_act") != 0.6:
+    if settings.get("cdf_act") != 0.6:
         extras.append(f"cdf_act {settings.get('cdf_act')}")
     if settings.get("average_actions"):
         extras.append(f"first actions averaged (temperature {settings['average_actions']:g})")
-    if settings.get("anchor_median"):
-        extras.append("a median-action copy of every beam")
-    if settings.get("obs_median"):
-        extras.append("observations at their median")
     if settings.get("plan_every", 1) != 1:
         extras.append(f"a plan every {settings['plan_every']} steps")
     if settings.get("planner") == "critic":
@@ -84,13 +72,17 @@ def action_choice(settings: dict, weights: str | None = None, planner_info: dict
         trained = (f" (IQL expectile {info['expectile']:g}, {info['step'] // 1000}k steps)"
                    if info.get("expectile") is not None and info.get("step") is not None else "")
         base = f"critic{trained}, best of {settings['beam_width']} policy actions"
-    elif settings.get("planner") == "lookahead":
-        base = (f"lookahead, {settings['beam_width']} first actions, median policy for "
-                f"{settings['beam_steps']} steps")
     else:
         base = (f"beam {settings['beam_width']}x{settings['sample_expand']}, "
                 f"{settings['beam_steps']} steps")
-    return ", ".join([base, *extras]) + f" ({weights} weights)"
+    return ", ".join([base, *extras])
+
+
+def search_depth(settings: dict) -> int:
+    """Transitions the planner looks ahead: 0 for the model's own policy, 1 for one-step ranking by
+    the critic, ``beam_steps`` for the beam search."""
+    planner = settings.get("planner", "beam")
+    return {"policy": 0, "critic": 1}.get(planner, settings.get("beam_steps", 1))
 
 
 def merge(reports: list[dict]) -> dict:
@@ -126,7 +118,7 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
     seeds = sorted(pooled["seeds"])
     settings = first["settings"]
     env_id = settings.get("env_id") or "HalfCheetah-v5"  # reports before env_id was recorded
-    choice = action_choice(settings, first.get("weights"), first.get("planner_info"))
+    choice = action_choice(settings, first.get("planner_info"))
     row = {
         "id": f"{first['checkpoint']}|{choice}|{seeds[0]}-{seeds[-1]}",
         "checkpoint": first["checkpoint"], "env": env_family(env_id), "core": first["core"],
@@ -135,8 +127,8 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
         "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
         "held_out_value_corr": held_out.get("value_corr"),
         "actions": label or choice,
-        "planner_settings": {k: settings.get(k) for k in ("planner", "policy_actions", "weights",
-                                                          *PLANNER_KEYS)},
+        "planner_settings": {k: settings.get(k) for k in ("planner", "policy_actions", *PLANNER_KEYS)},
+        "search_depth": search_depth(settings),
         "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
         "max_episode_steps": settings["max_episode_steps"],
         "score": summarize(pooled["normalized_scores"], seed=seeds[0]),
@@ -191,7 +183,7 @@ def gains(rows: list[dict]) -> str:
         match = [p for p in rows if p["planner_settings"]["planner"] == "policy"
                  and p["planner_settings"].get("policy_actions", "greedy") == actions
                  and same_run(p, r) and p["seeds"] == r["seeds"]
-                 and p["planner_settings"]["weights"] == r["planner_settings"]["weights"]]
+                 and p["planner_settings"].get("weights") == r["planner_settings"].get("weights")]
         return match[0] if match else None
 
     def gain(r: dict, p: dict | None) -> str:
@@ -237,7 +229,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{r['env']} {r['core']} {r['training']}: "
                         f"{r['actions'][:40]} [{r['seeds'][0]}]" for r in rows], fontsize=7)
-    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search or lookahead, green: "
+    ax.set_xlabel("normalized score (95% bootstrap CI); blue: beam search, green: "
                   "critic-ranked, orange: policy; gray tick: TT's published score")
     ax.invert_yaxis()
     fig.tight_layout()
@@ -254,11 +246,12 @@ def main(argv=None) -> int:
     add.add_argument("--hardware", required=True, help="where it trained, e.g. '2 CPU cores'")
     add.add_argument("--label", default=None, help="how actions were chosen (default: settings)")
     add.add_argument("--size", default=None, help="d_model x layers (default: from the checkpoint)")
-    show = sub.add_parser("table", help="print the table (and update the README)")
+    show = sub.add_parser("table", help="print the table (and rewrite the block of --readme)")
     rebuild = sub.add_parser("rebuild", help="make every row again from a list of folders")
     rebuild.add_argument("--rows", default=os.path.join(ROOT, "benchmarks", "score_rows.tsv"))
     for p in (add, show, rebuild):
-        p.add_argument("--readme", default=None)
+        p.add_argument("--readme", default=None,
+                       help="the Markdown file whose 'scores' block to rewrite (docs/results.md)")
     args = parser.parse_args(argv)
     rows = load_rows()
     if args.command == "add":
@@ -277,9 +270,10 @@ def main(argv=None) -> int:
     text = (table(rows) + "\n\nWhat search adds: each planner row against the same checkpoint's "
             "policy on the same seeds (± the two standard errors combined):\n\n" + gains(rows))
     print(text)
-    plot(rows, os.path.join(os.path.dirname(SCORES), "scores.png"))
+    chart = os.path.join(os.path.dirname(SCORES), "scores.png")
+    plot(rows, chart)
     if args.readme:
-        replace_block(args.readme, "scores", text + "\n\n![scores](benchmarks/results/scores.png)")
+        replace_block(args.readme, "scores", text + f"\n\n![scores]({link(args.readme, chart)})")
     return 0
 
 

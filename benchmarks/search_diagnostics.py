@@ -8,7 +8,8 @@ planner that picks the plans the model over-estimates shows a positive bias that
 policy on the same checkpoint does not.
 
     python benchmarks/search_diagnostics.py beam=runs/x/eval_beam policy=runs/x/eval_policy \\
-        [--out benchmarks/results/search_diagnostics.json]
+        [--out benchmarks/results/search_diagnostics.json] [--readme docs/results.md]
+    python benchmarks/search_diagnostics.py --readme docs/results.md    # the saved results again
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def describe(trace: dict[str, np.ndarray]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="*", help="label=eval_folder (none: reprint saved results)")
-    parser.add_argument("--readme", default=None, help="rewrite its search_diagnostics block")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose search_diagnostics block to rewrite (docs/results.md)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "search_diagnostics.json"))
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@ come from this same process.
 
     python benchmarks/train_throughput.py [--device cuda] [--cores gpt,s5] [--sizes medium,cpu]
 
-Writes benchmarks/results/train_throughput_<device>.json.
+Writes benchmarks/results/train_throughput_<device>.json; ``python benchmarks/tables.py
+benchmarks/results/train_throughput_<device>.json --readme docs/training.md`` then rewrites its table.
 """
 from __future__ import annotations
 

@@ -4,18 +4,16 @@
 The catalog names classes by import path, so :func:`check_planner` runs before torch is imported."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from trajectory.configutil import ConfigError, load_object
 
 PLANNER_CATALOG = {
-    # TT's beam search (optionally wary: percentile, likelihood, support)
-    "beam": "planners.beam:BeamPlanner",
-    "policy": "planners.policy:PolicyPlanner",  # the model's own action distribution, no search
-    # a few first actions, each followed by the model's median policy in imagination; the best
-    "lookahead": "planners.lookahead:LookaheadPlanner",
-    # the model's candidate actions ranked by the run's learned critic (train_critic.py)
+    # the model's candidate actions ranked by the run's learned critic (train_critic.py): the default
     "critic": "planners.critic:CriticPlanner",
+    "beam": "planners.beam:BeamPlanner",  # TT's beam search
+    "policy": "planners.policy:PolicyPlanner",  # the model's own action distribution, no search
 }
 
 
@@ -23,6 +21,32 @@ def check_planner(name: str) -> None:
     """An unknown planner name is a config error listing the known ones (torch-free: run it first)."""
     if name not in PLANNER_CATALOG:
         raise ConfigError(f"unknown planner '{name}'; choose one of: {', '.join(PLANNER_CATALOG)}")
+
+
+# planners that rank with the run's critic (train_critic.py), and so cannot plan without one
+NEEDS_CRITIC = ("critic",)
+
+
+def critic_path(cfg) -> str:
+    """``cfg.critic``, or ``<run>/critic/critic.pt`` beside the checkpoint being evaluated."""
+    if cfg.critic:
+        return cfg.critic
+    run_dir = os.path.normpath(cfg.checkpoints_path or ".")
+    if os.path.basename(run_dir) == "checkpoint":
+        run_dir = os.path.dirname(run_dir)
+    return os.path.join(run_dir, "critic", "critic.pt")
+
+
+def check_planner_inputs(cfg) -> None:
+    """The planner's name, and the critic it needs where it needs one, checked before any work
+    (torch-free): one line naming the fix instead of a failure after the model has loaded."""
+    check_planner(cfg.planner)
+    if cfg.planner in NEEDS_CRITIC and cfg.checkpoints_path and not os.path.isfile(critic_path(cfg)):
+        raise ConfigError(
+            f"planner={cfg.planner} ranks actions with the run's critic, and there is none at "
+            f"{critic_path(cfg)}: train it with `python train_critic.py run=<run dir>` (about 12 "
+            f"minutes on 2 cores), pass critic=<critic.pt>, or plan without one (planner=policy or "
+            f"planner=beam)")
 
 
 def planner_class(name: str) -> type:
@@ -46,5 +70,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PLANNERS", "PLANNER_CATALOG", "BeamPlanner", "Plan", "PolicyPlanner", "build_planner",
-           "check_planner", "planner_class"]
+__all__ = ["NEEDS_CRITIC", "PLANNERS", "PLANNER_CATALOG", "BeamPlanner", "Plan", "PolicyPlanner",
+           "build_planner", "check_planner", "check_planner_inputs", "critic_path", "planner_class"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from planners import build_planner
+from planners import build_planner, check_planner_inputs
 from planners.beam import plan_actions
 from planners.rollout import History, check_finite, load_for_eval, transition_tokens
 from trajectory.config import EvalConfig
@@ -41,6 +41,7 @@ class Agent:
         """``settings``: any :class:`~trajectory.config.EvalConfig` field (planner, beam_width,
         quantize, ...); the model is loaded as ``eval.py`` loads it."""
         cfg = EvalConfig(checkpoints_path=path, device=device, **settings)
+        check_planner_inputs(cfg)
         checkpoint, model = load_for_eval(cfg, torch.device(device))
         return cls(model, checkpoint.discretizer, checkpoint.layout, cfg, device)
 

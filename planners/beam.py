@@ -6,11 +6,8 @@ Per environment step, for E environments at once:
 2. for each of ``beam_steps`` transitions: expand every beam ``sample_expand`` times (``beam_width *
    sample_expand`` copies of the single root at the first step), sample the action tokens, read the
    reward and the value-to-go as expectations over bin centres, score each beam by its discounted
-   rewards plus the discounted value (plus ``likelihood_weight`` times the plan's log-likelihood
-   under the model, minus ``support_penalty`` for every planned observation token in the first or
-   last bin of its dimension, when set), keep the best ``beam_width`` beams per environment, then
-   decode the next observation greedily (``k_obs=1``), or at the median of each token's
-   distribution (``obs_median``);
+   rewards plus the discounted value, keep the best ``beam_width`` beams per environment, then
+   decode the next observation greedily (``k_obs=1``);
 3. return the first action of every environment's best beam.
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
@@ -27,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from planners.estimates import parse_percentile, read_scalar, token_values
-from planners.sampling import greedy, median, sample
+from planners.estimates import read_scalar, token_values
+from planners.sampling import greedy, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
@@ -100,11 +97,10 @@ class Plan:
     actions: torch.Tensor  # [E, beam_steps, act_dim] action tokens of each env's best beam
     rewards: torch.Tensor  # [E, beam_steps] predicted rewards along it
     value: torch.Tensor  # [E] predicted value-to-go at its end
-    score: torch.Tensor  # [E] what the beam was ranked by (return estimate + likelihood term)
+    score: torch.Tensor  # [E] what the plan was ranked by (its return estimate)
     log_likelihood: torch.Tensor  # [E] log-probability of its action and observation tokens
     observed_log_likelihood: torch.Tensor  # [E] mean log p of the current observation's tokens
                                            # given the past (NaN without a past): surprise
-    outside_support: torch.Tensor | None = None  # [E] planned observation tokens in an outer bin
     first_action: torch.Tensor | None = None  # [E, A] the action to take now, in the action space,
                                               # where it is not the first action tokens' bin centres
 
@@ -195,13 +191,13 @@ def token_log_prob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
 def next_observation(model, logits: torch.Tensor, state, obs_dim: int, cfg: EvalConfig,
                      generator: torch.Generator | None = None):
     """After a planned transition's value logits: feed its value token (greedily: the model never
-    reads it), then decode the next observation, greedily (``k_obs=1``), filtered (``k_obs`` /
-    ``cdf_obs``) or at each token's median (``obs_median``). Returns the logits and state after it,
+    reads it), then decode the next observation, greedily (``k_obs=1``) or filtered (``k_obs`` /
+    ``cdf_obs``). Returns the logits and state after it,
     its tokens [R, obs_dim] and their log-probability [R]."""
     logits, state = feed(model, greedy(logits), state)
     tokens, log_lik = [], torch.zeros(logits.shape[0], device=logits.device)
     for _ in range(obs_dim):
-        token = median(logits) if cfg.obs_median else sample(logits, generator, cfg.k_obs, cfg.cdf_obs)
+        token = sample(logits, generator, cfg.k_obs, cfg.cdf_obs)
         log_lik = log_lik + token_log_prob(logits, token)
         tokens.append(token)
         logits, state = feed(model, token, state)
@@ -209,20 +205,16 @@ def next_observation(model, logits: torch.Tensor, state, obs_dim: int, cfg: Eval
 
 
 class BeamPlanner:
-    """TT's beam search; ``percentile``, ``likelihood_weight`` and ``support_penalty`` make it wary
-    of plans the model is unsure of, finds unlikely, or that leave the data (all off in TT's
-    settings). With quantile bins the first and last bin of a dimension hold the data's outer 1%
-    each: a plan that predicts observations there is heading where the data thins out."""
+    """TT's beam search over the model, batched over environments."""
 
     def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
                  generator: torch.Generator | None = None):
         self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
         self.generator = generator
-        self.quantile = parse_percentile(cfg.percentile)
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
 
     def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
-        return read_scalar(logits, self.discretizer, dim, self.quantile)
+        return read_scalar(logits, self.discretizer, dim)
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:
@@ -240,25 +232,18 @@ class BeamPlanner:
         actions = torch.zeros(envs, 0, a, dtype=torch.long, device=device)
         rewards = torch.zeros(envs, 0, device=device)
         log_lik = torch.zeros(envs, device=device)
-        outside = torch.zeros(envs, device=device)  # planned observation tokens in an outer bin
-        last_bin = self.layout.vocab - 1
         per_env = 1
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
             with op_group("reorder"):  # each beam's copies share what it decoded so far
                 state = branch(self.model, state, expand, index)
-            logits, actions, rewards, log_lik, outside = rows(index, logits, actions, rewards,
-                                                              log_lik, outside)
+            logits, actions, rewards, log_lik = rows(index, logits, actions, rewards, log_lik)
             per_env *= expand
 
-            # with anchor_median the first copy of every expanded beam takes the median action
-            anchor = (torch.arange(len(index), device=device) % expand == 0) if cfg.anchor_median else None
             step_actions = []
             for _ in range(a):
-                token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act, cfg.act_window)
-                if anchor is not None:
-                    token = torch.where(anchor, median(logits), token)
+                token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
                 step_actions.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)
@@ -268,29 +253,24 @@ class BeamPlanner:
             actions = torch.cat([actions, torch.stack(step_actions, dim=1)[:, None]], dim=1)
             rewards = torch.cat([rewards, reward[:, None]], dim=1)
             score = (rewards * discounts[:t + 1]).sum(-1) + value * discounts[t + 1]
-            if cfg.likelihood_weight:
-                score = score + cfg.likelihood_weight * log_lik
-            if cfg.support_penalty:
-                score = score - cfg.support_penalty * outside
 
             keep = min(cfg.beam_width, per_env)
             top = score.view(envs, per_env).topk(keep, dim=-1).indices  # sorted: best first
             index = (top + torch.arange(envs, device=device)[:, None] * per_env).reshape(-1)
             with op_group("reorder"):
                 state = self.model.select_state(state, index)
-            logits, actions, rewards, score, value, log_lik, outside = rows(
-                index, logits, actions, rewards, score, value, log_lik, outside)
+            logits, actions, rewards, score, value, log_lik = rows(
+                index, logits, actions, rewards, score, value, log_lik)
             per_env = keep
 
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
-                logits, state, tokens, obs_log_lik = next_observation(self.model, logits, state, o, cfg,
-                                                                      self.generator)
+                logits, state, _, obs_log_lik = next_observation(self.model, logits, state, o, cfg,
+                                                                 self.generator)
                 log_lik = log_lik + obs_log_lik
-                outside = outside + ((tokens == 0) | (tokens == last_bin)).float().sum(-1)
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
         first = self._average_first_action(actions[:, 0], score, envs) if cfg.average_actions else None
         return Plan(actions[best], rewards[best], value[best], score[best], log_lik[best], surprise,
-                    outside[best], first)
+                    first)
 
     def _average_first_action(self, first: torch.Tensor, score: torch.Tensor, envs: int) -> torch.Tensor:
         """Every env's kept beams' first actions [E * P, A] (tokens) averaged in the action space with

@@ -2,7 +2,7 @@
 
 Per env step, for E environments at once: prefill the context, branch it into ``beam_width``
 candidates, choose their action tokens (candidate 0 the median action, the others drawn as the beam
-planner draws: ``cdf_act`` / ``k_act`` / ``act_window``), and take the candidate whose action the
+planner draws: ``cdf_act`` / ``k_act``), and take the candidate whose action the
 run's critic (``train_critic.py``: implicit Q-learning on the dataset) values most, Q(s, a) at the
 current observation. The model proposes what the data would do here; the critic, fitted to many
 transitions where similar actions were taken, judges which of them leads to more return, a ranking
@@ -13,28 +13,16 @@ each candidate as the bin centres of its action tokens: exactly the action sent 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
+from planners import critic_path
 from planners.beam import Plan, branch, feed, max_context_transitions, prefill, token_log_prob
-from planners.estimates import parse_percentile, read_scalar, token_values
+from planners.estimates import read_scalar, token_values
 from planners.sampling import greedy, median_or_drawn
 from trajectory.config import EvalConfig
 from trajectory.models.critic import candidate_values, load_critic
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
-
-
-def critic_path(cfg: EvalConfig) -> str:
-    """``cfg.critic``, or ``<run>/critic/critic.pt`` beside the checkpoint being evaluated."""
-    if cfg.critic:
-        return cfg.critic
-    from trajectory.checkpoint import CHECKPOINT_DIR
-    run_dir = os.path.normpath(cfg.checkpoints_path or ".")
-    if os.path.basename(run_dir) == CHECKPOINT_DIR:
-        run_dir = os.path.dirname(run_dir)
-    return os.path.join(run_dir, "critic", "critic.pt")
 
 
 class CriticPlanner:
@@ -45,7 +33,6 @@ class CriticPlanner:
                  generator: torch.Generator | None = None, critic=None):
         self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
         self.generator = generator
-        self.quantile = parse_percentile(cfg.percentile)
         # only the first transition is decoded: beam_steps does not shorten the context
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, 1))
         o, a = layout.obs_dim, layout.act_dim
@@ -64,7 +51,7 @@ class CriticPlanner:
         self.obs_centres, self.act_centres = centres[:o], centres[o:o + a]
 
     def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
-        return read_scalar(logits, self.discretizer, dim, self.quantile)
+        return read_scalar(logits, self.discretizer, dim)
 
     def info(self) -> dict:
         """For the eval report: which critic ranked the candidates, and how it was trained."""
@@ -83,8 +70,7 @@ class CriticPlanner:
             logits = logits.index_select(0, index)
             tokens, log_lik = [], torch.zeros(envs * k, device=device)
             for _ in range(a):
-                token = median_or_drawn(logits, k, self.generator, self.cfg.k_act, self.cfg.cdf_act,
-                                        self.cfg.act_window)
+                token = median_or_drawn(logits, k, self.generator, self.cfg.k_act, self.cfg.cdf_act)
                 tokens.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)

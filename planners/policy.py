@@ -3,8 +3,8 @@
 Per env step, for E environments at once: prefill the context, then choose the action tokens one
 dimension at a time, each conditioned on the ones before: the median of the token's distribution
 (``policy_actions=median``, the default: for data made by a policy that squashes a Gaussian, its
-mean action), the most likely token (``greedy``) or a draw filtered by ``k_act`` / ``cdf_act`` or
-``act_window`` (``sample``). The model then predicts the step's reward and the value after it, for
+mean action), the most likely token (``greedy``) or a draw filtered by ``k_act`` / ``cdf_act``
+(``sample``). The model then predicts the step's reward and the value after it, for
 the report only: the prefill, one call per action dimension and one for the reward, on one row per
 env (beam search at TT's settings: 108 calls on up to ``beam_width * sample_expand`` rows).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from planners.beam import Plan, feed, max_context_transitions, prefill, token_log_prob
-from planners.estimates import parse_percentile, read_scalar
+from planners.estimates import read_scalar
 from planners.sampling import greedy, median, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
@@ -27,7 +27,6 @@ class PolicyPlanner:
                  generator: torch.Generator | None = None):
         self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
         self.generator = generator
-        self.quantile = parse_percentile(cfg.percentile)
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, 1))
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
@@ -35,7 +34,7 @@ class PolicyPlanner:
             return greedy(logits)
         if self.cfg.policy_actions == "median":
             return median(logits)
-        return sample(logits, self.generator, self.cfg.k_act, self.cfg.cdf_act, self.cfg.act_window)
+        return sample(logits, self.generator, self.cfg.k_act, self.cfg.cdf_act)
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:
@@ -49,9 +48,9 @@ class PolicyPlanner:
                 tokens.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)
-            reward = read_scalar(logits, self.discretizer, o + a, self.quantile)
+            reward = read_scalar(logits, self.discretizer, o + a)
             logits, _ = feed(self.model, greedy(logits), state)
-            value = read_scalar(logits, self.discretizer, o + a + 1, self.quantile)
+            value = read_scalar(logits, self.discretizer, o + a + 1)
             score = reward + self.cfg.discount * value
             return Plan(torch.stack(tokens, dim=1)[:, None], reward[:, None], value, score, log_lik,
                         surprise)

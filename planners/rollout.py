@@ -1,9 +1,9 @@
-"""Roll a planner out in N environments at once and write a report (eval.py's job).
+"""Roll a planner out in N environments at once (eval.py's job); the report of what happened is
+built by :mod:`planners.report`.
 
 All environments step in lockstep and are planned in one batch; an environment that terminates
-early drops out of the batch. Report: ``<out>/report.json`` (returns, normalized scores, the dataset's
-behaviour return for comparison, timing, settings), tensorboard scalars in ``<out>/tb``, and with
-``render=true`` an animation of the first episode.
+early drops out of the batch. Each step records what the planner predicted and what came in an
+:class:`~planners.report.EpisodeTrace`.
 """
 from __future__ import annotations
 
@@ -13,25 +13,17 @@ import time
 import numpy as np
 import torch
 
-from planners import build_planner, check_planner
+from planners import build_planner, check_planner_inputs
 from planners.beam import plan_actions
+from planners.report import EpisodeTrace, build_report, summary_line, write_report
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
 from trajectory.cpu import thread_advice
-from trajectory.envs import (
-    has_reference_returns,
-    make_env,
-    normalized_score,
-    render_kwargs,
-    torso_angle_index,
-    torso_flipped,
-)
-from trajectory.io import save_json
+from trajectory.envs import make_env, render_kwargs, torso_angle_index
 from trajectory.models.ops.allocator import reuse_freed_memory
-from trajectory.models.ops.decode_attention import describe as describe_attention_kernel
 from trajectory.models.ops.decode_attention import set_attention_kernel
-from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
+from trajectory.score_stats import comparability_warnings
 
 
 class History:
@@ -70,7 +62,7 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
     if not cfg.checkpoints_path:
         raise ConfigError("checkpoints_path is required, e.g. checkpoints_path=runs/<name>")
     checkpoint = load_checkpoint(cfg.checkpoints_path)
-    model = checkpoint.build_model(device, cfg.weights)
+    model = checkpoint.build_model(device)
     info = {"mode": "none"}
     if cfg.quantize != "none":
         from trajectory.quantize import QuantizationError, quantize_checkpoint_model
@@ -96,36 +88,6 @@ def check_env_matches(env, layout, env_id: str, path: str) -> None:
         raise ValueError(f"{env_id} has observations of {obs_dim} and actions of {act_dim} "
                          f"dimensions, but the model in {path} was trained on {layout.obs_dim} and "
                          f"{layout.act_dim}: pass the env_id the dataset came from")
-
-
-class EpisodeTrace:
-    """Per step and environment: what the planner predicted and what happened ([E, T], NaN where
-    an env had finished), and the first step each env's torso passed 90 degrees (-1: never)."""
-
-    FIELDS = ("predicted_score", "predicted_reward", "reward", "plan_log_likelihood",
-              "observed_log_likelihood", "torso_angle")
-
-    def __init__(self, envs: int, steps: int):
-        for name in self.FIELDS:
-            setattr(self, name, np.full((envs, steps), np.nan, dtype=np.float32))
-        self.first_flip_step = np.full(envs, -1, dtype=np.int64)
-
-    def record_plan(self, rows: np.ndarray, t: int, plan) -> None:
-        """A new plan's predictions (steps that reuse a plan, plan_every > 1, stay NaN)."""
-        self.predicted_score[rows, t] = plan.score.cpu().numpy()
-        self.predicted_reward[rows, t] = plan.rewards[:, 0].cpu().numpy()
-        self.plan_log_likelihood[rows, t] = plan.log_likelihood.cpu().numpy()
-        self.observed_log_likelihood[rows, t] = plan.observed_log_likelihood.cpu().numpy()
-
-    def record_step(self, rows: np.ndarray, t: int, rewards: np.ndarray, angles) -> None:
-        self.reward[rows, t] = rewards
-        if angles is not None:
-            self.torso_angle[rows, t] = angles
-            flipped = rows[torso_flipped(angles) & (self.first_flip_step[rows] < 0)]
-            self.first_flip_step[flipped] = t
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in (*self.FIELDS, "first_flip_step")}
 
 
 def check_finite(obs: np.ndarray, rows: np.ndarray, step: int, env_id: str) -> None:
@@ -214,80 +176,8 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
             "trace": trace, "planner_info": getattr(planner, "info", dict)()}
 
 
-def save_animation(frames: list, path: str) -> str | None:
-    if not frames:
-        return None
-    from PIL import Image
-    images = [Image.fromarray(np.asarray(f)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
-    return path
-
-
-def behaviour_stats(data_info: dict) -> dict:
-    """The dataset's episode-return statistics, saved with the checkpoint, for comparison."""
-    keys = ("return_mean", "return_std", "return_count", "normalized_mean", "source")
-    return {k: data_info[k] for k in keys if k in data_info}
-
-
-def failure_evidence(trace: EpisodeTrace, failures: list[dict], window: int = 20) -> list[dict]:
-    """For each failed episode: over the ``window`` steps before it failed, the planner's mean
-    predicted first-step reward against the reward that came, and the model's mean log-likelihood of
-    its own plan and of the observations that followed, next to the same means over every step of
-    the episodes that did not fail."""
-    failed = {f["episode"] for f in failures}
-    healthy = [i for i in range(len(trace.reward)) if i not in failed]
-
-    def means(rows, steps) -> dict:
-        pick = (lambda x: x[rows][:, steps]) if steps is not None else (lambda x: x[rows])
-        out = {}
-        for name in ("predicted_reward", "reward", "plan_log_likelihood", "observed_log_likelihood"):
-            values = pick(getattr(trace, name))
-            out[name] = float(np.nanmean(values)) if np.isfinite(values).any() else None
-        return out
-
-    evidence = []
-    for f in failures:
-        end = f["step"] if f["step"] is not None else int(np.isfinite(trace.reward[f["episode"]]).sum())
-        steps = slice(max(0, end - window), max(1, end))
-        evidence.append({"episode": f["episode"], "step": f["step"], "before_failure":
-                         means([f["episode"]], steps)})
-    reference = means(healthy, None) if healthy else None
-    return [{"episodes_that_did_not_fail": reference}, *evidence] if evidence else []
-
-
-def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str | None:
-    """Predicted vs realised reward and the model's surprise, per failed episode (matplotlib)."""
-    if not failures:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    shown = failures[:4]
-    fig, axes = plt.subplots(2, len(shown), figsize=(4 * len(shown), 5), squeeze=False)
-    for col, f in enumerate(shown):
-        i = f["episode"]
-        top, bottom = axes[0, col], axes[1, col]
-        top.plot(trace.predicted_reward[i], lw=0.6, label="predicted reward (first step)")
-        top.plot(trace.reward[i], lw=0.6, label="reward")
-        bottom.plot(trace.observed_log_likelihood[i], lw=0.6, label="log p(observation) / token")
-        for ax in (top, bottom):
-            if f["step"] is not None:
-                ax.axvline(f["step"], color="red", lw=0.8)
-            ax.set_xlabel("env step")
-        top.set_title(f"episode {i}: {f['reason']}", fontsize=9)
-    axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
 def evaluate(cfg: EvalConfig) -> dict:
-    check_planner(cfg.planner)  # before any loading or env work
+    check_planner_inputs(cfg)  # before any loading or env work
     reuse_freed_memory()  # planning reallocates large state buffers every reorder
     advice = thread_advice(cfg.threads) if cfg.device == "cpu" else None
     if advice:
@@ -318,85 +208,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise
     wall = time.time() - start
     report = build_report(cfg, checkpoint, model, result, wall)
-    trace = result["trace"]
-    np.savez_compressed(os.path.join(out, "trace.npz"), **trace.arrays())
-    report["failure_plot"] = plot_failures(trace, report["failed_episodes"],
-                                           os.path.join(out, "failures.png"))
-    report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))
-    save_json(report, os.path.join(out, "report.json"))
-    write_tensorboard(report, os.path.join(out, "tb"))
-    summary = report["score"]
-    print(f"{cfg.planner}: return {report['return_mean']:.1f} +- {report['return_std']:.1f}  "
-          f"{report['score_units']} {format_score(summary)}  failed {len(report['failed_episodes'])} of "
-          f"{len(report['returns'])}  ({report['ms_per_env_step']:.0f} ms/env step) -> "
-          f"{out}/report.json")
+    write_report(report, result, out)
+    print(summary_line(report, out))
     return report
-
-
-def software_versions() -> dict:
-    """What produced a report: the package and its main libraries, and the git commit if any."""
-    import importlib.metadata as metadata
-    import subprocess
-    versions = {}
-    for name in ("trajectory-planning", "torch", "gymnasium", "mujoco", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10)
-        versions["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        versions["git_commit"] = None
-    return versions
-
-
-def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) -> dict:
-    returns = result["returns"]
-    # without D4RL reference returns there is no normalized score: report returns, scores null
-    scores = normalized_score(cfg.env_id, returns) if has_reference_returns(cfg.env_id) else None
-    env_steps = int(result["lengths"].max())
-    trace = result["trace"]
-    failures = failed_episodes(returns, trace.first_flip_step, result["terminal_step"])
-    return {
-        "checkpoint": checkpoint.path, "core": checkpoint.config.model.core,
-        "size": f"{checkpoint.config.model.d_model}x{checkpoint.config.model.n_layers}",
-        "planner": cfg.planner, "weights": checkpoint.weights_name(cfg.weights),
-        "seeds": [cfg.seed, cfg.seed + cfg.n_episodes - 1],
-        "returns": returns.round(2).tolist(), "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        "normalized_scores": scores.round(2).tolist() if scores is not None else None,
-        "normalized_mean": float(scores.mean()) if scores is not None else None,
-        "normalized_std": float(scores.std()) if scores is not None else None,
-        "score": summarize(scores if scores is not None else returns, seed=cfg.seed),
-        "score_units": "normalized" if scores is not None else "return",
-        "failed_episodes": failures,
-        "failure_evidence": failure_evidence(trace, failures),
-        "warnings": comparability_warnings(cfg.n_episodes, cfg.max_episode_steps),
-        "behaviour": behaviour_stats(checkpoint.metrics.get("data", {})),
-        "training": {k: checkpoint.metrics.get(k) for k in ("step", "tokens", "loss", "stop_reason")},
-        "held_out": checkpoint.metrics.get("held_out"),
-        "episode_lengths": result["lengths"].tolist(), "wall_seconds": wall,
-        "ms_per_env_step": 1e3 * wall / max(1, env_steps),
-        "planning_ms_per_plan": 1e3 * result["planning_seconds"] / max(1, result["plans"]),
-        "context_transitions_used": result["context_transitions"],
-        "planner_info": result.get("planner_info", {}),  # what a planner adds about itself
-        "quantization": model.quantization_info,
-        "attention_kernel": describe_attention_kernel(),  # what GPT's planning attention ran on
-        "settings": dict(vars(cfg)),
-        "versions": software_versions(),
-    }
-
-
-def write_tensorboard(report: dict, folder: str) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(folder) as writer:
-        for i, ret in enumerate(report["returns"]):
-            writer.add_scalar("eval/return", ret, i)
-            if report["normalized_scores"] is not None:
-                writer.add_scalar("eval/normalized_score", report["normalized_scores"][i], i)
-        writer.add_scalar(f"eval/{report['score_units']}_mean", report["score"]["mean"], 0)
-        writer.add_scalar("eval/failed_episodes", len(report["failed_episodes"]), 0)
-        writer.add_scalar("eval/ms_per_env_step", report["ms_per_env_step"], 0)

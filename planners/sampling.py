@@ -89,32 +89,30 @@ def least_kept_probability(probs: torch.Tensor, cdf: float) -> torch.Tensor:
 
 
 def median_or_drawn(logits: torch.Tensor, copies: int, generator: torch.Generator | None, k: int | None,
-                    cdf: float | None, window: float | None) -> torch.Tensor:
+                    cdf: float | None) -> torch.Tensor:
     """Rows are ``copies`` candidates per env (env-major): the first of each takes the median
     token, the others a draw as :func:`sample` makes it.  logits [R, V] -> [R]."""
-    drawn = sample(logits, generator, k, cdf, window)
+    drawn = sample(logits, generator, k, cdf)
     is_median = torch.arange(len(logits), device=logits.device) % copies == 0
     return torch.where(is_median, median(logits), drawn)
 
 
+def kept_cumulative(logits: torch.Tensor, top_k: int | None, cdf: float | None) -> torch.Tensor:
+    """The running sum of the probabilities the filters keep (dropped tokens add 0), [N, V]: the
+    inverse CDF :func:`sample` draws from."""
+    probs = filter_top_k(logits.float(), top_k).softmax(dim=-1)
+    if cdf is not None and cdf > 0:  # the filtered tokens' probabilities, left unnormalized
+        probs = probs.masked_fill(probs < least_kept_probability(probs, cdf), 0.0)
+    return probs.cumsum(dim=-1)
+
+
 def sample(logits: torch.Tensor, generator: torch.Generator | None,
-           top_k: int | None = None, cdf: float | None = None,
-           window: float | None = None) -> torch.Tensor:
-    """One token per row from filtered logits [N, V] -> [N]; ``top_k=1`` is greedy. With ``window``
-    the filters are not used: the token is the inverse CDF of a uniform draw from the central
-    ``window`` of the distribution's mass, ``[(1 - window) / 2, (1 + window) / 2]``, so draws stay
-    around the median (see :func:`median`) and ``window=1`` is a plain draw."""
-    if top_k == 1 and window is None:
+           top_k: int | None = None, cdf: float | None = None) -> torch.Tensor:
+    """One token per row from filtered logits [N, V] -> [N]; ``top_k=1`` is greedy."""
+    if top_k == 1:
         return greedy(logits)
     u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
-    if window is not None:
-        cumulative = logits.float().softmax(dim=-1).cumsum(dim=-1)
-        u = 0.5 + (u - 0.5) * window
-    else:
-        probs = filter_top_k(logits.float(), top_k).softmax(dim=-1)
-        if cdf is not None and cdf > 0:  # the filtered tokens' probabilities, left unnormalized
-            probs = probs.masked_fill(probs < least_kept_probability(probs, cdf), 0.0)
-        cumulative = probs.cumsum(dim=-1)
-        u = u * cumulative[:, -1:]  # the kept mass (and a last cumulative value slightly below 1)
+    cumulative = kept_cumulative(logits, top_k, cdf)
+    u = u * cumulative[:, -1:]  # the kept mass (and a last cumulative value slightly below 1)
     # right=True: the first token whose running sum exceeds u, never a dropped one even at u = 0
     return torch.searchsorted(cumulative, u, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)

@@ -18,9 +18,23 @@ def test_base_yaml_matches_dataclass_defaults():
     assert from_yaml == defaults
 
 
-def test_eval_base_yaml_matches_dataclass_defaults():
-    loaded = build_config(EvalConfig, os.path.join(ROOT, "configs/eval_base.yaml"))
-    assert loaded == EvalConfig()
+def test_eval_base_yaml_lists_every_key_with_the_dataclass_defaults():
+    path = os.path.join(ROOT, "configs/eval_base.yaml")
+    assert set(OmegaConf.to_container(OmegaConf.load(path))) == set(to_dict(EvalConfig()))
+    assert build_config(EvalConfig, path) == EvalConfig()
+    assert EvalConfig().planner == "critic"  # the planner of the README's headline
+
+
+def test_retired_settings_load_from_saved_configs_but_are_refused_on_the_command_line(tmp_path):
+    saved = tmp_path / "old.yaml"
+    saved.write_text("planner: beam\nlikelihood_weight: 0.5\npercentile: mean\nweights: ema\n")
+    assert build_config(EvalConfig, str(saved)).planner == "beam"
+    with pytest.raises(ConfigError, match="likelihood_weight"):
+        parse_cli(EvalConfig, ["likelihood_weight=0.5"])
+    old_run = to_dict(TrainRunConfig())
+    old_run["train"]["ema_decay"] = 0.999
+    from trajectory.configutil import from_dict
+    assert not hasattr(from_dict(TrainRunConfig, old_run).train, "ema_decay")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs/medium/*.yaml"))

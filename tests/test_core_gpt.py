@@ -35,26 +35,26 @@ def test_cache_holds_keys_and_values_of_each_layer():
     core = make_core()
     x = torch.randn(B, 10, D)
     _, state = core.step(x, core.init_state(B, "cpu"))
-    assert state["pos"] == state["length"] == 10
-    assert len(state["k"]) == len(state["v"]) == 2
-    for k, v in zip(state["k"], state["v"]):
+    assert state.pos == state.length == 10
+    assert len(state.keys) == len(state.values) == 2
+    for k, v in zip(state.keys, state.values):
         assert k.shape == v.shape == (B, H, core.cfg.max_len, D // H)  # preallocated buffers
     # layer 0's keys/values are the projection of its normed input, not the input itself
     block = core.blocks[0]
     _, k, v = block.attn.qkv(block.ln1(x + core.pos_emb.weight[:10])).split(D, dim=2)
-    torch.testing.assert_close(state["k"][0][:, :, :10], k.view(B, 10, H, D // H).transpose(1, 2))
-    torch.testing.assert_close(state["v"][0][:, :, :10], v.view(B, 10, H, D // H).transpose(1, 2))
+    torch.testing.assert_close(state.keys[0][:, :, :10], k.view(B, 10, H, D // H).transpose(1, 2))
+    torch.testing.assert_close(state.values[0][:, :, :10], v.view(B, 10, H, D // H).transpose(1, 2))
 
 
 @torch.no_grad()
 def test_decoding_writes_into_the_cache_without_reallocating_it():
     core = make_core()
     state = core.init_state(B, "cpu")
-    buffers = [b.data_ptr() for b in state["k"] + state["v"]]
+    buffers = [b.data_ptr() for b in state.keys + state.values]
     for t in range(5):
         _, state = core.step(torch.randn(B, 1, D), state)
-    assert [b.data_ptr() for b in state["k"] + state["v"]] == buffers
-    assert state["length"] == 5
+    assert [b.data_ptr() for b in state.keys + state.values] == buffers
+    assert state.length == 5
 
 
 @torch.no_grad()
@@ -94,10 +94,10 @@ def test_step_is_exact_up_to_max_len_then_slides_the_same_in_any_chunking():
     y_chunks, state_chunks = run_steps(core, x, [7, 13, 1, 19])  # chunks straddle the window edge
     torch.testing.assert_close(y_one[:, :L], core(x[:, :L]), atol=ATOL, rtol=0)
     torch.testing.assert_close(y_chunks, y_one, atol=ATOL, rtol=0)
-    assert state["pos"] == state_chunks["pos"] == total
-    for k in state["k"] + state_chunks["k"]:
+    assert state.pos == state_chunks.pos == total
+    for k in state.keys + state_chunks.keys:
         assert k.shape[2] == L  # trimmed to the last max_len entries
-    torch.testing.assert_close(state_chunks["k"][1], state["k"][1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(state_chunks.keys[1], state.keys[1], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()

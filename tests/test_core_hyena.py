@@ -98,19 +98,19 @@ def test_step_equals_forward_up_to_max_len():
         x = torch.randn(2, 16, D)
         y_step, state = run_steps(core, x, [3] + [1] * 13)
         torch.testing.assert_close(y_step, core(x), atol=1e-4, rtol=0)
-        assert state[0]["hist"][0].shape == (16, D, 2) and state[0]["length"] == 16
-        assert state[0]["short"].shape == (2, 2, (order + 1) * D)
+        assert state[0].history[0].shape == (16, D, 2) and state[0].length == 16
+        assert state[0].short.shape == (2, 2, (order + 1) * D)
 
 
 @torch.no_grad()
 def test_decoding_writes_into_the_history_without_reallocating_it():
     core = make_core(max_len=16)
     state = core.init_state(2, "cpu")
-    buffers = [b.data_ptr() for layer in state for b in layer["hist"]]
+    buffers = [b.data_ptr() for layer in state for b in layer.history]
     for _ in range(4):
         _, state = core.step(torch.randn(2, 1, D), state)
-    assert [b.data_ptr() for layer in state for b in layer["hist"]] == buffers
-    assert all(layer["length"] == 4 for layer in state)
+    assert [b.data_ptr() for layer in state for b in layer.history] == buffers
+    assert all(layer.length == 4 for layer in state)
 
 
 @torch.no_grad()

@@ -11,9 +11,9 @@ import torch
 from test_end_to_end import ROOT, cli, write_halfcheetah_hdf5
 from test_planner import SMALL, eval_cfg, fitted_discretizer, tiny_model
 
-from planners import PLANNERS
+from planners import PLANNERS, critic_path
 from planners.beam import RecomputingModel
-from planners.critic import CriticPlanner, critic_path
+from planners.critic import CriticPlanner
 from planners.policy import PolicyPlanner
 from trajectory.configutil import ConfigError
 from trajectory.data.sources import Transitions

@@ -193,7 +193,7 @@ def test_failed_cache_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_packed_build_on_real_minari_data(tmp_path):
-    from trajectory.data import generate
+    from trajectory.behaviour import generate
     generate.generate_dataset(str(tmp_path / "minari"), "test/cheetah/win-v0", episodes=2,
                               max_steps=30, seed=0, num_envs=2, progress=False)
     cfg = DataConfig(source="test/cheetah/win-v0", cache_dir=str(tmp_path), seq_len=10, packed=True)

@@ -8,7 +8,8 @@ import minari
 import numpy as np
 import pytest
 
-from trajectory.data import generate
+from trajectory.behaviour import generate
+from trajectory.behaviour.reproductions import REPRODUCTIONS
 
 DATASET_ID = "test/cheetah/gen-v0"
 
@@ -88,10 +89,10 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
 
 def test_cli_help_and_tiny_run(tmp_path):
     # run from an empty folder, as a user would (the package is installed in the venv)
-    out = subprocess.run([sys.executable, "-m", "trajectory.data.generate", "--help"],
+    out = subprocess.run([sys.executable, "-m", "trajectory.behaviour.generate", "--help"],
                          capture_output=True, text=True, cwd=tmp_path, check=False)
     assert out.returncode == 0 and "--episodes" in out.stdout and "--num-envs" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "trajectory.data.generate", "--episodes", "1",
+    out = subprocess.run([sys.executable, "-m", "trajectory.behaviour.generate", "--episodes", "1",
                           "--max-steps", "5", "--out", str(tmp_path / "m"), "--dataset-id",
                           DATASET_ID], capture_output=True, text=True, cwd=tmp_path, check=False)
     assert out.returncode == 0, out.stderr
@@ -104,7 +105,7 @@ def test_half_written_datasets_of_dead_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from trajectory.data.generate import OWNER_FILE, remove_stale_generations
+    from trajectory.behaviour.generate import OWNER_FILE, remove_stale_generations
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that has ended
     host = socket.gethostname()
@@ -128,7 +129,7 @@ def hopper_policy(tmp_path_factory):
     """A small untrained Hopper policy: its hopper falls within tens of steps (a true terminal)."""
     import torch
 
-    from trajectory.data.sac import SquashedGaussianActor, save_policy
+    from trajectory.behaviour.policy import SquashedGaussianActor, save_policy
     torch.manual_seed(0)
     actor = SquashedGaussianActor(1, 11, 3, 16)
     path = str(tmp_path_factory.mktemp("policy") / "hopper.pt")
@@ -184,8 +185,8 @@ def test_policy_of_another_environment_is_refused(tmp_path):
 
 def test_every_reproduction_names_an_environment_policy_and_a_million_steps():
     from trajectory.envs import env_family
-    assert sorted(generate.REPRODUCTIONS) == ["halfcheetah-medium", "hopper-medium", "walker2d-medium"]
-    for name, repro in generate.REPRODUCTIONS.items():
+    assert sorted(REPRODUCTIONS) == ["halfcheetah-medium", "hopper-medium", "walker2d-medium"]
+    for name, repro in REPRODUCTIONS.items():
         assert name == f"{env_family(repro.env_id)}-medium" and repro.steps == 1_000_000
         assert repro.dataset_id == f"trajectory/{env_family(repro.env_id)}/medium-v0"
 

@@ -6,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from trajectory.data import generate
+from trajectory.behaviour import generate
+from trajectory.behaviour.reproductions import REPRODUCTIONS
 from trajectory.data.sources import (
     DatasetError,
     Transitions,
@@ -170,8 +171,8 @@ def test_corrupt_minari_dataset(tiny_minari, tmp_path):
 
 
 def test_reproduction_generated_on_first_use_then_reused(tmp_path, monkeypatch):
-    small = dataclasses.replace(generate.REPRODUCTIONS["halfcheetah-medium"], steps=40, max_steps=20)
-    monkeypatch.setitem(generate.REPRODUCTIONS, "halfcheetah-medium", small)
+    small = dataclasses.replace(REPRODUCTIONS["halfcheetah-medium"], steps=40, max_steps=20)
+    monkeypatch.setitem(REPRODUCTIONS, "halfcheetah-medium", small)
     assert source_identity("halfcheetah-medium", str(tmp_path)) is None
     tr = load_transitions("halfcheetah-medium", cache_dir=str(tmp_path))
     assert len(tr) == 40 and tr.source == "halfcheetah-medium" and tr.env_id == "HalfCheetah-v5"
@@ -190,8 +191,8 @@ def test_reproduction_generated_on_first_use_then_reused(tmp_path, monkeypatch):
 
 
 def test_reproduction_without_its_policy_and_missing_d4rl_ids_name_the_fix(tmp_path, monkeypatch):
-    gone = dataclasses.replace(generate.REPRODUCTIONS["hopper-medium"], policy=str(tmp_path / "no.pt"))
-    monkeypatch.setitem(generate.REPRODUCTIONS, "hopper-medium", gone)
+    gone = dataclasses.replace(REPRODUCTIONS["hopper-medium"], policy=str(tmp_path / "no.pt"))
+    monkeypatch.setitem(REPRODUCTIONS, "hopper-medium", gone)
     for check in (load_transitions, check_source):  # the early check finds what loading would
         with pytest.raises(DatasetError, match="behaviour policy .*no.pt is missing"):
             check("hopper-medium", cache_dir=str(tmp_path))

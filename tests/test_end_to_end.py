@@ -53,8 +53,8 @@ def test_train_then_eval_from_the_command_line(tmp_path, core, quantize):
     metrics = json.loads((run_dir / "checkpoint" / "metrics.json").read_text())
     assert metrics["tokens"] >= 4000 and metrics["stop_reason"] == "max_tokens"
     cli([os.path.join(ROOT, "eval.py"), f"--config={ROOT}/configs/eval_base.yaml", "--device=cpu",
-         "--seed=3", f"checkpoints_path={run_dir}", "n_episodes=2", "max_episode_steps=3",
-         "beam_width=2", "beam_steps=1", "beam_context=1"], cwd=tmp_path)
+         "--seed=3", f"checkpoints_path={run_dir}", "planner=beam", "n_episodes=2",
+         "max_episode_steps=3", "beam_width=2", "beam_steps=1", "beam_context=1"], cwd=tmp_path)
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert len(report["returns"]) == 2 and report["episode_lengths"] == [3, 3]
     assert report["behaviour"]["return_count"] == 3
@@ -69,8 +69,9 @@ def test_train_then_eval_from_the_command_line(tmp_path, core, quantize):
     assert np.isfinite(report["normalized_mean"])
     # the same checkpoint planned with int8 (static calibrates on the checkpoint's own data)
     cli([os.path.join(ROOT, "eval.py"), f"--config={ROOT}/configs/eval_base.yaml", "--device=cpu",
-         f"checkpoints_path={run_dir}", "n_episodes=1", "max_episode_steps=2", "beam_width=2",
-         "beam_steps=1", "beam_context=1", f"quantize={quantize}", "calibration_batches=1"], cwd=tmp_path)
+         f"checkpoints_path={run_dir}", "planner=beam", "n_episodes=1", "max_episode_steps=2",
+         "beam_width=2", "beam_steps=1", "beam_context=1", f"quantize={quantize}",
+         "calibration_batches=1"], cwd=tmp_path)
     report = json.loads((run_dir / f"eval_{quantize}" / "report.json").read_text())
     assert report["quantization"]["mode"] == quantize and report["episode_lengths"] == [2]
     assert (run_dir / "quantized" / f"model_int8_{quantize}.pt").exists()

@@ -67,21 +67,3 @@ def test_median_is_the_first_token_whose_cumulative_probability_reaches_one_half
     tokens = median(probs.clamp_min(1e-12).log())
     assert tokens.tolist() == [2, 0, 3]
     assert greedy(probs.log())[0] == 3  # the mode is not the median
-
-
-def test_window_draws_stay_in_the_central_mass_and_a_whole_window_is_a_plain_draw():
-    probs = torch.tensor([0.1, 0.2, 0.15, 0.15, 0.2, 0.2])  # cumulative .1 .3 .45 .6 .8 1
-    logits = probs.log().expand(20_000, -1).contiguous()
-    gen = torch.Generator().manual_seed(0)
-    central = sample(logits, gen, window=0.5)  # u in [0.25, 0.75]: tokens 1..4 only
-    counts = torch.bincount(central, minlength=6).double() / len(central)
-    assert counts[0] == 0 and counts[5] == 0
-    # token 2 holds [0.3, 0.45): 0.15 of the window's 0.5
-    assert counts[2].item() == pytest.approx(0.3, abs=0.02)
-    narrow = sample(logits[:100], gen, window=1e-6)
-    from planners.sampling import median
-    assert torch.equal(narrow, median(logits[:100]))
-    whole = torch.bincount(sample(logits, gen, window=1.0), minlength=6).double() / len(logits)
-    torch.testing.assert_close(whole, probs.double(), atol=0.015, rtol=0)
-    # the window replaces the filters: cdf would have dropped token 0, the window ignores it
-    assert (sample(logits, gen, cdf=0.6, window=1.0) == 0).any()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from planners.rollout import EpisodeTrace, failure_evidence
+from planners.report import EpisodeTrace, failure_evidence
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
 
@@ -68,7 +68,7 @@ def test_warnings_for_short_evaluations():
 def test_a_report_without_reference_returns_keeps_the_returns():
     from types import SimpleNamespace
 
-    from planners.rollout import build_report
+    from planners.report import build_report
     from trajectory.config import EvalConfig, ModelConfig
     cfg = EvalConfig(env_id="InvertedPendulum-v5", n_episodes=3, max_episode_steps=4, seed=7)
     trace = EpisodeTrace(envs=3, steps=4)

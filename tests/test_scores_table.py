@@ -21,10 +21,9 @@ def test_importing_the_script_leaves_the_stdlib_profile_module_importable():
 def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=(),
                  env_id="HalfCheetah-v5", lengths=None, max_episode_steps=1000, policy_actions="greedy"):
     os.makedirs(folder, exist_ok=True)
-    settings = {"seed": seed, "n_episodes": len(scores_), "planner": planner, "weights": "raw",
+    settings = {"seed": seed, "n_episodes": len(scores_), "planner": planner,
                 "policy_actions": policy_actions, "beam_width": 32, "beam_steps": 5, "sample_expand": 2,
-                "beam_context": 5, "cdf_act": 0.6, "k_act": None, "percentile": "mean",
-                "likelihood_weight": 0.0, "support_penalty": 0.0, "max_episode_steps": max_episode_steps,
+                "beam_context": 5, "cdf_act": 0.6, "k_act": None, "max_episode_steps": max_episode_steps,
                 "device": "cpu", "out": str(folder), "threads": 1, "env_id": env_id}
     report = {"checkpoint": checkpoint, "core": "s5", "size": "64x2", "settings": settings,
               "returns": [s * 100 for s in scores_], "normalized_scores": list(scores_),
@@ -58,15 +57,11 @@ def test_a_row_pools_parts_and_counts_failures_by_seed(tmp_path):
         scores.make_row(str(tmp_path / "mixed"), "t", "h", None)
 
 
-def test_a_row_names_the_weights_the_evaluation_used_not_the_ones_it_asked_for(tmp_path):
-    write_report(tmp_path / "policy", 1000, [40.0] * 25, planner="policy")
-    report_path = tmp_path / "policy" / "report.json"
-    report = json.loads(report_path.read_text())
-    report["settings"]["weights"] = "ema"  # asked for the average of a run that kept none
-    report["weights"] = "raw"
-    report_path.write_text(json.dumps(report))
-    row = scores.make_row(str(tmp_path / "policy"), "30 min", "2 CPU cores", None)
-    assert row["actions"] == "policy, greedy (raw weights)" and "(raw weights)" in row["id"]
+def test_a_row_records_how_deep_its_planner_searched(tmp_path):
+    for planner, depth in (("policy", 0), ("critic", 1), ("beam", 5)):
+        write_report(tmp_path / planner, 1000, [40.0] * 25, planner=planner)
+        row = scores.make_row(str(tmp_path / planner), "30 min", "2 CPU cores", None)
+        assert row["search_depth"] == depth
 
 
 def test_what_search_adds_pairs_a_planner_with_its_policy(tmp_path):
@@ -112,24 +107,12 @@ def test_falls_are_full_episodes_but_a_short_time_limit_is_not(tmp_path):
     assert "| hopper-medium | s5 |" in scores.table([row])
 
 
-def test_rows_name_a_window_draw_and_the_median_policy():
-    beam = {"planner": "beam", "beam_width": 32, "beam_steps": 5, "sample_expand": 2, "cdf_act": 0.6,
-            "percentile": "mean", "act_window": 0.5}
-    assert scores.action_choice(beam, "raw") == (
-        "beam 32x2, 5 steps, actions from the central 0.5 of their distribution (raw weights)")
-    assert "cdf_act" not in scores.action_choice({**beam, "cdf_act": 0.85}, "raw")  # replaced
-    assert "central" not in scores.action_choice({**beam, "act_window": None}, "raw")
-    policy = {"planner": "policy", "policy_actions": "median"}
-    assert scores.action_choice(policy, "raw") == "policy, median (raw weights)"
-
-
-def test_rows_name_the_lookahead_planner_by_its_candidates_and_steps():
-    lookahead = {"planner": "lookahead", "beam_width": 16, "beam_steps": 5, "sample_expand": 2,
-                 "cdf_act": 0.6, "percentile": "mean"}
-    assert scores.action_choice(lookahead, "raw") == (
-        "lookahead, 16 first actions, median policy for 5 steps (raw weights)")
-    assert scores.action_choice({**lookahead, "planner": "beam"}, "raw").startswith("beam 16x2")
-    critic = {**lookahead, "planner": "critic", "beam_width": 32}
-    assert scores.action_choice(critic, "ema", {"critic": "c.pt", "expectile": 0.7, "step": 131891}) == (
-        "critic (IQL expectile 0.7, 131k steps), best of 32 policy actions (ema weights)")
-    assert scores.action_choice(critic, "raw") == "critic, best of 32 policy actions (raw weights)"
+def test_rows_name_each_planner_by_its_settings():
+    beam = {"planner": "beam", "beam_width": 16, "beam_steps": 5, "sample_expand": 2, "cdf_act": 0.6}
+    assert scores.action_choice(beam) == "beam 16x2, 5 steps"
+    assert scores.action_choice({**beam, "cdf_act": 0.85}) == "beam 16x2, 5 steps, cdf_act 0.85"
+    assert scores.action_choice({"planner": "policy", "policy_actions": "median"}) == "policy, median"
+    critic = {**beam, "planner": "critic", "beam_width": 32}
+    assert scores.action_choice(critic, {"critic": "c.pt", "expectile": 0.7, "step": 131891}) == (
+        "critic (IQL expectile 0.7, 131k steps), best of 32 policy actions")
+    assert scores.action_choice(critic) == "critic, best of 32 policy actions"

@@ -79,55 +79,19 @@ def test_resuming_a_run_that_reached_max_tokens_trains_no_further_step(tmp_path)
     assert os.path.getmtime(tmp_path / "run" / "checkpoint" / "model.pt") == saved  # not rewritten
 
 
-def test_weight_average_is_saved_resumed_and_loaded_for_eval(tmp_path):
+def test_a_run_saved_with_averaged_weights_loads_its_raw_weights(tmp_path):
+    """Runs trained with the retired train.ema_decay saved an average beside the weights, and the
+    setting in their config: both are ignored, the last step's weights are what loads."""
     trainer = make_trainer(tmp_path / "run")
-    trainer.cfg.train.ema_decay = 0.5
-    from trajectory.training.ema import WeightAverage
-    trainer.ema = WeightAverage(trainer.model, 0.5)
-    expected = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    original_step = trainer.train_step
-
-    def step_and_track(batch):  # the average, by hand: decay min(0.5, (1 + n) / (10 + n))
-        out = original_step(batch)
-        n = trainer.ema.updates
-        decay = min(0.5, (1 + n) / (10 + n))
-        for k, v in trainer.model.state_dict().items():
-            expected[k] = decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
-        return out
-
-    trainer.train_step = step_and_track
-    trainer.fit(max_steps=5)
-    saved = load_checkpoint(trainer.run_dir)
-    assert saved.ema_state is not None and saved.weights_name() == "ema"
-    assert_same_parameters(saved.ema_state, expected, atol=1e-6)
-    averaged, raw = saved.build_model(), saved.build_model(weights="raw")
-    assert_same_parameters(averaged.state_dict(), expected, atol=1e-6)
-    assert_same_parameters(raw.state_dict(), trainer.model.state_dict(), atol=0)
-    assert any((averaged.state_dict()[k] - raw.state_dict()[k]).abs().max() > 1e-4 for k in expected)
-    # resuming carries the average on exactly
-    def averaging_trainer(run_dir):
-        trainer = make_trainer(run_dir)
-        trainer.cfg.train.ema_decay = 0.9
-        trainer.ema = WeightAverage(trainer.model, 0.9)
-        return trainer
-
-    straight = averaging_trainer(tmp_path / "straight")
-    straight.fit(max_steps=6)
-    first = averaging_trainer(tmp_path / "resumed")
-    first.fit(max_steps=3)
-    second = averaging_trainer(tmp_path / "resumed")
-    second.restore(load_checkpoint(str(tmp_path / "resumed"), with_trainer_state=True))
-    second.fit(max_steps=6)
-    assert second.ema.updates == straight.ema.updates == 6
-    assert_same_parameters(straight.ema.state, second.ema.state, atol=0)
-
-
-def test_ema_off_saves_raw_weights_only(tmp_path):
-    trainer = make_trainer(tmp_path)  # the default: no average
-    assert trainer.ema is None
     trainer.fit(max_steps=2)
-    saved = load_checkpoint(trainer.run_dir)
-    assert saved.ema_state is None and saved.weights_name("ema") == "raw"
+    model_file = tmp_path / "run" / "checkpoint" / "model.pt"
+    payload = torch.load(model_file)
+    payload["ema_state_dict"] = {k: torch.zeros_like(v) for k, v in payload["state_dict"].items()}
+    torch.save(payload, model_file)
+    config_file = tmp_path / "run" / "checkpoint" / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("train:\n", "train:\n  ema_decay: 0.999\n"))
+    saved = load_checkpoint(str(tmp_path / "run"))
+    assert_same_parameters(saved.build_model().state_dict(), trainer.model.state_dict(), atol=0)
 
 
 def test_token_budget_stops_and_saves(tmp_path):
@@ -137,7 +101,7 @@ def test_token_budget_stops_and_saves(tmp_path):
     assert metrics["stop_reason"] == "max_tokens" and trainer.progress.step == 3
     saved = load_checkpoint(trainer.run_dir)
     assert saved.metrics["progress"]["step"] == 3
-    model = saved.build_model(weights="raw")
+    model = saved.build_model()
     assert_same_parameters(model.state_dict(), trainer.model.state_dict(), atol=0)
 
 

@@ -50,7 +50,7 @@ def test_step_form_equals_forward_with_per_dimension_heads(core):
         outs.append(logits)
         t += size
     torch.testing.assert_close(torch.cat(outs, 1), expected, atol=1e-4, rtol=0)
-    assert state["pos"] == LAYOUT.max_tokens
+    assert state.pos == LAYOUT.max_tokens
 
 
 def test_loss_weights_action_tokens_and_respects_mask():
@@ -110,8 +110,43 @@ def test_compiled_token_step_matches_the_eager_step_and_leaves_chunks_eager():
             expected = torch.stack(outputs)
     assert len(calls) == 5  # the one-token steps only, not the chunk
     torch.testing.assert_close(torch.stack(outputs), expected, atol=1e-5, rtol=0)
-    for a, b in zip(states[0]["core"]["S"], states[1]["core"]["S"]):
+    for a, b in zip(states[0].core["S"], states[1].core["S"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     with torch.enable_grad():  # training-style calls never take the compiled path
         compiled.step(tokens[:, :1], compiled.init_state(2, "cpu"))
     assert len(calls) == 5
+
+
+def decode_like_a_planner(model: TrajectoryModel, tokens: torch.Tensor) -> torch.Tensor:
+    """Last-token logits of a plan's state forms: a prefilled context shared by its beams, then a
+    beam's tokens shared by its copies, then pruning within each environment (which folds them)."""
+    logits, state = model.step(tokens[:, :9], model.init_state(2, "cpu"))
+    state, rows, outputs = model.branch_state(state, 2), torch.tensor([0, 0, 1, 1]), []
+    for i in range(9, 16):
+        if i == 12:
+            state, rows = model.branch_state(state, 2), rows.repeat_interleave(2)
+        if i == 14:
+            index = torch.tensor([0, 1, 1, 3, 4, 4, 6, 7])
+            state, rows = model.select_state(state, index), rows[index]
+        logits, state = model.step(tokens[rows, i:i + 1], state)
+        outputs.append(logits[:, -1])
+    return torch.cat(outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("core", ["gpt", "hyena"])
+@torch.no_grad()
+def test_compiled_token_step_follows_shared_prefix_states(core):
+    """The typed states of the cores that share a prefix (and a beam's middle) go through the
+    compiled step as the planner drives them, without a graph break."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    tokens = random_tokens(batch=2)
+    expected = decode_like_a_planner(make_model(core), tokens)
+    compiled = make_model(core)
+    compiled.compile_step()
+    torch.testing.assert_close(decode_like_a_planner(compiled, tokens), expected, atol=1e-5, rtol=0)
+    assert not counters["graph_break"]

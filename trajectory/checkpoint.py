@@ -2,8 +2,8 @@
 
     <run>/checkpoint/
         config.yaml       the resolved TrainRunConfig
-        model.pt          {"state_dict", "layout", "ema_state_dict"}  (tensors and plain containers;
-                          the exponential moving average of the weights when training kept one)
+        model.pt          {"state_dict", "layout"}  (tensors and plain containers; an
+                          "ema_state_dict" that older runs saved beside them is not read)
         discretizer.npz   bin edges and settings
         trainer.pt        optimizer, step, tokens, RNG states: what an exact resume needs
         metrics.json      last logged metrics
@@ -49,19 +49,12 @@ class Checkpoint:
     discretizer: Discretizer
     trainer_state: dict[str, Any] | None
     metrics: dict[str, Any]
-    ema_state: dict[str, torch.Tensor] | None = None
 
-    def weights_name(self, weights: str = "ema") -> str:
-        """Which weights :meth:`build_model` loads: 'ema' when asked for and saved, else 'raw'."""
-        return "ema" if weights == "ema" and self.ema_state is not None else "raw"
-
-    def build_model(self, device: torch.device | str = "cpu", weights: str = "ema") -> TrajectoryModel:
-        """The model with its averaged weights (``weights='ema'``, when the run kept them) or the
-        last optimizer step's (``'raw'``), in eval mode on ``device``."""
+    def build_model(self, device: torch.device | str = "cpu") -> TrajectoryModel:
+        """The model with the last optimizer step's weights, in eval mode on ``device``."""
         model = TrajectoryModel(self.config.model, self.layout)
-        state = self.ema_state if self.weights_name(weights) == "ema" else self.model_state
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(self.model_state)
         except RuntimeError as err:
             raise CheckpointError(
                 f"weights in {self.path}/model.pt do not fit the model its config.yaml describes "
@@ -128,15 +121,12 @@ def write_checkpoint_folder(path: str, write: Callable[[str], None]) -> None:
 
 
 def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
-                    discretizer: Discretizer, trainer_state: dict | None, metrics: dict,
-                    ema_state: dict[str, torch.Tensor] | None = None) -> None:
+                    discretizer: Discretizer, trainer_state: dict | None, metrics: dict) -> None:
     def write(folder: str) -> None:
         with open(os.path.join(folder, "config.yaml"), "w") as f:
             f.write(OmegaConf.to_yaml(to_dict(config)))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         payload = {"state_dict": state, "layout": asdict(model.layout)}
-        if ema_state is not None:
-            payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state.items()}
         torch.save(payload, os.path.join(folder, "model.pt"))
         discretizer.save(os.path.join(folder, "discretizer.npz"))
         if trainer_state is not None:
@@ -224,4 +214,4 @@ def load_checkpoint(path: str, with_trainer_state: bool = False) -> Checkpoint:
     metrics_path = os.path.join(directory, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else {}
     return Checkpoint(directory, config, TokenLayout(**payload["layout"]), payload["state_dict"],
-                      discretizer, trainer_state, metrics, payload.get("ema_state_dict"))
+                      discretizer, trainer_state, metrics)

@@ -4,10 +4,10 @@
     load_transitions("path/to/halfcheetah_medium-v2.hdf5")  # D4RL layout
     load_transitions("halfcheetah-medium")                  # generated on first use, then cached
 
-Minari ids are looked up in ``<cache_dir>/minari`` (where :mod:`trajectory.data.generate` writes) and
-then in Minari's own store (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``). Nothing is
-downloaded unless ``download=True``. Every problem with the input raises one :class:`DatasetError`
-that names the file or key and the fix.
+Minari ids are looked up in ``<cache_dir>/minari`` (where :mod:`trajectory.behaviour.generate`
+writes) and then in Minari's own store (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``).
+Nothing is downloaded unless ``download=True``. Every problem with the input raises one
+:class:`DatasetError` that names the file or key and the fix.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trajectory.behaviour.reproductions import REPRODUCTIONS
 from trajectory.configutil import ConfigError
 from trajectory.envs import has_reference_returns, normalized_score
 
@@ -256,23 +257,22 @@ def load_minari(dataset_id: str, *, download: bool = False, cache_dir: str = "da
 
 # ---------------------------------------------------------------------- the local reproductions
 def _check_policy(name: str) -> None:
-    from trajectory.data.generate import REPRODUCTIONS
-
     repro = REPRODUCTIONS[name]
     if not os.path.isfile(repro.policy):
         raise DatasetError(f"cannot generate {name}: its behaviour policy {repro.policy} is "
-                           f"missing. Train one (python -m trajectory.data.sac env_id={repro.env_id} "
-                           f"...; see the README's reproductions section) and install it with "
-                           f"python -m trajectory.data.policy_card <snapshot.pt> {repro.policy}")
+                           f"missing. Train one (python -m trajectory.behaviour.train "
+                           f"env_id={repro.env_id} ...; see docs/data.md) "
+                           f"and install it with "
+                           f"python -m trajectory.behaviour.card <snapshot.pt> {repro.policy}")
 
 
 def load_reproduction(name: str = "halfcheetah-medium", cache_dir: str = "data",
                       progress: bool = True) -> Transitions:
-    """A D4RL medium dataset reproduced locally (:data:`generate.REPRODUCTIONS`): generated once
+    """A D4RL medium dataset reproduced locally (one of :data:`REPRODUCTIONS`): generated once
     into ``<cache_dir>/minari``, then read from there."""
-    from trajectory.data import generate
+    from trajectory.behaviour import generate
 
-    repro = generate.REPRODUCTIONS[name]
+    repro = REPRODUCTIONS[name]
     root = os.path.join(cache_dir, "minari")
     path = os.path.join(root, repro.dataset_id)
     for folder in generate.remove_stale_generations(root):
@@ -291,7 +291,6 @@ def load_reproduction(name: str = "halfcheetah-medium", cache_dir: str = "data",
 
 # ---------------------------------------------------------------------- one entry point
 def reproduction_names() -> list[str]:
-    from trajectory.data.generate import REPRODUCTIONS
     return sorted(REPRODUCTIONS)
 
 
@@ -311,8 +310,6 @@ def source_kind(spec: str) -> str:
 def source_identity(spec: str, cache_dir: str = "data") -> str | None:
     """A string that changes whenever the data behind ``spec`` changes (file path, size and
     modification time), or None when the data is not on disk yet. Used to key caches."""
-    from trajectory.data.generate import REPRODUCTIONS
-
     kind = source_kind(spec)
     if kind == "hdf5":
         files = [spec] if os.path.isfile(spec) else []

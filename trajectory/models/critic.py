@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectory.data.soft_actor_critic import EnsembleMLP
+from trajectory.models.layers import EnsembleMLP
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:

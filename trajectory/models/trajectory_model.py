@@ -17,6 +17,7 @@ Two departures from a plain language model, both from the Trajectory Transformer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,15 @@ class TokenLayout:
         """Group index (0 obs, 1 action, 2 reward, 3 value) of each transition dimension."""
         groups = [0] * self.obs_dim + [1] * self.act_dim + [2, 3]
         return torch.tensor(groups, dtype=torch.long)
+
+
+@dataclass
+class ModelState:
+    """What decoding carries between steps: the core's state and the tokens seen (the next token's
+    place in the transition)."""
+
+    core: Any  # the core's own state (e.g. GPTState, a list of HyenaLayerState)
+    pos: int = 0
 
 
 GROUP_NAMES = ("obs", "act", "reward", "value")
@@ -144,8 +154,8 @@ class TrajectoryModel(nn.Module):
         return loss, per_group
 
     # -- step form for planning
-    def init_state(self, batch_size: int, device, dtype=torch.float32) -> dict:
-        return {"core": self.core.init_state(batch_size, device, dtype), "pos": 0}
+    def init_state(self, batch_size: int, device, dtype=torch.float32) -> ModelState:
+        return ModelState(self.core.init_state(batch_size, device, dtype))
 
     def compile_step(self, **options) -> None:
         """Run the one-token step (a planner's inner loop) through ``torch.compile`` from now on.
@@ -166,28 +176,28 @@ class TrajectoryModel(nn.Module):
         config.recompile_limit = max(config.recompile_limit, STEP_RECOMPILE_LIMIT)
         self._compiled_token_step = torch.compile(self._step, **options)
 
-    def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """Feed tokens [B, t] after the ``state['pos']`` tokens already seen -> logits [B, t, V]."""
+    def step(self, tokens: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
+        """Feed tokens [B, t] after the ``state.pos`` tokens already seen -> logits [B, t, V]."""
         compiled = self.__dict__.get("_compiled_token_step")
         if compiled is not None and tokens.shape[1] == 1 and not torch.is_grad_enabled():
             return compiled(tokens, state)
         return self._step(tokens, state)
 
-    def _step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        start = state["pos"]
+    def _step(self, tokens: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
+        start = state.pos
         with op_group("embedding_heads"):
             x = self._embed(tokens, start)
-        h, core_state = self.core.step(x, state["core"])
+        h, core_state = self.core.step(x, state.core)
         with op_group("embedding_heads"):
             logits = self._heads(self.norm(h), start)
-        return logits, {"core": core_state, "pos": start + tokens.shape[1]}
+        return logits, ModelState(core_state, start + tokens.shape[1])
 
-    def select_state(self, state: dict, index: torch.Tensor) -> dict:
-        return {"core": self.core.select_state(state["core"], index), "pos": state["pos"]}
+    def select_state(self, state: ModelState, index: torch.Tensor) -> ModelState:
+        return ModelState(self.core.select_state(state.core, index), state.pos)
 
-    def branch_state(self, state: dict, copies: int) -> dict:
+    def branch_state(self, state: ModelState, copies: int) -> ModelState:
         """Each row becomes ``copies`` consecutive rows continuing its history (see SequenceCore)."""
-        return {"core": self.core.branch_state(state["core"], copies), "pos": state["pos"]}
+        return ModelState(self.core.branch_state(state.core, copies), state.pos)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -31,7 +31,6 @@ from trajectory.configutil import ConfigError, to_dict
 from trajectory.io import save_text
 from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, TrajectoryModel
 from trajectory.training import distributed
-from trajectory.training.ema import WeightAverage
 from trajectory.training.held_out import HeldOutMetrics
 from trajectory.training.optim import lr_at, make_optimizer
 
@@ -103,7 +102,6 @@ class Trainer:
         self.held_out = (HeldOutMetrics(held_out, discretizer, layout)
                          if held_out is not None and len(held_out) and ctx.is_main else None)
         self.held_out_metrics: dict | None = None
-        self._averaged_model = None
         tc = cfg.train
         if tc.batch_size % ctx.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the number "
@@ -112,7 +110,6 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = TrajectoryModel(cfg.model, layout).to(ctx.device)
         self.optimizer = make_optimizer(self.model, tc, ctx.device)
-        self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.progress = Progress()
         self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
@@ -135,7 +132,7 @@ class Trainer:
     # -- state
     def trainer_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "progress": vars(self.progress).copy(),
-                "rng": rng_state(), "ema_updates": self.ema.updates if self.ema else 0,
+                "rng": rng_state(),
                 "world_size": self.ctx.world_size}
 
     def restore(self, checkpoint) -> None:
@@ -148,28 +145,15 @@ class Trainer:
         restore_weights(self.model, self.optimizer, checkpoint.model_state, state["optimizer"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
-        if self.ema is not None:
-            if checkpoint.ema_state is None:  # a run that kept no average: start it from here
-                self.ema = WeightAverage(self.model, self.cfg.train.ema_decay)
-            else:
-                self.ema.load(checkpoint.ema_state, state.get("ema_updates", 0))
 
     def measure_held_out(self, logger) -> None:
-        """Held-out metrics of the weights eval will use (the average when kept), main rank only."""
+        """Held-out metrics of the weights eval will use, main rank only."""
         if self.held_out is None:
             return
-        model = self.model
-        if self.ema is not None:
-            if self._averaged_model is None:
-                import copy
-                self._averaged_model = copy.deepcopy(self.model)
-            self._averaged_model.load_state_dict(self.ema.state)
-            model = self._averaged_model
         self.held_out_metrics = {"step": self.progress.step, "tokens": self.progress.tokens,
-                                 "weights": "ema" if self.ema is not None else "raw",
-                                 **self.held_out(model, self.ctx.device)}
+                                 **self.held_out(self.model, self.ctx.device)}
         logger.log_scalars(self.progress.step, {k: v for k, v in self.held_out_metrics.items()
-                                                if k not in ("step", "tokens", "weights")},
+                                                if k not in ("step", "tokens")},
                            prefix="held_out")
 
     def save(self, metrics: dict) -> None:
@@ -177,8 +161,7 @@ class Trainer:
             metrics = {**metrics, "data": self.data_info, "progress": vars(self.progress),
                        "held_out": self.held_out_metrics}
             save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_DIR), self.cfg, self.model,
-                            self.discretizer, self.trainer_state(), metrics,
-                            self.ema.state if self.ema else None)
+                            self.discretizer, self.trainer_state(), metrics)
 
     # -- one optimisation step
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float | torch.Tensor]:
@@ -194,8 +177,6 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm.detach(), **groups}

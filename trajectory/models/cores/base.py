@@ -20,8 +20,9 @@ the plain form.
 ``step`` may write into the buffers of the state it is given (GPT's K/V cache and Hyena's history
 are preallocated and filled in place), so a state is consumed by ``step``: to continue one state in
 two ways, branch it with ``select_state`` first, which copies.
-States are nested dicts/tuples/lists of tensors whose leading dimension is the batch, so the default
-``select_state`` works for every core that keeps to that.
+A state whose tensors all lead with the batch (nested in dataclasses, dicts, tuples or lists) works
+with the default ``select_state``; a core that keeps shared levels (GPT, Hyena: one dataclass per
+level, :mod:`trajectory.models.cores.states`) overrides it.
 
 ``resets`` (bool ``[B, T]``, True where a new episode starts) lets a core run on packed episodes:
 the output at a reset position and after it must not depend on anything before it. A core that
@@ -31,13 +32,14 @@ Cores know nothing of RL: the language-model and vision experiments reuse them u
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-State = Any  # nested dict / tuple / list of tensors, batch first
+State = Any  # tensors, batch first, nested in dataclasses / dicts / tuples / lists
 
 
 @dataclass
@@ -59,6 +61,9 @@ def map_state(state: State, fn) -> State:
     """Apply ``fn`` to every tensor of a nested state."""
     if isinstance(state, torch.Tensor):
         return fn(state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return dataclasses.replace(state, **{f.name: map_state(getattr(state, f.name), fn)
+                                             for f in dataclasses.fields(state) if f.init})
     if isinstance(state, dict):
         return {k: map_state(v, fn) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
@@ -70,6 +75,8 @@ def first_tensor(state: State) -> torch.Tensor | None:
     """The first tensor of a nested state (its leading dimension is the number of rows)."""
     if isinstance(state, torch.Tensor):
         return state
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        state = [getattr(state, f.name) for f in dataclasses.fields(state)]
     values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else ()
     for value in values:
         found = first_tensor(value)

@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
+from trajectory.models.cores.base import CoreConfig, SequenceCore, stays_grouped
 from trajectory.models.cores.options import GPTOptions
+from trajectory.models.cores.states import GPTState, KVMiddle, KVPrefix
 from trajectory.models.ops import decode_attention
 from trajectory.models.ops.scopes import op_group
 
@@ -265,128 +266,125 @@ class GPTCore(SequenceCore):
         return h
 
     def init_state(self, batch_size: int, device: torch.device | str,
-                   dtype: torch.dtype = torch.float32) -> State:
-        """Per layer, K and V buffers [B, H, max_len, hd]; ``length`` valid entries; ``pos`` tokens
-        seen (both shared by all rows). ``step`` writes into the buffers: branch with select_state."""
+                   dtype: torch.dtype = torch.float32) -> GPTState:
+        """Per layer, K and V buffers [B, H, max_len, hd], none valid yet. ``step`` writes into the
+        buffers: branch with select_state."""
         H, n = self.cfg.n_heads, self.cfg.n_layers
         shape = (batch_size, H, self.cfg.max_len, self.cfg.d_model // H)
-        return {"k": [torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
-                "v": [torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
-                "length": 0, "pos": 0}
+        return GPTState(keys=[torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
+                        values=[torch.empty(shape, device=device, dtype=dtype) for _ in range(n)])
 
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x: torch.Tensor, state: GPTState) -> tuple[torch.Tensor, GPTState]:
         """x [B, t, D] following the state's tokens -> y [B, t, D], state with K/V appended
         (the last max_len entries)."""
-        if "prefix" in state:
-            if state["pos"] + x.shape[1] <= self.cfg.max_len:  # pos: prefix and suffix tokens
+        if state.prefix is not None:
+            if state.pos + x.shape[1] <= self.cfg.max_len:  # pos: prefix and suffix tokens
                 return self._step_shared(x, state)
             state = self._unshare(state)  # about to slide past the window: the plain form does that
         t, window = x.shape[1], self.cfg.max_len
-        pos, cached = state["pos"], state["length"]
+        pos, cached = state.pos, state.length
         positions = (pos + torch.arange(t, device=x.device)).clamp(max=window - 1)  # [t]
         mask = None  # one new token within the window sees every cached key
         if t > 1 or cached + 1 > window:
             mask = window_mask(cached, t, window, x.device)  # [t, cached + t]
         h = self.drop(x + self.pos_emb(positions))
         keys, values = [], []
-        for block, k, v in zip(self.blocks, state["k"], state["v"]):
+        for block, k, v in zip(self.blocks, state.keys, state.values):
             h, k, v = block(h, mask, (k, v, cached))
             if k.shape[2] > window:  # slid past max_len: keep the last window, as a new buffer
                 k, v = k[:, :, -window:].contiguous(), v[:, :, -window:].contiguous()
             keys.append(k)
             values.append(v)
-        return h, {"k": keys, "v": values, "length": min(cached + t, window), "pos": pos + t}
+        return h, GPTState(keys, values, length=min(cached + t, window), pos=pos + t)
 
-    def _step_shared(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        t, pos, cached = x.shape[1], state["pos"], state["length"]
-        prefix, middle = state["prefix"], state.get("middle")
+    def _step_shared(self, x: torch.Tensor, state: GPTState) -> tuple[torch.Tensor, GPTState]:
+        t, pos, cached = x.shape[1], state.pos, state.length
+        prefix, middle = state.prefix, state.middle
         h = self.drop(x + self.pos_emb(pos + torch.arange(t, device=x.device)))
-        for layer, (block, k, v) in enumerate(zip(self.blocks, state["k"], state["v"])):
-            shared = [(prefix["kt"][layer].transpose(-1, -2), prefix["v"][layer])]
+        for layer, (block, k, v) in enumerate(zip(self.blocks, state.keys, state.values)):
+            shared = [(prefix.keys_t[layer].transpose(-1, -2), prefix.values[layer])]
             if middle is not None:
-                shared.append((middle["k"][layer], middle["v"][layer]))
+                shared.append((middle.keys[layer], middle.values[layer]))
             h, _, _ = block.forward_shared(h, shared, (k, v, cached))
-        return h, {**state, "length": cached + t, "pos": pos + t}
+        return h, GPTState(state.keys, state.values, cached + t, pos + t, prefix, middle)
 
-    def branch_state(self, state: State, copies: int) -> State:
+    def branch_state(self, state: GPTState, copies: int) -> GPTState:
         """Each row becomes ``copies`` rows sharing its keys/values, kept once.
 
-        From a plain state, the rows' keys/values become the prefix ``{"kt": [...], "v": [...]}``
-        per layer: keys transposed ``[E, H, hd, P]`` (the layout their product with the queries
-        reads) and values ``[E, H, P, hd]``. From a state that already has a prefix, each row's
-        suffix becomes the *middle* level ``{"k": [...], "v": [...]}`` (``[rows, H, M, hd]``, the old
-        buffers, no copy), read once for its ``copies`` children; they then keep only what they
-        decode after it. Lengths and group sizes follow from the shapes."""
-        if "middle" in state:  # a third level: fold the middle into the suffixes first
+        From a plain state, the rows' keys/values become the :class:`KVPrefix`. From a state that
+        already has a prefix, each row's suffix becomes the :class:`KVMiddle` (the old buffers, no
+        copy), read once for its ``copies`` children; they then keep only what they decode after
+        it. Lengths and group sizes follow from the shapes."""
+        if state.middle is not None:  # a third level: fold the middle into the suffixes first
             state = self._fold_middle(state, None)
-        length = state["length"]
-        rows, H, _, hd = state["k"][0].shape
-        if "prefix" in state:
-            own_shape = (rows * copies, H, self.cfg.max_len - state["prefix"]["v"][0].shape[2] - length, hd)
-            branched = {"k": [b.new_empty(own_shape) for b in state["k"]],
-                        "v": [b.new_empty(own_shape) for b in state["v"]],
-                        "length": 0, "pos": state["pos"], "prefix": state["prefix"]}
-            if length == 0:  # nothing decoded since the prefix: the copies start empty
-                return branched
-            return {**branched, "middle": {"k": [b[:, :, :length] for b in state["k"]],
-                                           "v": [b[:, :, :length] for b in state["v"]]}}
+        length = state.length
+        rows, H, _, hd = state.keys[0].shape
+        if state.prefix is not None:
+            own_shape = (rows * copies, H, self.cfg.max_len - state.prefix.values[0].shape[2] - length, hd)
+            branched = GPTState([b.new_empty(own_shape) for b in state.keys],
+                                [b.new_empty(own_shape) for b in state.values], pos=state.pos,
+                                prefix=state.prefix)
+            if length:  # else nothing decoded since the prefix: the copies start empty
+                branched.middle = KVMiddle([b[:, :, :length] for b in state.keys],
+                                           [b[:, :, :length] for b in state.values])
+            return branched
         suffix_shape = (rows * copies, H, self.cfg.max_len - length, hd)
-        return {"k": [b.new_empty(suffix_shape) for b in state["k"]],
-                "v": [b.new_empty(suffix_shape) for b in state["v"]],
-                "length": 0, "pos": state["pos"],
-                "prefix": {"kt": [b[:, :, :length].transpose(-1, -2).contiguous() for b in state["k"]],
-                           "v": [b[:, :, :length].contiguous() for b in state["v"]]}}
+        prefix = KVPrefix(keys_t=[b[:, :, :length].transpose(-1, -2).contiguous() for b in state.keys],
+                          values=[b[:, :, :length].contiguous() for b in state.values])
+        return GPTState([b.new_empty(suffix_shape) for b in state.keys],
+                        [b.new_empty(suffix_shape) for b in state.values], pos=state.pos, prefix=prefix)
 
-    def _fold_middle(self, state: State, index: torch.Tensor | None) -> State:
+    def _fold_middle(self, state: GPTState, index: torch.Tensor | None) -> GPTState:
         """A state with a middle level as a two-level one (prefix, then per-row suffixes), keeping
         the rows ``index`` (all rows when None): each new suffix is its row's middle entries
         followed by its own, gathered straight into fresh buffers (the pruning copy)."""
-        middle, length = state["middle"], state["length"]
-        rows = state["k"][0].shape[0]
+        middle, length = state.middle, state.length
+        rows = state.keys[0].shape[0]
         if index is None:
-            index = torch.arange(rows, device=state["k"][0].device)
-        parents = torch.div(index, rows // middle["k"][0].shape[0], rounding_mode="floor")
-        M = middle["k"][0].shape[2]
+            index = torch.arange(rows, device=state.keys[0].device)
+        parents = torch.div(index, rows // middle.keys[0].shape[0], rounding_mode="floor")
+        M = middle.keys[0].shape[2]
 
         def fold(mid: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
             out = own.new_empty((len(index), own.shape[1], M + own.shape[2], own.shape[3]))
             torch.index_select(mid, 0, parents, out=out[:, :, :M])
             torch.index_select(own[:, :, :length], 0, index, out=out[:, :, M:M + length])
             return out
-        return {"k": [fold(m, o) for m, o in zip(middle["k"], state["k"])],
-                "v": [fold(m, o) for m, o in zip(middle["v"], state["v"])],
-                "length": M + length, "pos": state["pos"], "prefix": state["prefix"]}
+        return GPTState([fold(m, o) for m, o in zip(middle.keys, state.keys)],
+                        [fold(m, o) for m, o in zip(middle.values, state.values)],
+                        M + length, state.pos, state.prefix)
 
-    def _unshare(self, state: State) -> State:
+    def _unshare(self, state: GPTState) -> GPTState:
         """The plain form of a shared-prefix state: every row's full K/V buffers."""
-        if "middle" in state:
+        if state.middle is not None:
             state = self._fold_middle(state, None)
-        prefix, length = state["prefix"], state["length"]
-        P = prefix["v"][0].shape[2]
-        rows_per_env = state["k"][0].shape[0] // prefix["v"][0].shape[0]
+        prefix, length = state.prefix, state.length
+        P = prefix.values[0].shape[2]
+        rows_per_env = state.keys[0].shape[0] // prefix.values[0].shape[0]
 
         def join(pre: torch.Tensor, suf: torch.Tensor) -> torch.Tensor:
             out = suf.new_empty((suf.shape[0], suf.shape[1], self.cfg.max_len, suf.shape[3]))
             out[:, :, :P] = pre.repeat_interleave(rows_per_env, dim=0)
             out[:, :, P:P + length] = suf[:, :, :length]
             return out
-        return {"k": [join(p.transpose(-1, -2), s) for p, s in zip(prefix["kt"], state["k"])],
-                "v": [join(p, s) for p, s in zip(prefix["v"], state["v"])],
-                "length": P + length, "pos": state["pos"]}
+        return GPTState([join(p.transpose(-1, -2), s) for p, s in zip(prefix.keys_t, state.keys)],
+                        [join(p, s) for p, s in zip(prefix.values, state.values)],
+                        P + length, state.pos)
 
-    def select_state(self, state: State, index: torch.Tensor) -> State:
+    def select_state(self, state: GPTState, index: torch.Tensor) -> GPTState:
         """Gather rows, copying only the valid entries of each buffer into fresh buffers (of a
         shared-prefix state: only the suffixes, while rows stay with their prefix)."""
-        if "prefix" in state and not stays_grouped(index, state["k"][0].shape[0],
-                                                   state["prefix"]["v"][0].shape[0]):
+        if state.prefix is not None and not stays_grouped(index, state.keys[0].shape[0],
+                                                          state.prefix.values[0].shape[0]):
             return self.select_state(self._unshare(state), index)
-        if "middle" in state:
+        if state.middle is not None:
             return self._fold_middle(state, index)
-        length = state["length"]
+        length = state.length
 
         def gather(buffer: torch.Tensor) -> torch.Tensor:
             out = buffer.new_empty((len(index), *buffer.shape[1:]))
             # written in place through the strided view: no gathered temporary copied over
             torch.index_select(buffer[:, :, :length], 0, index, out=out[:, :, :length])
             return out
-        return {**state, "k": [gather(b) for b in state["k"]], "v": [gather(b) for b in state["v"]]}
+        return GPTState([gather(b) for b in state.keys], [gather(b) for b in state.values],
+                        length, state.pos, state.prefix)

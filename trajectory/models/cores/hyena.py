@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajectory.models.cores.base import CoreConfig, SequenceCore, State, stays_grouped
+from trajectory.models.cores.base import CoreConfig, SequenceCore, stays_grouped
 from trajectory.models.cores.options import HyenaOptions
+from trajectory.models.cores.states import ConvMiddle, ConvPrefix, HyenaLayerState
 from trajectory.models.ops.fftconv import fft_conv
 from trajectory.models.ops.scopes import op_group
 
@@ -162,32 +163,28 @@ class HyenaOperator(nn.Module):
         return self.out_proj(v.transpose(1, 2))  # [B, T, D]
 
     # -- step form -----------------------------------------------------------------------------
-    def init_state(self, batch: int, device, dtype) -> dict:
+    def init_state(self, batch: int, device, dtype) -> HyenaLayerState:
         n_streams = (self.order + 1) * self.d
-        return {
-            # the last kernel - 1 inputs of the short convolution, time-major [kernel - 1, B, C]
-            "short": torch.zeros(self.kernel - 1, batch, n_streams, device=device, dtype=dtype),
-            "hist": [torch.empty(self.max_len, self.d, batch, device=device, dtype=dtype)
-                     for _ in range(self.order)],  # long-conv inputs z^n, time-major [max_len, D, B];
-            # the first `length` positions are valid
-            "length": 0,
-        }
+        return HyenaLayerState(
+            short=torch.zeros(self.kernel - 1, batch, n_streams, device=device, dtype=dtype),
+            history=[torch.empty(self.max_len, self.d, batch, device=device, dtype=dtype)
+                     for _ in range(self.order)])
 
-    def step(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
+    def step(self, u: Tensor, state: HyenaLayerState) -> tuple[Tensor, HyenaLayerState]:
         if u.shape[1] == 1:
             return self._step_token(u, state)
-        if "middle" in state:  # a chunk convolves the whole suffix by FFT: per-row histories
+        if state.middle is not None:  # a chunk convolves the whole suffix by FFT: per-row histories
             state = self.fold_middle(state, None)
         t = u.shape[1]  # u: [B, t, D]
-        window = torch.cat([state["short"].permute(1, 2, 0), self.in_proj(u).transpose(1, 2)], dim=-1)
+        window = torch.cat([state.short.permute(1, 2, 0), self.in_proj(u).transpose(1, 2)], dim=-1)
         z = F.conv1d(window, self.short_conv.weight, self.short_conv.bias,
                      groups=self.short_conv.groups)  # [B, (N+1)D, t]
         short = window[..., window.shape[-1] - (self.kernel - 1):].permute(2, 0, 1).contiguous()
         v, *gates = z.split(self.d, dim=1)
         h, h_rev, h_f = self.filters()
-        length, prefix = state["length"], state.get("prefix")
+        length, prefix = state.length, state.prefix
         for n, x in enumerate(gates):
-            buffer = state["hist"][n]
+            buffer = state.history[n]
             buffer[length:length + t] = v.permute(2, 1, 0)  # in place: branch with select_state
             end = length + t  # a chunk: the whole history by FFT, keeping the new positions
             with op_group("fft"):
@@ -195,9 +192,9 @@ class HyenaOperator(nn.Module):
             if prefix is not None:  # a branched state: add the shared prefix's share
                 y = self._with_prefix(y, prefix, n, length)
             v = x * y  # [B, D, t]
-        return self.out_proj(v.transpose(1, 2)), {**state, "short": short, "length": length + t}
+        return self.out_proj(v.transpose(1, 2)), HyenaLayerState(short, state.history, length + t, prefix)
 
-    def _step_token(self, u: Tensor, state: dict) -> tuple[Tensor, dict]:
+    def _step_token(self, u: Tensor, state: HyenaLayerState) -> tuple[Tensor, HyenaLayerState]:
         """One token. The short convolution is its taps applied to the kept inputs; each long
         convolution is, per channel, the reversed filter times the time-major history: a row of
         taps against a [length, B] matrix whose rows are contiguous, and the new input lands as
@@ -205,18 +202,18 @@ class HyenaOperator(nn.Module):
         proj = self.in_proj(u[:, 0])  # [B, C]
         weight = self.short_conv.weight[:, 0]  # [C, kernel]
         z = torch.addcmul(self.short_conv.bias, proj, weight[:, -1])
-        kept = state["short"]  # [kernel - 1, B, C]
+        kept = state.short  # [kernel - 1, B, C]
         for j in range(self.kernel - 1):
             z.addcmul_(kept[j], weight[:, j])
         short = torch.cat([kept[1:], proj[None]]) if self.kernel > 1 else kept
         v, *gates = z.split(self.d, dim=1)  # each [B, D]
         _, h_rev, _ = self.filters()
-        length, prefix, middle = state["length"], state.get("prefix"), state.get("middle")
+        length, prefix, middle = state.length, state.prefix, state.middle
         end = length + 1
-        M = middle["hist"][0].shape[0] if middle is not None else 0
+        M = middle.history[0].shape[0] if middle is not None else 0
         v = v.t()  # [D, B] from here on
         for n, x in enumerate(gates):
-            buffer = state["hist"][n]
+            buffer = state.history[n]
             buffer[length:end].copy_(v[None])  # in place (branch with select_state); a slice, not
             # an integer index, so that a compiled step does not specialize on the length
             with op_group("convolution"):  # y = sum_s h[s] z[end - 1 - s] + bias z[end - 1]
@@ -224,97 +221,97 @@ class HyenaOperator(nn.Module):
                 y = torch.bmm(taps.unsqueeze(1), buffer[:end].transpose(0, 1)).squeeze(1)  # [D, B]
                 y.addcmul_(v, self.bias[n, :, None])
                 if middle is not None:  # the beam's tokens before the copies', once per beam
-                    mid = middle["hist"][n]  # [M, D, beams]
+                    mid = middle.history[n]  # [M, D, beams]
                     taps = h_rev[n, :, self.max_len - M - end:self.max_len - end].to(mid.dtype)
                     share = torch.bmm(taps.unsqueeze(1), mid.transpose(0, 1))  # [D, 1, beams]
                     y = (y.view(self.d, mid.shape[-1], -1) + share.transpose(1, 2)).view(self.d, -1)
             if prefix is not None:  # the shared prefix's share at this position, [E, D] -> rows
-                start = prefix["hist"][n].shape[-1] + M + length
-                share = prefix["out"][n][:, :, start:start + 1].squeeze(-1)  # [E, D]
+                start = prefix.history[n].shape[-1] + M + length
+                share = prefix.contribution[n][:, :, start:start + 1].squeeze(-1)  # [E, D]
                 E = share.shape[0]
                 y = (y.view(self.d, E, -1) + share.t()[:, :, None]).view(self.d, -1)
             v = x.t() * y
-        return self.out_proj(v.t())[:, None], {**state, "short": short, "length": end}
+        return self.out_proj(v.t())[:, None], HyenaLayerState(short, state.history, end, prefix, middle)
 
-    def _with_prefix(self, y: Tensor, prefix: dict, n: int, length: int) -> Tensor:
+    def _with_prefix(self, y: Tensor, prefix: ConvPrefix, n: int, length: int) -> Tensor:
         """y [B, D, t] (the suffix's share, ``length`` suffix tokens before it) plus the prefix's
-        share at the same positions, read from ``prefix["out"][n]`` [E, D, max_len]."""
-        out = prefix["out"][n]
-        start = prefix["hist"][n].shape[-1] + length  # absolute position of the first new token
+        share at the same positions, read from ``prefix.contribution[n]`` [E, D, max_len]."""
+        out = prefix.contribution[n]
+        start = prefix.history[n].shape[-1] + length  # absolute position of the first new token
         B, t = y.shape[0], y.shape[-1]
         E = out.shape[0]
         return (y.reshape(E, B // E, self.d, t) + out[:, None, :, start:start + t]).view(B, self.d, t)
 
-    def branch(self, state: dict, copies: int) -> dict:
+    def branch(self, state: HyenaLayerState, copies: int) -> HyenaLayerState:
         """The layer's state with each row's history kept once for ``copies`` rows.
 
-        From a plain state the history becomes the prefix: ``{"hist": inputs [E, D, P], "out":
-        their share of every output position [E, D, max_len]}`` per long convolution. From a
-        branched state each row's suffix becomes the middle level ``{"hist": [M, D, rows]}`` (the
-        old buffers, no copy), convolved once per row for its copies, which then keep only what
-        they decode after it. Lengths and rows per group follow from the shapes."""
-        if "prefix" in state:
+        From a plain state the history becomes the :class:`ConvPrefix` (its inputs and their share
+        of every output position, per long convolution). From a branched state each row's suffix
+        becomes the :class:`ConvMiddle` (the old buffers, no copy), convolved once per row for its
+        copies, which then keep only what they decode after it. Lengths and rows per group follow
+        from the shapes."""
+        if state.prefix is not None:
             return self._branch_suffix(state, copies)
         _, h, h_f = self.filters()
-        length = state["length"]
-        rows = state["short"].shape[1]
-        prefix_hist = [buffer[:length].permute(2, 1, 0) for buffer in state["hist"]]  # [E, D, P]
+        length = state.length
+        rows = state.short.shape[1]
+        prefix_hist = [buffer[:length].permute(2, 1, 0) for buffer in state.history]  # [E, D, P]
         with op_group("fft"):  # the prefix's share of every later output: zero input after it
             prefix_out = [fft_conv(F.pad(z, (0, self.max_len - length)), h[n], None, k_f=h_f[n])
                           for n, z in enumerate(prefix_hist)]  # each [rows, D, max_len]
-        like = state["hist"][0]
-        return {"short": state["short"].repeat_interleave(copies, dim=1),
-                "hist": [like.new_empty((self.max_len - length, self.d, rows * copies))
-                         for _ in range(self.order)],
-                "length": 0, "prefix": {"hist": prefix_hist, "out": prefix_out}}
+        like = state.history[0]
+        return HyenaLayerState(short=state.short.repeat_interleave(copies, dim=1),
+                               history=[like.new_empty((self.max_len - length, self.d, rows * copies))
+                                        for _ in range(self.order)],
+                               prefix=ConvPrefix(prefix_hist, prefix_out))
 
-    def _branch_suffix(self, state: dict, copies: int) -> dict:
-        if "middle" in state:  # a third level: fold the middle into the suffixes first
+    def _branch_suffix(self, state: HyenaLayerState, copies: int) -> HyenaLayerState:
+        if state.middle is not None:  # a third level: fold the middle into the suffixes first
             state = self.fold_middle(state, None)
-        length, rows = state["length"], state["short"].shape[1]
-        free = self.max_len - state["prefix"]["hist"][0].shape[-1] - length
-        like = state["hist"][0]
-        branched = {"short": state["short"].repeat_interleave(copies, dim=1),
-                    "hist": [like.new_empty((free, self.d, rows * copies)) for _ in range(self.order)],
-                    "length": 0, "prefix": state["prefix"]}
-        if length == 0:  # nothing decoded since the prefix: the copies start empty
-            return branched
-        return {**branched, "middle": {"hist": [buffer[:length] for buffer in state["hist"]]}}
+        length, rows = state.length, state.short.shape[1]
+        free = self.max_len - state.prefix.history[0].shape[-1] - length
+        like = state.history[0]
+        branched = HyenaLayerState(short=state.short.repeat_interleave(copies, dim=1),
+                                   history=[like.new_empty((free, self.d, rows * copies))
+                                            for _ in range(self.order)],
+                                   prefix=state.prefix)
+        if length:  # else nothing decoded since the prefix: the copies start empty
+            branched.middle = ConvMiddle([buffer[:length] for buffer in state.history])
+        return branched
 
-    def fold_middle(self, state: dict, index: Tensor | None) -> dict:
+    def fold_middle(self, state: HyenaLayerState, index: Tensor | None) -> HyenaLayerState:
         """A layer state with a middle level as one with per-row suffixes, keeping the rows
         ``index`` (all when None): each new suffix is its row's middle inputs, then its own,
         gathered straight into fresh buffers (the copy pruning needs anyway)."""
-        mids, length, rows = state["middle"]["hist"], state["length"], state["short"].shape[1]
+        mids, length, rows = state.middle.history, state.length, state.short.shape[1]
         if index is None:
-            index = torch.arange(rows, device=state["short"].device)
+            index = torch.arange(rows, device=state.short.device)
         M, _, beams = mids[0].shape
         parents = torch.div(index, rows // beams, rounding_mode="floor")
-        cap = self.max_len - state["prefix"]["hist"][0].shape[-1]
-        hist = []
-        for mid, own in zip(mids, state["hist"]):
+        cap = self.max_len - state.prefix.history[0].shape[-1]
+        history = []
+        for mid, own in zip(mids, state.history):
             out = own.new_empty((cap, self.d, len(index)))
             gather_columns(mid.reshape(M * self.d, beams), parents, out[:M].view(M * self.d, len(index)))
             gather_columns(own[:length].view(length * self.d, rows), index,
                            out[M:M + length].view(length * self.d, len(index)))
-            hist.append(out)
-        return {"short": state["short"].index_select(1, index), "hist": hist,
-                "length": M + length, "prefix": state["prefix"]}
+            history.append(out)
+        return HyenaLayerState(state.short.index_select(1, index), history, M + length, state.prefix)
 
-    def unshare(self, state: dict) -> dict:
+    def unshare(self, state: HyenaLayerState) -> HyenaLayerState:
         """The plain form of a branched layer state: every row's whole history."""
-        if "middle" in state:
+        if state.middle is not None:
             state = self.fold_middle(state, None)
-        prefix, length = state["prefix"], state["length"]
-        P = prefix["hist"][0].shape[-1]
-        rows_per_group = state["short"].shape[1] // prefix["hist"][0].shape[0]
-        hist = []
-        for pre, suffix in zip(prefix["hist"], state["hist"]):
+        prefix, length = state.prefix, state.length
+        P = prefix.history[0].shape[-1]
+        rows_per_group = state.short.shape[1] // prefix.history[0].shape[0]
+        history = []
+        for pre, suffix in zip(prefix.history, state.history):
             out = suffix.new_empty((self.max_len, self.d, suffix.shape[-1]))
             out[:P] = pre.repeat_interleave(rows_per_group, dim=0).permute(2, 1, 0)
             out[P:P + length] = suffix[:length]
-            hist.append(out)
-        return {"short": state["short"], "hist": hist, "length": P + length}
+            history.append(out)
+        return HyenaLayerState(state.short, history, P + length)
 
 
 class HyenaBlock(nn.Module):
@@ -333,7 +330,7 @@ class HyenaBlock(nn.Module):
         x = x + self.drop(self.mixer(self.norm1(x)))  # [B, T, D]
         return x + self.drop(self.mlp(self.norm2(x)))
 
-    def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
+    def step(self, x: Tensor, state: HyenaLayerState) -> tuple[Tensor, HyenaLayerState]:
         y, state = self.mixer.step(self.norm1(x), state)
         x = x + self.drop(y)
         return x + self.drop(self.mlp(self.norm2(x))), state
@@ -374,39 +371,36 @@ class HyenaCore(SequenceCore):
         return x
 
     def init_state(self, batch_size: int, device: torch.device | str,
-                   dtype: torch.dtype = torch.float32) -> State:
+                   dtype: torch.dtype = torch.float32) -> list[HyenaLayerState]:
         return [block.mixer.init_state(batch_size, device, dtype) for block in self.blocks]
 
-    def select_state(self, state: State, index: torch.Tensor) -> State:
+    def select_state(self, state: list[HyenaLayerState], index: torch.Tensor) -> list[HyenaLayerState]:
         """Gather rows, copying only the valid part of each history buffer (of a branched state:
         only the suffixes, while rows stay with their prefix)."""
-        if state and "prefix" in state[0] and not stays_grouped(
-                index, state[0]["short"].shape[1], state[0]["prefix"]["hist"][0].shape[0]):
+        if state and state[0].prefix is not None and not stays_grouped(
+                index, state[0].short.shape[1], state[0].prefix.history[0].shape[0]):
             state = [block.mixer.unshare(layer) for block, layer in zip(self.blocks, state)]
-        if state and "middle" in state[0]:
+        if state and state[0].middle is not None:
             return [block.mixer.fold_middle(layer, index) for block, layer in zip(self.blocks, state)]
         selected = []
         for layer in state:
-            length = layer["length"]
-            hist = []
-            for buffer in layer["hist"]:  # [max_len, D, B]: gather the valid positions' columns
+            length = layer.length
+            history = []
+            for buffer in layer.history:  # [max_len, D, B]: gather the valid positions' columns
                 cap, D, rows = buffer.shape
                 out = buffer.new_empty((cap, D, len(index)))
                 gather_columns(buffer[:length].view(length * D, rows), index,
                                out[:length].view(length * D, len(index)))
-                hist.append(out)
-            selected.append({**layer, "short": layer["short"].index_select(1, index), "hist": hist})
+                history.append(out)
+            selected.append(HyenaLayerState(layer.short.index_select(1, index), history, length,
+                                            layer.prefix))
         return selected
 
-    def branch_state(self, state: State, copies: int) -> State:
+    def branch_state(self, state: list[HyenaLayerState], copies: int) -> list[HyenaLayerState]:
         return [block.mixer.branch(layer, copies) for block, layer in zip(self.blocks, state)]
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        seen = 0
-        if state:  # tokens before x: the suffix's, after the shared prefix's when branched
-            layer = state[0]
-            seen = layer["length"] + (layer["prefix"]["hist"][0].shape[-1] if "prefix" in layer else 0)
-            seen += layer["middle"]["hist"][0].shape[0] if "middle" in layer else 0
+    def step(self, x: Tensor, state: list[HyenaLayerState]) -> tuple[Tensor, list[HyenaLayerState]]:
+        seen = state[0].tokens_seen() if state else 0  # the shared levels' tokens and the row's own
         self._check_length(seen + x.shape[1])  # x: [B, t, D]
         new_state = []
         for block, layer_state in zip(self.blocks, state):

@@ -1,7 +1,7 @@
 """Install a behaviour-policy snapshot as the package's policy, with a JSON card of its evaluation.
 
-    python -m trajectory.data.policy_card runs/sac/candidates/member4_step80000.pt \
-        trajectory/assets/halfcheetah_medium_policy.pt --episodes 10
+    python -m trajectory.behaviour.card runs/sac/candidates/member4_step80000.pt \
+        trajectory/behaviour/policies/halfcheetah_medium_policy.pt --episodes 10
 
 The card records deterministic (mean action) and stochastic returns over ``episodes`` episodes, their
 D4RL-normalized scores, and the training metadata stored in the snapshot (steps, seed, wall time).
@@ -15,14 +15,14 @@ import shutil
 
 import numpy as np
 
-from trajectory.data.generate import DEFAULT_POLICY
+from trajectory.behaviour.reproductions import DEFAULT_POLICY
 from trajectory.envs import normalized_score
 
 
 def card(snapshot: str, episodes: int, seed: int = 0) -> dict:
     import torch
 
-    from trajectory.data.sac import evaluate, load_policy
+    from trajectory.behaviour.policy import evaluate, load_policy
     payload = torch.load(snapshot, map_location="cpu", weights_only=True)
     env_id = payload["meta"].get("env_id", "HalfCheetah-v5")
     actor = load_policy(snapshot)
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.snapshot):
         parser.error(f"no policy snapshot at {args.snapshot}; pass a .pt file written by "
-                     f"python -m trajectory.data.sac")
+                     f"python -m trajectory.behaviour.train")
     if args.episodes < 1:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
     import torch  # only now: a bad argument is reported before torch loads

@@ -1,80 +1,34 @@
-"""The Soft Actor-Critic population behind ``python -m trajectory.data.sac`` (see that module)."""
+"""Soft Actor-Critic (Haarnoja et al., 2018, with learned temperature) to train the behaviour policies
+of the local reproductions (halfcheetah-, hopper- and walker2d-medium).
+
+D4RL's "medium" policy was a SAC agent stopped early, at about a third of expert return. We train a
+*population* of independent agents in one process: every weight has a leading member dimension, so one
+batched update (``baddbmm``) serves all members. On a GPU the update costs about the same for 1 or 16
+members; on a CPU two members side by side use both cores. Members share nothing but the kernels:
+losses are summed over members and parameters are disjoint, so each member's gradient is its own.
+
+Every ``eval_every`` steps each member is evaluated; a member whose mean return (mean actions, or
+sampled ones with ``select_by=stochastic``, as the dataset generator acts) falls inside
+``[target_low, target_high]`` is snapshotted to ``<out>/candidates`` (the first time only, unless
+``keep_all_in_range``). ``python -m trajectory.behaviour.card`` then installs one as a package policy.
+Every ``save_every`` steps the whole run is checkpointed (``<out>/checkpoint``); ``resume=true`` goes on
+from there, so a run can span several sittings. The command line is :mod:`trajectory.behaviour.train`.
+"""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from trajectory.behaviour.config import SACConfig
+from trajectory.behaviour.policy import SquashedGaussianActor, evaluate, save_policy
 from trajectory.configutil import ConfigError
-from trajectory.data.sac import SACConfig
 from trajectory.envs import make_env
-from trajectory.io import save_torch
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-class EnsembleLinear(nn.Module):
-    """``members`` independent linear layers applied with one batched matmul.  x: [M, N, in]."""
-
-    def __init__(self, members: int, d_in: int, d_out: int):
-        super().__init__()
-        bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default init, per member
-        self.weight = nn.Parameter(torch.empty(members, d_in, d_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(members, 1, d_out).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, N, in] -> [M, N, out]
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class EnsembleMLP(nn.Sequential):
-    def __init__(self, members: int, d_in: int, hidden: int, d_out: int):
-        super().__init__(EnsembleLinear(members, d_in, hidden), nn.ReLU(),
-                         EnsembleLinear(members, hidden, hidden), nn.ReLU(),
-                         EnsembleLinear(members, hidden, d_out))
-
-
-class SquashedGaussianActor(nn.Module):
-    """tanh-squashed diagonal Gaussian policy; one per member."""
-
-    def __init__(self, members: int, obs_dim: int, act_dim: int, hidden: int):
-        super().__init__()
-        self.net = EnsembleMLP(members, obs_dim, hidden, 2 * act_dim)
-
-    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        # squash log_std smoothly into [LOG_STD_MIN, LOG_STD_MAX]
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
-        return mean, log_std
-
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action in [-1, 1] and its log-probability.  obs: [M, N, O]."""
-        mean, log_std = self.distribution(obs)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
-        action = torch.tanh(pre_tanh)
-        # log N(u; mean, std) - log|d tanh(u)/du|, the latter in a numerically stable form
-        log_prob = (-0.5 * ((pre_tanh - mean) / log_std.exp()).pow(2) - log_std
-                    - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
-        return action, log_prob
-
-    def act_with_noise(self, obs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """tanh(mean + std * noise) for the given standard-normal ``noise`` (the dataset generator's
-        own draws), or the mean action tanh(mean) for None.  obs: [M, N, O]."""
-        mean, log_std = self.distribution(obs)
-        return torch.tanh(mean if noise is None else mean + log_std.exp() * noise)
-
-    def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        return self.act_with_noise(obs, None) if deterministic else self.sample(obs)[0]
-
-    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
-        """The weights of one member, as a 1-member actor's state dict."""
-        return {k: v[member:member + 1].detach().cpu().clone() for k, v in self.state_dict().items()}
+from trajectory.models.layers import EnsembleMLP
 
 
 class TwinCritic(nn.Module):
@@ -118,6 +72,9 @@ class ReplayBuffer:
 
 
 class SACAgent:
+    """The population's actors, twin critics with their targets, and temperatures, updated
+    together by one batched step per environment step."""
+
     def __init__(self, cfg: SACConfig, obs_dim: int, act_dim: int, device):
         m = cfg.members
         self.cfg = cfg
@@ -162,49 +119,6 @@ class SACAgent:
         torch._foreach_lerp_(self.target_params, self.critic_params, self.cfg.tau)
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
                 "alpha": alpha.mean()}
-
-
-def evaluate(actor: SquashedGaussianActor, env_id: str, episodes: int, seed: int,
-             device, deterministic: bool = True) -> np.ndarray:
-    """Mean-action returns of every member over ``episodes`` episodes run in lockstep: [M, E]."""
-    members = actor.net[0].weight.shape[0]
-    envs = [[make_env(env_id) for _ in range(episodes)] for _ in range(members)]
-    obs = np.stack([[env.reset(seed=seed + 1000 * m + e)[0] for e, env in enumerate(row)]
-                    for m, row in enumerate(envs)])
-    returns = np.zeros((members, episodes))
-    running = np.ones((members, episodes), dtype=bool)
-    with torch.no_grad():
-        while running.any():
-            actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device),
-                                deterministic).cpu().numpy()
-            for m in range(members):
-                for e in range(episodes):
-                    if not running[m, e]:
-                        continue
-                    obs[m, e], r, term, trunc, _ = envs[m][e].step(actions[m, e])
-                    returns[m, e] += r
-                    running[m, e] = not (term or trunc)
-    for row in envs:
-        for env in row:
-            env.close()
-    return returns
-
-
-def save_policy(path: str, state: dict, obs_dim: int, act_dim: int, hidden: int, meta: dict) -> None:
-    """Write a 1-member actor atomically, with plain metadata (loadable with weights_only=True)."""
-    payload = {"state_dict": state, "obs_dim": obs_dim, "act_dim": act_dim, "hidden": hidden,
-               "meta": meta}
-    save_torch(payload, path)
-
-
-def load_policy(path: str, device="cpu") -> SquashedGaussianActor:
-    """Rebuild a saved behaviour policy (a 1-member actor)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"behaviour policy not found: {path}")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    actor = SquashedGaussianActor(1, payload["obs_dim"], payload["act_dim"], payload["hidden"])
-    actor.load_state_dict(payload["state_dict"])
-    return actor.to(device).eval()
 
 
 # what must match between a checkpoint and the run resuming it

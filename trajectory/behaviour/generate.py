@@ -1,10 +1,10 @@
 """The local reproductions of D4RL's medium datasets: roll a committed behaviour policy, write Minari.
 
 D4RL's ``<env>-medium`` datasets hold 1M transitions of a SAC policy stopped at about a third of
-expert return, acting *stochastically*. We do the same with the policies in ``trajectory/assets``
-(one per environment, see :data:`REPRODUCTIONS`): ``num_envs`` environments step in lockstep and share
-one batched policy call per step; a slot whose episode ends (a true terminal, e.g. Hopper falling, or
-the 1,000-step time limit, recorded as a truncation) starts the next episode.
+expert return, acting *stochastically*. We do the same with the committed policies (one per
+environment, see :mod:`trajectory.behaviour.reproductions`): ``num_envs`` environments step in
+lockstep and share one batched policy call per step; a slot whose episode ends (a true terminal,
+e.g. Hopper falling, or the 1,000-step time limit, recorded as a truncation) starts the next episode.
 
 A dataset is either a number of whole episodes or a number of steps. With a step budget (as D4RL), the
 episodes kept are a prefix of the episode sequence: whole episodes while they fit, then the one that
@@ -17,8 +17,8 @@ noise comes from its own generator ``default_rng([seed, k])``, so a seed fixes t
 The dataset is written under a hidden temporary root and renamed into ``<out>/<dataset_id>`` once
 complete, so a crash never leaves a half-written dataset where loaders look.
 
-    python -m trajectory.data.generate --source hopper-medium          # what data.source generates
-    python -m trajectory.data.generate --episodes 10 --out /tmp/m      # a small halfcheetah dataset
+    python -m trajectory.behaviour.generate --source hopper-medium      # what data.source generates
+    python -m trajectory.behaviour.generate --episodes 10 --out /tmp/m  # a small halfcheetah dataset
 """
 from __future__ import annotations
 
@@ -33,38 +33,11 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
+from trajectory.behaviour.reproductions import DEFAULT_POLICY, DEFAULT_REPRODUCTION, POLICIES, REPRODUCTIONS
 from trajectory.envs import REF_RETURNS, env_family, has_reference_returns, make_env, normalized_score
-
-ASSETS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets"))
-
-
-@dataclass(frozen=True)
-class Reproduction:
-    """A dataset that ``data.source=<name>`` generates on first use."""
-
-    name: str  # what users pass as data.source
-    env_id: str
-    dataset_id: str  # its Minari id under <cache_dir>/minari
-    policy: str  # behaviour policy file (a 1-member SAC actor)
-    steps: int = 1_000_000  # transitions, as D4RL's medium datasets
-    max_steps: int = 1000  # the environments' time limit
-    seed: int = 0
-
-
-def _reproduction(family: str, env_id: str) -> Reproduction:
-    return Reproduction(f"{family}-medium", env_id, f"trajectory/{family}/medium-v0",
-                        os.path.join(ASSETS, f"{family}_medium_policy.pt"))
-
-
-REPRODUCTIONS = {r.name: r for r in (_reproduction("halfcheetah", "HalfCheetah-v5"),
-                                     _reproduction("hopper", "Hopper-v5"),
-                                     _reproduction("walker2d", "Walker2d-v5"))}
-DEFAULT_REPRODUCTION = REPRODUCTIONS["halfcheetah-medium"]
-DEFAULT_POLICY = DEFAULT_REPRODUCTION.policy
 
 
 @contextlib.contextmanager
@@ -90,7 +63,7 @@ def rollout_rounds(policy_path: str, env_id: str, *, episodes: int | None = None
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from tqdm import tqdm
 
-    from trajectory.data.sac import load_policy
+    from trajectory.behaviour.policy import load_policy
 
     if (episodes is None) == (steps is None):
         raise ValueError("give either episodes or steps")
@@ -139,13 +112,16 @@ def rollout_rounds(policy_path: str, env_id: str, *, episodes: int | None = None
         live = np.flatnonzero(episode_of >= 0)
         if live.size == 0:
             break
+        # every slot, idle ones too: a batch of fixed size rounds the same whatever the other slots
+        # do, so an episode's actions do not depend on the budget that ends its neighbours
+        step = np.minimum(t, max_steps - 1)
         with torch.no_grad():
-            x = torch.from_numpy(obs[live, t[live]].astype(np.float32))[None]  # [1, n_live, O]
-            action = actor.act_with_noise(x, torch.from_numpy(noise[live, t[live]]))[0].numpy()
-        for j, i in enumerate(live):
+            x = torch.from_numpy(obs[np.arange(n), step].astype(np.float32))[None]  # [1, n, O]
+            action = actor.act_with_noise(x, torch.from_numpy(noise[np.arange(n), step]))[0].numpy()
+        for i in live:
             s = t[i]
-            o, r, done, cut, _ = envs[i].step(action[j])
-            obs[i, s + 1], act[i, s], rew[i, s], term[i, s], trunc[i, s] = o, action[j], r, done, cut
+            o, r, done, cut, _ = envs[i].step(action[i])
+            obs[i, s + 1], act[i, s], rew[i, s], term[i, s], trunc[i, s] = o, action[i], r, done, cut
             t[i] += 1
             taken += 1
             if done or cut:
@@ -209,7 +185,7 @@ def _write_dataset(root: str, dataset_id: str, rounds: Iterator[list], env_id: s
                 dataset = minari.create_dataset_from_buffers(
                     dataset_id, buffers, env=env, eval_env=env_id,
                     algorithm_name="SAC behaviour policy, stochastic actions",
-                    author="trajectory-planning", code_permalink="trajectory/data/generate.py",
+                    author="trajectory-planning", code_permalink="trajectory/behaviour/generate.py",
                     ref_min_score=low_high[0] if low_high else None,
                     ref_max_score=low_high[1] if low_high else None,
                     description=description)
@@ -359,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     policy = args.policy or repro.policy
     if not os.path.isfile(policy):
         parser.error(f"no behaviour policy at {policy}; pass --policy <file.pt> (the package ships "
-                     f"one per reproduction in {os.path.normpath(ASSETS)})")
+                     f"one per reproduction in {POLICIES})")
     import torch  # only now: a bad argument is reported before torch loads
     torch.set_num_threads(args.threads)
     steps = None if args.episodes is not None else (args.steps or repro.steps)
