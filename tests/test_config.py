@@ -29,7 +29,7 @@ def test_retired_settings_load_from_saved_configs_but_are_refused_on_the_command
     saved = tmp_path / "old.yaml"
     saved.write_text("planner: beam\nlikelihood_weight: 0.5\npercentile: mean\nweights: ema\n")
     assert build_config(EvalConfig, str(saved)).planner == "beam"
-    with pytest.raises(ConfigError, match="likelihood_weight"):
+    with pytest.raises(ConfigError, match="'likelihood_weight'.*It was removed"):
         parse_cli(EvalConfig, ["likelihood_weight=0.5"])
     old_run = to_dict(TrainRunConfig())
     old_run["train"]["ema_decay"] = 0.999

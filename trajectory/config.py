@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 from trajectory.configutil import ConfigError
+from trajectory.retired import RETIRED_EVAL_KEYS, RETIRED_TRAIN_KEYS
 
 
 @dataclass
@@ -74,9 +75,7 @@ class TrainConfig:
 class TrainRunConfig:
     """Root config of ``train.py``."""
 
-    # settings that were removed; configs saved with them still load (a run trained with
-    # train.ema_decay is evaluated with its raw weights: the average measured no better, docs/results.md)
-    retired_keys: ClassVar[tuple[str, ...]] = ("train.num_workers", "train.ema_decay")
+    retired_keys: ClassVar[tuple[str, ...]] = RETIRED_TRAIN_KEYS  # saved configs with them still load
 
     name: str = ""  # run name; runs/<name>/ (default: <dataset>-<core>)
     runs_dir: str = "runs"
@@ -102,11 +101,7 @@ class EvalConfig:
     ``configs/eval_base.yaml`` lists every key with these defaults: the planner of the README's
     headline (the model's candidate actions ranked by the run's critic)."""
 
-    # planner options that measured no better than the defaults and were removed (docs/results.md);
-    # saved eval settings that carry them still load
-    retired_keys: ClassVar[tuple[str, ...]] = (
-        "weights", "anchor_median", "obs_median", "act_window", "percentile", "likelihood_weight",
-        "support_penalty")
+    retired_keys: ClassVar[tuple[str, ...]] = RETIRED_EVAL_KEYS  # saved configs with them still load
 
     checkpoints_path: Optional[str] = None  # a run directory (runs/<name>) or its checkpoint folder
     device: str = "cpu"

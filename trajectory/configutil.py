@@ -53,6 +53,8 @@ def _explain_key_error(schema: Any, bad_key: str, origin: str) -> ConfigError:
     valid = _valid_keys(schema)
     close = difflib.get_close_matches(bad_key, valid, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    if bad_key in getattr(type(schema), "retired_keys", ()):
+        hint = " It was removed: measured no better than the default (docs/results.md)."
     return ConfigError(
         f"unknown config key '{bad_key}' (from {origin}).{hint}\nValid keys: {', '.join(valid)}"
     )
