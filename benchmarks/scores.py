@@ -42,7 +42,7 @@ SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # t
 # TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
 TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
-                "average_actions", "plan_every")
+                "average_actions", "plan_every", "plan_value")
 
 
 def load_reports(folder: str) -> list[dict]:
@@ -67,14 +67,16 @@ def action_choice(settings: dict, planner_info: dict | None = None) -> str:
         extras.append(f"first actions averaged (temperature {settings['average_actions']:g})")
     if settings.get("plan_every", 1) != 1:
         extras.append(f"a plan every {settings['plan_every']} steps")
+    info = planner_info or {}
+    trained = (f" (IQL expectile {info['expectile']:g}, {info['step'] // 1000}k steps)"
+               if info.get("expectile") is not None and info.get("step") is not None else "")
     if settings.get("planner") == "critic":
-        info = planner_info or {}
-        trained = (f" (IQL expectile {info['expectile']:g}, {info['step'] // 1000}k steps)"
-                   if info.get("expectile") is not None and info.get("step") is not None else "")
         base = f"critic{trained}, best of {settings['beam_width']} policy actions"
     else:
         base = (f"beam {settings['beam_width']}x{settings['sample_expand']}, "
                 f"{settings['beam_steps']} steps")
+        if settings.get("plan_value") == "critic":
+            base += f", valued by the critic{trained}"
     return ", ".join([base, *extras])
 
 

@@ -37,13 +37,17 @@ def critic_path(cfg) -> str:
     return os.path.join(run_dir, "critic", "critic.pt")
 
 
+def needs_critic(cfg) -> bool:
+    return cfg.planner in NEEDS_CRITIC or (cfg.planner == "beam" and cfg.plan_value == "critic")
+
+
 def check_planner_inputs(cfg) -> None:
     """The planner's name, and the critic it needs where it needs one, checked before any work
     (torch-free): one line naming the fix instead of a failure after the model has loaded."""
     check_planner(cfg.planner)
-    if cfg.planner in NEEDS_CRITIC and cfg.checkpoints_path and not os.path.isfile(critic_path(cfg)):
+    if needs_critic(cfg) and cfg.checkpoints_path and not os.path.isfile(critic_path(cfg)):
         raise ConfigError(
-            f"planner={cfg.planner} ranks actions with the run's critic, and there is none at "
+            f"planner={cfg.planner} values actions with the run's critic, and there is none at "
             f"{critic_path(cfg)}: train it with `python train_critic.py run=<run dir>` (about 12 "
             f"minutes on 2 cores), pass critic=<critic.pt>, or plan without one (planner=policy or "
             f"planner=beam)")
@@ -71,4 +75,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["NEEDS_CRITIC", "PLANNERS", "PLANNER_CATALOG", "BeamPlanner", "Plan", "PolicyPlanner",
-           "build_planner", "check_planner", "check_planner_inputs", "critic_path", "planner_class"]
+           "build_planner", "check_planner", "check_planner_inputs", "critic_path", "needs_critic",
+           "planner_class"]

@@ -8,6 +8,12 @@ Per environment step, for E environments at once:
    reward and the value-to-go as expectations over bin centres, score each beam by its discounted
    rewards plus the discounted value, keep the best ``beam_width`` beams per environment, then
    decode the next observation greedily (``k_obs=1``);
+
+   with ``plan_value=critic`` a plan is valued by the run's critic instead of the model's value
+   token: its discounted predicted rewards before its last action plus the discounted Q of that
+   action at the planned observation, sum_{k<t} g^k r_k + g^t Q(s_t, a_t), and every expansion
+   gives its first copy the median action (the others drawn), as the critic planner's candidates;
+   one step of it ranks exactly the critic planner's candidates by the same Q;
 3. return the first action of every environment's best beam.
 
 Rows are always ordered environment-major ([E, beams] flattened), so pruning is a per-environment
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 
 from planners.estimates import read_scalar, token_values
-from planners.sampling import greedy, sample
+from planners.sampling import greedy, median_or_drawn, sample
 from trajectory.config import EvalConfig
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
@@ -205,16 +211,31 @@ def next_observation(model, logits: torch.Tensor, state, obs_dim: int, cfg: Eval
 
 
 class BeamPlanner:
-    """TT's beam search over the model, batched over environments."""
+    """TT's beam search over the model, batched over environments; with ``plan_value=critic`` the
+    plans are valued by the run's critic (``critic``: one given as an object, for tests)."""
 
     def __init__(self, model, discretizer, layout: TokenLayout, cfg: EvalConfig,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, critic=None):
         self.model, self.discretizer, self.layout, self.cfg = model, discretizer, layout, cfg
         self.generator = generator
+        self.critic = None
+        if cfg.plan_value == "critic":
+            from planners.critic_values import TokenCritic, device_of
+            self.critic = TokenCritic(discretizer, layout, cfg, device_of(model), critic)
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, cfg.beam_steps))
 
     def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
         return read_scalar(logits, self.discretizer, dim)
+
+    def info(self) -> dict:
+        """For the eval report: the critic that valued the plans, where one did."""
+        return self.critic.info() if self.critic is not None else {}
+
+    def _draw(self, logits: torch.Tensor, copies: int) -> torch.Tensor:
+        cfg = self.cfg
+        if self.critic is not None:  # the critic planner's candidates: a median copy, the rest drawn
+            return median_or_drawn(logits, copies, self.generator, cfg.k_act, cfg.cdf_act)
+        return sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:
@@ -232,18 +253,19 @@ class BeamPlanner:
         actions = torch.zeros(envs, 0, a, dtype=torch.long, device=device)
         rewards = torch.zeros(envs, 0, device=device)
         log_lik = torch.zeros(envs, device=device)
+        obs = context[:, -o:]  # [rows, O] each row's observation before its next planned action
         per_env = 1
         for t in range(cfg.beam_steps):
             expand = cfg.beam_width * cfg.sample_expand if t == 0 else cfg.sample_expand
             index = torch.arange(envs * per_env, device=device).repeat_interleave(expand)
             with op_group("reorder"):  # each beam's copies share what it decoded so far
                 state = branch(self.model, state, expand, index)
-            logits, actions, rewards, log_lik = rows(index, logits, actions, rewards, log_lik)
+            logits, actions, rewards, log_lik, obs = rows(index, logits, actions, rewards, log_lik, obs)
             per_env *= expand
 
             step_actions = []
             for _ in range(a):
-                token = sample(logits, self.generator, cfg.k_act, cfg.cdf_act)
+                token = self._draw(logits, expand)
                 step_actions.append(token)
                 log_lik = log_lik + token_log_prob(logits, token)
                 logits, state = feed(self.model, token, state)
@@ -252,20 +274,24 @@ class BeamPlanner:
             value = self._read(logits, o + a + 1)
             actions = torch.cat([actions, torch.stack(step_actions, dim=1)[:, None]], dim=1)
             rewards = torch.cat([rewards, reward[:, None]], dim=1)
-            score = (rewards * discounts[:t + 1]).sum(-1) + value * discounts[t + 1]
+            if self.critic is None:
+                score = (rewards * discounts[:t + 1]).sum(-1) + value * discounts[t + 1]
+            else:  # the rewards before the last action, then Q of that action where it is taken
+                q = self.critic.q(obs, actions[:, t])
+                score = (rewards[:, :t] * discounts[:t]).sum(-1) + q * discounts[t]
 
             keep = min(cfg.beam_width, per_env)
             top = score.view(envs, per_env).topk(keep, dim=-1).indices  # sorted: best first
             index = (top + torch.arange(envs, device=device)[:, None] * per_env).reshape(-1)
             with op_group("reorder"):
                 state = self.model.select_state(state, index)
-            logits, actions, rewards, score, value, log_lik = rows(
-                index, logits, actions, rewards, score, value, log_lik)
+            logits, actions, rewards, score, value, log_lik, obs = rows(
+                index, logits, actions, rewards, score, value, log_lik, obs)
             per_env = keep
 
             if t < cfg.beam_steps - 1:  # the next observation, for the next planned transition
-                logits, state, _, obs_log_lik = next_observation(self.model, logits, state, o, cfg,
-                                                                 self.generator)
+                logits, state, obs, obs_log_lik = next_observation(self.model, logits, state, o, cfg,
+                                                                   self.generator)
                 log_lik = log_lik + obs_log_lik
         best = torch.arange(envs, device=device) * per_env  # index 0 of each env: the top beam
         first = self._average_first_action(actions[:, 0], score, envs) if cfg.average_actions else None

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from planners import critic_path
 from planners.beam import Plan, branch, feed, max_context_transitions, prefill, token_log_prob
-from planners.estimates import read_scalar, token_values
+from planners.critic_values import TokenCritic, device_of
+from planners.estimates import read_scalar
 from planners.sampling import greedy, median_or_drawn
 from trajectory.config import EvalConfig
-from trajectory.models.critic import candidate_values, load_critic
 from trajectory.models.ops.scopes import op_group
 from trajectory.models.trajectory_model import TokenLayout
 
@@ -35,27 +34,14 @@ class CriticPlanner:
         self.generator = generator
         # only the first transition is decoded: beam_steps does not shorten the context
         self.context_transitions = min(cfg.beam_context, max_context_transitions(layout, 1))
-        o, a = layout.obs_dim, layout.act_dim
-        device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
-        self.critic_source = None  # the file it came from (None: given as an object)
-        if critic is None:
-            self.critic_source = critic_path(cfg)
-            critic = load_critic(self.critic_source, device)
-        if (critic.obs_dim, critic.act_dim) != (o, a):
-            from trajectory.configutil import ConfigError
-            raise ConfigError(f"the critic takes observations of {critic.obs_dim} and actions of "
-                              f"{critic.act_dim} dimensions, the model {o} and {a}: train the critic "
-                              f"on this run (python train_critic.py run=<run dir>)")
-        self.critic = critic
-        centres = torch.as_tensor(discretizer.centres, dtype=torch.float32, device=device)  # [D, V]
-        self.obs_centres, self.act_centres = centres[:o], centres[o:o + a]
+        self.critic = TokenCritic(discretizer, layout, cfg, device_of(model), critic)
 
     def _read(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
         return read_scalar(logits, self.discretizer, dim)
 
     def info(self) -> dict:
         """For the eval report: which critic ranked the candidates, and how it was trained."""
-        return {"critic": self.critic_source, **getattr(self.critic, "training_info", {})}
+        return self.critic.info()
 
     @torch.no_grad()
     def plan(self, context: torch.Tensor) -> Plan:
@@ -78,8 +64,7 @@ class CriticPlanner:
             logits, _ = feed(self.model, greedy(logits), state)
             value = self._read(logits, o + a + 1)
             actions = torch.stack(tokens, dim=1)  # [E k, A]
-            q = candidate_values(self.critic, token_values(self.obs_centres, context[:, -o:]),
-                                 token_values(self.act_centres, actions).view(envs, k, a))
+            q = self.critic.q(context[:, -o:].repeat_interleave(k, dim=0), actions).view(envs, k)
             best = q.argmax(dim=1) + torch.arange(envs, device=device) * k
             return Plan(actions[best][:, None], reward[best][:, None], value[best], q.view(-1)[best],
                         log_lik[best], surprise)

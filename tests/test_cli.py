@@ -54,6 +54,8 @@ BAD_INPUTS = [
     (["eval.py", "cdf_act=often"], "'often'"),
     (["eval.py", "likelihood_weight=0.5"], "'likelihood_weight'"),  # retired: measured no better
     (["eval.py", "checkpoints_path=tests", "planner=critic"], "train_critic.py run=<run dir>"),
+    (["eval.py", "checkpoints_path=tests", "planner=beam", "plan_value=critic"], "train_critic.py"),
+    (["eval.py", "plan_value=oracle"], "'oracle'"),
     (["profile.py", "quantize=int4"], "'int4'"),
     (["-m", "experiments.lm.train", "model.core=gtp"], "'gtp'"),
     (["-m", "experiments.vit_moe.train", "model.variant=foo"], "'foo'"),

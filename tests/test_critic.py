@@ -145,6 +145,45 @@ def test_one_candidate_is_the_model_s_median_action_and_the_planner_is_registere
     assert PLANNERS["critic"] is CriticPlanner
 
 
+@pytest.mark.parametrize("core", ["s5", "gpt"])
+def test_a_one_step_beam_valued_by_the_critic_takes_the_critic_planner_s_choice(core):
+    from planners.beam import BeamPlanner
+    model, disc = tiny_model(core, SMALL), fitted_discretizer(SMALL)
+    context = contexts(3, 6)
+    critic = PreferredAction(torch.full((SMALL.act_dim,), 0.3), SMALL.obs_dim)
+    one_step = dict(beam_width=6, sample_expand=1, beam_steps=1, cdf_act=0.95)
+    ranked = CriticPlanner(model, disc, SMALL, eval_cfg(planner="critic", **one_step),
+                           torch.Generator().manual_seed(2), critic).plan(context)
+    beam = BeamPlanner(model, disc, SMALL, eval_cfg(planner="beam", plan_value="critic", **one_step),
+                       torch.Generator().manual_seed(2), critic).plan(context)
+    assert torch.equal(beam.actions, ranked.actions)
+    torch.testing.assert_close(beam.score, ranked.score)
+
+
+class ConstantCritic(torch.nn.Module):
+    def __init__(self, value: float, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.value_, self.obs_dim, self.act_dim = value, obs_dim, act_dim
+
+    def q(self, obs, act):
+        return torch.full((len(act),), self.value_)
+
+
+def test_a_deeper_plan_valued_by_the_critic_adds_the_predicted_rewards_before_its_last_action():
+    from planners.beam import BeamPlanner
+    model, disc = tiny_model("s5", SMALL), fitted_discretizer(SMALL)
+    cfg = eval_cfg(planner="beam", plan_value="critic", beam_width=3, beam_steps=3)
+    plan = BeamPlanner(model, disc, SMALL, cfg, torch.Generator().manual_seed(0),
+                       ConstantCritic(7.0, SMALL.obs_dim, SMALL.act_dim)).plan(contexts(2, 7))
+    gamma = cfg.discount
+    expected = plan.rewards[:, 0] + gamma * plan.rewards[:, 1] + gamma ** 2 * 7.0
+    torch.testing.assert_close(plan.score, expected)
+    # the model's value token plays no part: the same plan with the value read as TT reads it differs
+    tt = BeamPlanner(model, disc, SMALL, eval_cfg(planner="beam", beam_width=3, beam_steps=3),
+                     torch.Generator().manual_seed(0)).plan(contexts(2, 7))
+    assert not torch.allclose(tt.score, plan.score)
+
+
 def test_critic_path_defaults_beside_the_run_and_missing_or_corrupt_critics_name_the_fix(tmp_path):
     assert critic_path(eval_cfg(checkpoints_path="runs/x")) == os.path.join("runs/x", "critic", "critic.pt")
     assert critic_path(eval_cfg(checkpoints_path="runs/x/checkpoint/")) == os.path.join(

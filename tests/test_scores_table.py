@@ -116,3 +116,6 @@ def test_rows_name_each_planner_by_its_settings():
     assert scores.action_choice(critic, {"critic": "c.pt", "expectile": 0.7, "step": 131891}) == (
         "critic (IQL expectile 0.7, 131k steps), best of 32 policy actions")
     assert scores.action_choice(critic) == "critic, best of 32 policy actions"
+    deep = {**beam, "plan_value": "critic", "beam_steps": 3}
+    assert scores.action_choice(deep, {"expectile": 0.7, "step": 20000}) == (
+        "beam 16x2, 3 steps, valued by the critic (IQL expectile 0.7, 20k steps)")

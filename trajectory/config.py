@@ -89,6 +89,8 @@ class TrainRunConfig:
 
 # how planner=policy picks each action token: the most likely one, the distribution's median, or a draw
 POLICY_ACTIONS = ("greedy", "median", "sample")
+# what values the end of a beam's plan: the model's value token (TT) or the run's critic
+PLAN_VALUES = ("model", "critic")
 # GPT's planning attention: the fused CPU kernel where it builds (auto), torch's ops, or the kernel
 # or an error (trajectory/models/ops/decode_attention.py)
 ATTENTION_KERNELS = ("auto", "torch", "fused")
@@ -116,6 +118,9 @@ class EvalConfig:
     beam_steps: int = 5  # planning horizon in transitions (beam)
     beam_context: int = 5  # transitions of history fed to the model
     sample_expand: int = 2  # beam: copies of every beam per planned transition
+    # beam: what values a plan's end: model (TT: the value token) | critic (the run's critic: the
+    # discounted predicted rewards before the last planned action, then Q of that action)
+    plan_value: str = "model"
     k_obs: int = 1  # observation tokens: greedy
     k_act: Optional[int] = None  # top-k filter on action tokens (None: off)
     cdf_obs: Optional[float] = None
@@ -141,6 +146,9 @@ class EvalConfig:
                               f"'{self.policy_actions}'")
         if self.average_actions < 0:
             raise ConfigError(f"average_actions must be >= 0 (0: the best beam), got {self.average_actions}")
+        if self.plan_value not in PLAN_VALUES:
+            raise ConfigError(f"plan_value must be one of {', '.join(PLAN_VALUES)}, got "
+                              f"'{self.plan_value}'")
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ConfigError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, got "
                               f"'{self.attention_kernel}'")

@@ -1,0 +1,44 @@
+"""The run's critic as planners read it: loaded beside the checkpoint, checked against the model's
+dimensions, and fed tokens (an observation's and an action's bin centres, exactly what the planner
+would send to the environment)."""
+from __future__ import annotations
+
+import torch
+
+from planners import critic_path
+from planners.estimates import token_values
+from trajectory.config import EvalConfig
+from trajectory.configutil import ConfigError
+from trajectory.models.critic import load_critic
+from trajectory.models.trajectory_model import TokenLayout
+
+
+class TokenCritic:
+    """Q of (observation tokens, action tokens), through the discretizer's bin centres."""
+
+    def __init__(self, discretizer, layout: TokenLayout, cfg: EvalConfig, device, critic=None):
+        o, a = layout.obs_dim, layout.act_dim
+        self.source = None  # the file it came from (None: given as an object)
+        if critic is None:
+            self.source = critic_path(cfg)
+            critic = load_critic(self.source, device)
+        if (critic.obs_dim, critic.act_dim) != (o, a):
+            raise ConfigError(f"the critic takes observations of {critic.obs_dim} and actions of "
+                              f"{critic.act_dim} dimensions, the model {o} and {a}: train the critic "
+                              f"on this run (python train_critic.py run=<run dir>)")
+        self.critic = critic
+        centres = torch.as_tensor(discretizer.centres, dtype=torch.float32, device=device)  # [D, V]
+        self.obs_centres, self.act_centres = centres[:o], centres[o:o + a]
+
+    def q(self, obs_tokens: torch.Tensor, act_tokens: torch.Tensor) -> torch.Tensor:
+        """obs_tokens [R, O], act_tokens [R, A] -> Q [R]."""
+        return self.critic.q(token_values(self.obs_centres, obs_tokens),
+                             token_values(self.act_centres, act_tokens))
+
+    def info(self) -> dict:
+        """For the eval report: which critic valued the plans, and how it was trained."""
+        return {"critic": self.source, **getattr(self.critic, "training_info", {})}
+
+
+def device_of(model) -> torch.device | str:
+    return next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
