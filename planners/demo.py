@@ -107,7 +107,7 @@ def demo(cfg: DemoConfig) -> dict:
     check_core_config(cfg.core)  # torch-free: a mistyped core is reported at once
     if cfg.processes < 1:
         raise ConfigError(f"processes must be at least 1, got {cfg.processes}")
-    from trajectory.checkpoint import CHECKPOINT_DIR
+    from trajectory.checkpoint_folder import CHECKPOINT_DIR
     from trajectory.config import TrainRunConfig
     from trajectory.data.dataset import build_dataset, describe
     from trajectory.score_stats import format_score

@@ -12,7 +12,9 @@ UPPER = ("planners", "experiments")
 # folder -> the packages its modules must not import
 BELOW = {
     "trajectory/models": ("trajectory.data", "trajectory.behaviour"),
-    "trajectory/behaviour": ("trajectory.data",),  # the data sources import the generator, not back
+    # the data sources import the generator, not back; the behaviour policies save their folders
+    # with trajectory.checkpoint_folder, not through the trajectory model's checkpoint module
+    "trajectory/behaviour": ("trajectory.data", "trajectory.checkpoint"),
 }
 
 
@@ -101,6 +103,18 @@ def test_lower_layers_never_import_the_layers_that_use_them(folder):
 def test_no_modules_import_each_other_in_a_circle():
     circle = find_circle(import_graph(*PACKAGES))
     assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def test_no_parts_of_the_library_import_each_other_in_a_circle():
+    """The same at the level of trajectory's parts (data, behaviour, models, training, and each
+    top-level module): a part may use another only if that one never comes back to it."""
+    def part(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+    graph: dict[str, set[str]] = {}
+    for module, targets in import_graph("trajectory").items():
+        graph.setdefault(part(module), set()).update(part(t) for t in targets if part(t) != part(module))
+    circle = find_circle(graph)
+    assert circle is None, "circle between parts of trajectory/: " + " -> ".join(circle)
 
 
 def test_the_checks_see_local_imports_submodules_and_circles(tmp_path):

@@ -15,25 +15,20 @@ checkpoint/ or, between the two renames, the complete folders beside it, which l
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from trajectory.checkpoint_folder import CHECKPOINT_DIR, REQUIRED, checkpoint_dir, write_checkpoint_folder
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.data.discretizer import Discretizer
 from trajectory.io import missing_files
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
-
-CHECKPOINT_DIR = "checkpoint"
-REQUIRED = ("config.yaml", "model.pt", "discretizer.npz")
 
 
 class CheckpointError(ConfigError):
@@ -62,64 +57,6 @@ class Checkpoint:
         return model.to(device).eval()
 
 
-COMPLETE = "COMPLETE"  # written last into a checkpoint folder, once every file is on disk
-
-
-def checkpoint_dir(path: str) -> str:
-    """Accept a run directory (runs/<name>) or the checkpoint directory itself. A run whose save
-    was cut off between moving the old checkpoint aside and renaming the new one in has no
-    ``checkpoint/``: the newest complete folder left beside it is used instead."""
-    nested = os.path.join(path, CHECKPOINT_DIR)
-    if os.path.isdir(nested):
-        return nested
-    return left_aside(nested) or path
-
-
-def left_aside(path: str) -> str | None:
-    """The newest complete ``<path>.tmp-*`` (marked COMPLETE) or ``<path>.old-*`` folder."""
-    candidates = [d for d in glob.glob(f"{glob.escape(path)}.tmp-*")
-                  if os.path.isfile(os.path.join(d, COMPLETE))]
-    candidates += [d for d in glob.glob(f"{glob.escape(path)}.old-*")
-                   if os.path.isfile(os.path.join(d, COMPLETE)) or not missing_files(d, REQUIRED)]
-    return max(candidates, key=os.path.getmtime) if candidates else None
-
-
-def _fsync(path: str) -> None:
-    """Flush a file's or a folder's contents to disk (a rename is durable only after this)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_checkpoint_folder(path: str, write: Callable[[str], None]) -> None:
-    """Replace the checkpoint folder ``path`` atomically and durably; every trainer saves this way.
-
-    ``write(folder)`` fills a fresh temporary folder beside ``path``; its files and the folder are
-    fsynced and marked COMPLETE, the old checkpoint is moved aside and the new one renamed in, and
-    the parent folder is fsynced. A crash at any point leaves a loadable checkpoint: the previous
-    one, the new one, or (between the two renames) a complete folder that :func:`checkpoint_dir`
-    finds beside ``path``. A failed ``write`` removes its temporary folder."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)  # and the run folder above it, on a first save
-    try:
-        write(tmp)
-        for name in os.listdir(tmp):
-            _fsync(os.path.join(tmp, name))
-        open(os.path.join(tmp, COMPLETE), "w").close()
-        _fsync(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves the previous checkpoint alone
-        raise
-    if os.path.exists(path):  # rename(2) cannot replace a non-empty directory: move the old aside
-        os.replace(path, f"{path}.old-{os.getpid()}")
-    os.replace(tmp, path)  # a crash just before this leaves both folders: see left_aside
-    _fsync(os.path.dirname(os.path.abspath(path)))
-    remove_left_aside(path)
-
-
 def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
                     discretizer: Discretizer, trainer_state: dict | None, metrics: dict) -> None:
     def write(folder: str) -> None:
@@ -134,12 +71,6 @@ def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
         with open(os.path.join(folder, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
     write_checkpoint_folder(path, write)
-
-
-def remove_left_aside(path: str) -> None:
-    """Delete the ``.old-*`` / ``.tmp-*`` folders a checkpoint's saves left beside ``path``."""
-    for stale in glob.glob(f"{glob.escape(path)}.old-*") + glob.glob(f"{glob.escape(path)}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_torch_file(path: str) -> Any:

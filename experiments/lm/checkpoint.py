@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from experiments.lm.config import LMRunConfig
 from experiments.lm.model import LanguageModel
 from experiments.lm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
-from trajectory.checkpoint import CHECKPOINT_DIR, checkpoint_dir, resumable_folder, write_checkpoint_folder
+from trajectory.checkpoint import resumable_folder
+from trajectory.checkpoint_folder import CHECKPOINT_DIR, checkpoint_dir, write_checkpoint_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import missing_files, save_json, save_text, save_torch
 

@@ -13,7 +13,8 @@ from experiments.lm.checkpoint import resumable_config, save_lm_checkpoint
 from experiments.lm.config import LMRunConfig
 from experiments.lm.dataset import TokenData, evaluate, prepare_data, train_batch
 from experiments.lm.model import LanguageModel
-from trajectory.checkpoint import checkpoint_dir, load_torch_file, restore_weights, trainer_state_file
+from trajectory.checkpoint import load_torch_file, restore_weights, trainer_state_file
+from trajectory.checkpoint_folder import checkpoint_dir
 from trajectory.configutil import ConfigError
 from trajectory.models.cores import check_core_config
 from trajectory.training import distributed

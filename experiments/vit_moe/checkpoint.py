@@ -21,12 +21,8 @@ from omegaconf import OmegaConf
 from experiments.vit_moe.config import RunConfig
 from experiments.vit_moe.data import ImageSpec
 from experiments.vit_moe.model import ViT
-from trajectory.checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    resumable_folder,
-    write_checkpoint_folder,
-)
+from trajectory.checkpoint import CheckpointError, resumable_folder
+from trajectory.checkpoint_folder import checkpoint_dir, write_checkpoint_folder
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.io import save_json, save_text, save_torch
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from experiments.vit_moe.checkpoint import load_checkpoint, save_checkpoint
 from experiments.vit_moe.data import DataError, load_images
 from experiments.vit_moe.train import evaluate, parameter_counts
-from trajectory.checkpoint import CHECKPOINT_DIR
+from trajectory.checkpoint_folder import CHECKPOINT_DIR
 from trajectory.cli import run
 from trajectory.configutil import ConfigError
 from trajectory.training.distributed import DistContext

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from experiments.vit_moe.data import DataError
         from experiments.vit_moe.trainer import train
-        from trajectory.checkpoint import CHECKPOINT_DIR
+        from trajectory.checkpoint_folder import CHECKPOINT_DIR
         from trajectory.configutil import ConfigError
         try:
             metrics = train(cfg, resume_dir)

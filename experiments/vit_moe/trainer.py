@@ -22,7 +22,8 @@ from experiments.vit_moe.checkpoint import (
 from experiments.vit_moe.config import RunConfig, TrainConfig
 from experiments.vit_moe.data import ImageSet, load_images
 from experiments.vit_moe.model import ViT
-from trajectory.checkpoint import CHECKPOINT_DIR, load_torch_file, restore_weights, trainer_state_file
+from trajectory.checkpoint import load_torch_file, restore_weights, trainer_state_file
+from trajectory.checkpoint_folder import CHECKPOINT_DIR
 from trajectory.configutil import ConfigError
 from trajectory.training import distributed
 from trajectory.training.monitor import TrainLogger

@@ -129,7 +129,7 @@ def save_training_state(path: str, cfg: SACConfig, agent: SACAgent, buffer: Repl
                         progress: dict) -> None:
     """Everything a run needs to go on (networks, optimizers, temperature, replay buffer, random
     states), written durably: a crash while saving keeps the previous checkpoint."""
-    from trajectory.checkpoint import write_checkpoint_folder
+    from trajectory.checkpoint_folder import write_checkpoint_folder
 
     n = min(buffer.size, buffer.capacity)
     state = {"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
@@ -153,7 +153,7 @@ def load_training_state(out: str, cfg: SACConfig, agent: SACAgent, buffer: Repla
     """Restore what :func:`save_training_state` wrote under run folder ``out`` (its checkpoint, or
     the complete one a cut-off save left beside it) into ``agent`` and ``buffer``; returns the
     progress record (step, minutes, numpy random state, ...). Nothing is changed if it cannot be."""
-    from trajectory.checkpoint import checkpoint_dir
+    from trajectory.checkpoint_folder import checkpoint_dir
 
     folder = checkpoint_dir(out)
     try:
@@ -190,7 +190,7 @@ def train(cfg: SACConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from trajectory.checkpoint import left_aside
+    from trajectory.checkpoint_folder import left_aside
 
     checkpoint = os.path.join(cfg.out, "checkpoint")
     saved = os.path.isdir(checkpoint) or left_aside(checkpoint) is not None

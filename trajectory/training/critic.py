@@ -127,7 +127,8 @@ def critic_folder(run_dir: str) -> str:
 def _load_run(run_dir: str):
     """The run's checkpoint, for its data settings and token layout; a missing run is a
     ConfigError naming the fix."""
-    from trajectory.checkpoint import CHECKPOINT_DIR, load_checkpoint
+    from trajectory.checkpoint import load_checkpoint
+    from trajectory.checkpoint_folder import CHECKPOINT_DIR
     if not run_dir:
         raise ConfigError("give the trajectory-model run the critic belongs to: run=runs/<name>")
     if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):

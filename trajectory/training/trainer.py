@@ -18,14 +18,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
-from trajectory.checkpoint import (
-    CHECKPOINT_DIR,
-    left_aside,
-    load_checkpoint,
-    remove_left_aside,
-    restore_weights,
-    save_checkpoint,
-)
+from trajectory.checkpoint import load_checkpoint, restore_weights, save_checkpoint
+from trajectory.checkpoint_folder import CHECKPOINT_DIR, left_aside, remove_left_aside
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, to_dict
 from trajectory.io import save_text
