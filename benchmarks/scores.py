@@ -42,7 +42,7 @@ SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # t
 # TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
 TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
-                "average_actions", "plan_every", "plan_value")
+                "average_actions", "plan_every", "plan_value", "critic_std_weight")
 
 
 def load_reports(folder: str) -> list[dict]:
@@ -65,6 +65,8 @@ def action_choice(settings: dict, planner_info: dict | None = None) -> str:
         extras.append(f"cdf_act {settings.get('cdf_act')}")
     if settings.get("average_actions"):
         extras.append(f"first actions averaged (temperature {settings['average_actions']:g})")
+    if settings.get("critic_std_weight"):
+        extras.append(f"Q: members' mean - {settings['critic_std_weight']:g} std")
     if settings.get("plan_every", 1) != 1:
         extras.append(f"a plan every {settings['plan_every']} steps")
     info = planner_info or {}

@@ -26,14 +26,16 @@ class TokenCritic:
             raise ConfigError(f"the critic takes observations of {critic.obs_dim} and actions of "
                               f"{critic.act_dim} dimensions, the model {o} and {a}: train the critic "
                               f"on this run (python train_critic.py run=<run dir>)")
-        self.critic = critic
+        self.critic, self.std_weight = critic, cfg.critic_std_weight
         centres = torch.as_tensor(discretizer.centres, dtype=torch.float32, device=device)  # [D, V]
         self.obs_centres, self.act_centres = centres[:o], centres[o:o + a]
 
     def q(self, obs_tokens: torch.Tensor, act_tokens: torch.Tensor) -> torch.Tensor:
         """obs_tokens [R, O], act_tokens [R, A] -> Q [R]."""
-        return self.critic.q(token_values(self.obs_centres, obs_tokens),
-                             token_values(self.act_centres, act_tokens))
+        obs, act = token_values(self.obs_centres, obs_tokens), token_values(self.act_centres, act_tokens)
+        if self.std_weight > 0:
+            return self.critic.q(obs, act, std_weight=self.std_weight)
+        return self.critic.q(obs, act)
 
     def info(self) -> dict:
         """For the eval report: which critic valued the plans, and how it was trained."""

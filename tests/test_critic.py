@@ -64,6 +64,18 @@ def test_iql_learns_each_action_s_value_and_v_as_the_expectile_over_the_data_s_a
         assert v.mean().item() > 0.4
 
 
+def test_an_ensemble_critic_is_pessimistic_by_its_minimum_or_by_its_spread():
+    critic = ActionValueCritic(2, 1, hidden=4, members=4)
+    critic.q_members = lambda obs, act: torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [6.0, 5.0]])
+    obs, act = torch.zeros(2, 2), torch.zeros(2, 1)
+    assert critic.q(obs, act).tolist() == [1.0, 5.0]  # the minimum over members
+    spread = torch.tensor([1.0, 2.0, 3.0, 6.0]).std().item()
+    assert critic.q(obs, act, std_weight=1.0).tolist() == pytest.approx([3.0 - spread, 5.0])
+    assert critic.q(obs, act, std_weight=2.0)[0].item() == pytest.approx(3.0 - 2 * spread)
+    with pytest.raises(ConfigError, match="critic_std_weight"):
+        eval_cfg(critic_std_weight=-1.0)
+
+
 def test_transition_tensors_pair_each_step_with_its_next_observation():
     # episode 0: 3 steps cut by the time limit; episode 1: 2 steps, the last a true terminal
     obs = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 2), dtype=np.float32)

@@ -113,6 +113,9 @@ class EvalConfig:
     max_episode_steps: int = 1000
     planner: str = "critic"  # critic | beam | policy (no search) (planners.PLANNER_CATALOG)
     critic: str = ""  # planner=critic: the critic.pt ('': <run>/critic/critic.pt)
+    # how the critic's Q members are combined: 0, their minimum (IQL); k > 0, their mean less k
+    # standard deviations (pessimism where the ensemble disagrees; train_critic.py members=10)
+    critic_std_weight: float = 0.0
     policy_actions: str = "median"  # planner=policy: median (of each token's bins) | greedy | sample
     beam_width: int = 32  # beam: beams kept per env; critic: candidate actions per env
     beam_steps: int = 5  # planning horizon in transitions (beam)
@@ -146,6 +149,9 @@ class EvalConfig:
                               f"'{self.policy_actions}'")
         if self.average_actions < 0:
             raise ConfigError(f"average_actions must be >= 0 (0: the best beam), got {self.average_actions}")
+        if self.critic_std_weight < 0:
+            raise ConfigError(f"critic_std_weight must be >= 0 (0: the minimum over the Q members), got "
+                              f"{self.critic_std_weight}")
         if self.plan_value not in PLAN_VALUES:
             raise ConfigError(f"plan_value must be one of {', '.join(PLAN_VALUES)}, got "
                               f"'{self.plan_value}'")

@@ -62,9 +62,14 @@ class ActionValueCritic(nn.Module):
         x = torch.cat([self._obs(obs), act.float()], dim=-1)
         return self._out(self.q_net(x.unsqueeze(0).expand(self.members, -1, -1)))
 
-    def q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """The pessimistic Q(s, a): minimum over members.  -> [N]."""
-        return self.q_members(obs, act).min(dim=0).values
+    def q(self, obs: torch.Tensor, act: torch.Tensor, std_weight: float = 0.0) -> torch.Tensor:
+        """The pessimistic Q(s, a) -> [N]: the minimum over members, or with ``std_weight`` k > 0
+        their mean less k standard deviations (an ensemble's disagreement grows where the data
+        is thin, so this lowers the actions it has not seen, as SAC-N / EDAC penalise them)."""
+        members = self.q_members(obs, act)
+        if std_weight > 0:
+            return members.mean(dim=0) - std_weight * members.std(dim=0)
+        return members.min(dim=0).values
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) -> [N]."""
