@@ -11,8 +11,8 @@ benchmarks/results/headline.png (one panel per environment) and, with ``--readme
 Which rows, per environment (the rule ``pick`` codes):
 
 * the planner row: among the rows of the score protocol on the report seeds 1000-1024 that use only
-  settings the planners still offer (raw weights, no retired option), the ``planner=critic`` rows if
-  there are any, else every row of another planner; of those, the rows of the default recipe's core
+  settings the planners still offer (raw weights, no retired option), the rows of the default
+  planner (``planner=critic`` with its default ranking) if there are any, else every planner row; of those, the rows of the default recipe's core
   (S5, what ``make demo`` trains) where there are any; the newest row wins (never the best: picking
   the highest of several measurements would flatter the table);
 * the policy row: the same run's model-own policy on the same seeds, read at the median (the
@@ -65,12 +65,18 @@ def current(row: dict) -> bool:
             and not any(s.get(key) not in (None, False, 0, 0.0) for key in RETIRED))
 
 
+def default_critic(row: dict) -> bool:
+    """A row of the default planner as configs/eval_base.yaml sets it: the critic planner ranking by
+    the minimum over its Q members."""
+    return planner(row) == "critic" and not row["planner_settings"].get("critic_std_weight")
+
+
 def pick(rows: list[dict], env: str) -> tuple[dict | None, dict | None]:
     """The planner row and the same run's policy row for ``env`` (None where nothing qualifies)."""
     report = [(i, r) for i, r in enumerate(rows)
               if r["env"] == env and r["protocol"] and r["seeds"] == REPORT_SEEDS and current(r)]
     planners = [(i, r) for i, r in report if planner(r) != "policy"]
-    pool = [(i, r) for i, r in planners if planner(r) == "critic"] or planners
+    pool = [(i, r) for i, r in planners if default_critic(r)] or planners
     if not pool:
         return None, None
     pool = [(i, r) for i, r in pool if r["core"] == DEFAULT_CORE] or pool
@@ -112,8 +118,8 @@ def table(rows: list[dict], reproductions: dict) -> str:
                "TT (published)>", "IQL (published)>", "training runs averaged>"]
     note = (f"(D4RL-normalized scores, mean ± s.e.m. of {COMPARABLE_EPISODES} episodes of "
             f"{COMPARABLE_STEPS:,} steps on seeds {REPORT_SEEDS[0]}-{REPORT_SEEDS[1]}; planner: the "
-            f"newest `planner=critic` row of the default recipe's core, else the newest row of another "
-            f"planner, among settings the planners still offer; policy: the same run on the same "
+            f"newest row of the default planner (`planner=critic`) and recipe's core, else the newest "
+            f"planner row, among settings the planners still offer; policy: the same run on the same "
             f"seeds; behaviour: the mean of the dataset's episodes; published: Janner et al., 2021 and "
             f"Kostrikov et al., 2021, on D4RL's -medium-v2 data)")
     return markdown_table(columns, lines) + "\n\n" + note
