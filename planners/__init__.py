@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from trajectory.checkpoint_folder import CHECKPOINT_DIR
 from trajectory.configutil import ConfigError, load_object
 
 PLANNER_CATALOG = {
@@ -32,7 +33,7 @@ def critic_path(cfg) -> str:
     if cfg.critic:
         return cfg.critic
     run_dir = os.path.normpath(cfg.checkpoints_path or ".")
-    if os.path.basename(run_dir) == "checkpoint":
+    if os.path.basename(run_dir) == CHECKPOINT_DIR:
         run_dir = os.path.dirname(run_dir)
     return os.path.join(run_dir, "critic", "critic.pt")
 

@@ -33,9 +33,9 @@ class TokenCritic:
     def q(self, obs_tokens: torch.Tensor, act_tokens: torch.Tensor) -> torch.Tensor:
         """obs_tokens [R, O], act_tokens [R, A] -> Q [R]."""
         obs, act = token_values(self.obs_centres, obs_tokens), token_values(self.act_centres, act_tokens)
-        if self.std_weight > 0:
-            return self.critic.q(obs, act, std_weight=self.std_weight)
-        return self.critic.q(obs, act)
+        # the keyword only where set: critics given as objects (tests) take (obs, act) alone
+        extra = {"std_weight": self.std_weight} if self.std_weight > 0 else {}
+        return self.critic.q(obs, act, **extra)
 
     def info(self) -> dict:
         """For the eval report: which critic valued the plans, and how it was trained."""
