@@ -12,9 +12,11 @@ Which rows, per environment (the rule ``pick`` codes):
 
 * the planner row: among the rows of the score protocol on the report seeds 1000-1024 that use only
   settings the planners still offer (raw weights, no retired option), the rows of the default
-  planner (``planner=critic`` with its default ranking) if there are any, else every planner row; of those, the rows of the default recipe's core
-  (S5, what ``make demo`` trains) where there are any; the newest row wins (never the best: picking
-  the highest of several measurements would flatter the table);
+  planner (``planner=critic`` with its default ranking) if there are any, else every planner row; of
+  those, the rows of the default recipe's core (S5, what ``make demo`` trains) where there are any;
+  of those, the rows that average the most independent training runs (``training_seeds``); the
+  newest row wins (never the best: picking the highest of several measurements would flatter the
+  table);
 * the policy row: the same run's model-own policy on the same seeds, read at the median (the
   policy's default), or greedily where no median row exists;
 * the behaviour: the mean normalized return of the dataset's own episodes;
@@ -80,6 +82,8 @@ def pick(rows: list[dict], env: str) -> tuple[dict | None, dict | None]:
     if not pool:
         return None, None
     pool = [(i, r) for i, r in pool if r["core"] == DEFAULT_CORE] or pool
+    most_runs = max(r.get("training_seeds", 1) for _, r in pool)
+    pool = [(i, r) for i, r in pool if r.get("training_seeds", 1) == most_runs]
     best = max(pool, key=lambda item: item[0])[1]  # the newest
     policies = [r for _, r in report if planner(r) == "policy" and same_run(r, best)]
     by_reading = {r["planner_settings"].get("policy_actions", "greedy"): r for r in policies}
@@ -117,9 +121,11 @@ def table(rows: list[dict], reproductions: dict) -> str:
     columns = ["data", "planner (model)", "planner>", "the model's own policy>", "dataset's behaviour>",
                "TT (published)>", "IQL (published)>", "training runs averaged>"]
     note = (f"(D4RL-normalized scores, mean ± s.e.m. of {COMPARABLE_EPISODES} episodes of "
-            f"{COMPARABLE_STEPS:,} steps on seeds {REPORT_SEEDS[0]}-{REPORT_SEEDS[1]}; planner: the "
-            f"newest row of the default planner (`planner=critic`) and recipe's core, else the newest "
-            f"planner row, among settings the planners still offer; policy: the same run on the same "
+            f"{COMPARABLE_STEPS:,} steps per run on seeds {REPORT_SEEDS[0]}-{REPORT_SEEDS[1]}; where "
+            f"several training runs are averaged, the mean of the runs' means ± its standard error "
+            f"over runs; planner: the newest row of the default planner (`planner=critic`) and "
+            f"recipe's core averaging the most training runs, else the newest planner row, among "
+            f"settings the planners still offer; policy: the same runs on the same "
             f"seeds; behaviour: the mean of the dataset's episodes; published: Janner et al., 2021 and "
             f"Kostrikov et al., 2021, on D4RL's -medium-v2 data)")
     return markdown_table(columns, lines) + "\n\n" + note

@@ -12,11 +12,12 @@ episodes run as 5 processes of 5 on a machine with many cores); the parts' episo
 
 ``add`` writes the row into benchmarks/results/scores.json (replacing a row with the same id);
 ``rebuild`` makes every row again from a list of ``folder<TAB>training<TAB>hardware`` lines (the
-committed reports under benchmarks/results/evals). Then the table is printed; ``--readme`` names
-the Markdown file (docs/results.md) whose text between the ``<!-- scores:begin -->`` and
-``<!-- scores:end -->`` markers it rewrites, and benchmarks/results/scores.png shows the rows with
-their 95% intervals. ``python benchmarks/headline.py`` condenses the same file into the README's
-headline table.
+committed reports under benchmarks/results/evals; several folders joined by ``;`` are independent
+training runs of one recipe, combined into one row by :func:`combine_rows`). Then the table is
+printed; ``--readme`` names the Markdown file (docs/results.md) whose text between the ``<!--
+scores:begin -->`` and ``<!-- scores:end -->`` markers it rewrites, and
+benchmarks/results/scores.png shows the rows with their 95% intervals. ``python
+benchmarks/headline.py`` condenses the same file into the README's headline table.
 """
 from __future__ import annotations
 
@@ -35,12 +36,18 @@ from readme_blocks import link, markdown_table, replace_block  # noqa: E402  (th
 
 from trajectory.envs import env_family  # noqa: E402
 from trajectory.io import save_json  # noqa: E402
-from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS, summarize  # noqa: E402
+from trajectory.score_stats import (  # noqa: E402
+    COMPARABLE_EPISODES,
+    COMPARABLE_STEPS,
+    summarize,
+    summarize_runs,
+)
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCORES = os.environ.get("SCORES_OUT", os.path.join(RESULTS, "scores.json"))  # tests redirect it
 # TT's published normalized scores (Janner et al., 2021; the -v2 datasets), drawn beside each row
 TT_SCORES = {"halfcheetah": 46.9, "hopper": 61.1, "walker2d": 79.0}
+RUNS_SEPARATOR = ";"  # score_rows.tsv: folders of several training runs, combined into one row
 PLANNER_KEYS = ("beam_width", "beam_steps", "sample_expand", "beam_context", "cdf_act", "k_act",
                 "average_actions", "plan_every", "plan_value", "critic_std_weight")
 
@@ -153,6 +160,61 @@ def load_rows() -> list[dict]:
     return json.load(open(SCORES))["rows"] if os.path.isfile(SCORES) else []
 
 
+def save_rows(rows: list[dict]) -> None:
+    save_json({"rows": rows}, SCORES)
+
+
+def runs_checkpoint(checkpoints: list[str]) -> str:
+    """One name for the checkpoints of several runs of a recipe: ``runs/x-seed1/checkpoint`` and
+    ``runs/x-seed2/checkpoint`` give ``runs/x-seed{1,2}/checkpoint``."""
+    folders = [os.path.dirname(os.path.normpath(c)) for c in checkpoints]
+    prefix = os.path.commonprefix(folders)
+    tails = [f[len(prefix):] for f in folders]
+    return os.path.join(prefix + "{" + ",".join(tails) + "}", os.path.basename(checkpoints[0]))
+
+
+def combine_rows(per_run: list[dict]) -> dict:
+    """The row of several independent training runs of one recipe, acting the same way on the same
+    seeds: the mean over runs with its standard error over runs (``summarize_runs``), the runs'
+    episodes pooled for the failure counts, ``training_seeds`` = the number of runs."""
+    first = per_run[0]
+    for key in ("env", "core", "size", "actions", "planner_settings", "seeds", "max_episode_steps",
+                "training", "hardware"):
+        if any(r[key] != first[key] for r in per_run[1:]):
+            raise SystemExit(f"error: the runs' rows differ in {key}; a combined row needs one recipe "
+                             f"acting one way on one set of seeds")
+    if len({r["checkpoint"] for r in per_run}) != len(per_run):
+        raise SystemExit("error: a checkpoint appears twice; the runs must be independent")
+    checkpoint = runs_checkpoint([r["checkpoint"] for r in per_run])
+    n = len(per_run)
+
+    def mean_of(key: str) -> float | None:
+        values = [r[key] for r in per_run]
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    ces = [r.get("held_out_ce") for r in per_run]
+    row = {
+        **{k: first[k] for k in ("env", "core", "size", "hardware", "actions", "planner_settings",
+                                 "search_depth", "seeds", "max_episode_steps", "eval_device")},
+        "id": f"{checkpoint}|{first['actions']}|{first['seeds'][0]}-{first['seeds'][1]}",
+        "checkpoint": checkpoint, "training": f"{first['training']}; mean of {n} training runs",
+        "training_seeds": n, "run_checkpoints": [r["checkpoint"] for r in per_run],
+        "tokens": mean_of("tokens"),
+        "held_out_ce": ({k: float(np.mean([ce[k] for ce in ces])) for k in ces[0]}
+                        if all(ces) else None),
+        "held_out_value_corr": mean_of("held_out_value_corr"),
+        "episodes": sum(r["episodes"] for r in per_run),
+        "score": summarize_runs([r["score"] for r in per_run]),
+        "return_mean": mean_of("return_mean"),
+        "failed": sum(r["failed"] for r in per_run),
+        "failed_episodes": [{**f, "run": i} for i, r in enumerate(per_run) for f in r["failed_episodes"]],
+        "ms_per_env_step": mean_of("ms_per_env_step"),
+        "returns": [x for r in per_run for x in r["returns"]],
+        "protocol": all(r["protocol"] for r in per_run),
+    }
+    return row
+
+
 def table(rows: list[dict]) -> str:
     """The protocol rows (25 full episodes or more); cut-short evaluations stay in the JSON only."""
     columns = ["data", "core", "size", "training", "tokens>", "held-out CE obs / act / rew / val", "actions",
@@ -263,14 +325,16 @@ def main(argv=None) -> int:
         if args.size:
             row["size"] = args.size
         rows = [r for r in rows if r["id"] != row["id"]] + [row]
-        save_json({"rows": rows}, SCORES)
+        save_rows(rows)
     if args.command == "rebuild":
         rows = []
         for line in open(args.rows):
             if line.strip() and not line.startswith("#"):
-                folder, training, hardware = line.rstrip("\n").split("\t")
-                rows.append(make_row(os.path.join(ROOT, folder), training, hardware, None))
-        save_json({"rows": rows}, SCORES)
+                folders, training, hardware = line.rstrip("\n").split("\t")
+                per_run = [make_row(os.path.join(ROOT, f), training, hardware, None)
+                           for f in folders.split(RUNS_SEPARATOR)]
+                rows.append(per_run[0] if len(per_run) == 1 else combine_rows(per_run))
+        save_rows(rows)
     text = (table(rows) + "\n\nWhat search adds: each planner row against the same checkpoint's "
             "policy on the same seeds (± the two standard errors combined):\n\n" + gains(rows))
     print(text)

@@ -481,3 +481,56 @@ def test_oracle_search_simulates_each_candidate_from_the_copied_state():
             action = oracle_search.mean_actions(actor, o[None])[0]
         assert simulated[0, k] == pytest.approx(total, **SAME_ACTIONS)
     assert simulated[0, 1] == pytest.approx(simulated[0, 2], **SAME_ACTIONS)  # same noise, same action
+
+
+def test_training_seeds_trains_evaluates_and_combines_the_runs_and_resumes_where_it_stopped(tmp_path,
+                                                                                             monkeypatch):
+    """Two seeds of a tiny recipe: each trained, given a critic and evaluated both ways; a second
+    `run` finds everything done; `combine` writes the per-run and combined rows, the rows file that
+    rebuilds them, and the pages."""
+    import training_seeds
+    from test_end_to_end import write_halfcheetah_hdf5
+    from test_readme_commands import TINY_TRAINING
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source, episodes=4, steps=30)
+    runs = tmp_path / "runs"
+    common = ["--config", os.path.join(ROOT, "configs/cpu/halfcheetah_medium_s5.yaml"), "--seeds", "1", "2",
+              "--runs-dir", str(runs)]
+    tiny = [t for t in TINY_TRAINING if not t.startswith("train.max_tokens")]
+    run_args = ["run", *common, "--max-tokens", "1000", "--critic-steps", "20", "--processes", "1",
+                "--eval-overrides", "n_episodes=2", "max_episode_steps=3", "beam_width=2", "--",
+                f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", *tiny]
+    training_seeds.main(run_args)
+    folders = [runs / f"halfcheetah-medium-s5-cpu-seed{s}" for s in (1, 2)]
+    for folder in folders:
+        assert (folder / "critic" / "critic.pt").is_file()
+        for way in ("planner", "policy"):
+            assert (folder / f"eval_{way}_1000" / "report.json").is_file()
+    weights = [(f / "checkpoint" / "model.pt").read_bytes() for f in folders]
+    assert weights[0] != weights[1]  # the seeds made two different runs
+    stamps = [os.stat(f / "eval_planner_1000" / "report.json").st_mtime_ns for f in folders]
+    training_seeds.main(run_args)  # all done: nothing is trained or evaluated again
+    assert stamps == [os.stat(f / "eval_planner_1000" / "report.json").st_mtime_ns for f in folders]
+
+    scores_json = tmp_path / "results" / "scores.json"
+    scores_json.parent.mkdir()
+    import scores
+    monkeypatch.setattr(scores, "SCORES", str(scores_json))
+    rows_tsv = tmp_path / "score_rows.tsv"
+    rows_tsv.write_text("# folder\ttraining\thardware\n")
+    results_page, readme = readme_with(tmp_path, "scores"), str(tmp_path / "FRONT.md")
+    open(readme, "w").write("x\n<!-- headline:begin -->\nold\n<!-- headline:end -->\n")
+    training_seeds.main(["combine", *common, "--training", "tiny", "--hardware", "1 CPU core",
+                         "--evals-dir", str(tmp_path / "evals"), "--rows", str(rows_tsv),
+                         "--results-page", results_page, "--readme", readme])
+    rows = json.loads(scores_json.read_text())["rows"]
+    assert [r.get("training_seeds", 1) for r in rows] == [1, 1, 2, 1, 1, 2]
+    planner_runs, combined = rows[:2], rows[2]
+    assert combined["score"]["mean"] == pytest.approx(np.mean([r["score"]["mean"] for r in planner_runs]))
+    assert combined["checkpoint"].endswith("halfcheetah-medium-s5-cpu-seed{1,2}/checkpoint")
+    listed = [line.split("\t")[0] for line in rows_tsv.read_text().splitlines()[1:]]
+    assert len(listed) == 6 and listed[2] == ";".join(listed[:2])
+    # 2 episodes of 3 steps are no score: the pages are rewritten, and their tables leave them out
+    assert not combined["protocol"] and "mean of 2 training runs" in combined["training"]
+    assert "old" not in block_text(results_page, "scores") and "old" not in open(readme).read()

@@ -57,3 +57,15 @@ def test_the_headline_takes_the_newest_current_critic_row_and_the_same_runs_medi
     assert "none measured | n/a | n/a | n/a | 79.0 | 78.3 | - |" in walker
     assert "![headline](results/headline.png)" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_row_averaging_several_training_runs_outranks_a_newer_single_run(tmp_path):
+    combined = {**row("halfcheetah", "critic", 51.0, run="x-seed{1,2,3}"), "training_seeds": 3}
+    combined_policy = {**row("halfcheetah", "policy", 43.0, run="x-seed{1,2,3}"), "training_seeds": 3}
+    rows = [combined, combined_policy,
+            row("halfcheetah", "critic", 55.0, run="later"),  # newer, but one run
+            row("halfcheetah", "policy", 44.0, run="later")]
+    best, policy = headline.pick(rows, "halfcheetah")
+    assert best is combined and policy is combined_policy
+    line = [x for x in headline.table(rows, {}).splitlines() if x.startswith("| halfcheetah")][0]
+    assert "**51.0** ± 0.5 | 43.0 ± 0.5 (median)" in line and line.rstrip(" |").endswith("3")

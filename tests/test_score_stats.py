@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from planners.report import EpisodeTrace, failure_evidence
-from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
+from trajectory.score_stats import (
+    comparability_warnings,
+    failed_episodes,
+    format_score,
+    summarize,
+    summarize_runs,
+)
 
 
 def test_summary_mean_sem_and_bootstrap_interval():
@@ -81,3 +87,19 @@ def test_a_report_without_reference_returns_keeps_the_returns():
     assert report["normalized_scores"] is None and report["score_units"] == "return"
     assert report["score"]["mean"] == pytest.approx(4.0) and report["returns"] == [4.0, 3.0, 5.0]
 
+
+
+def test_a_score_over_training_runs_is_the_mean_of_their_means_with_the_spread_between_runs():
+    runs = [summarize(np.full(25, m) + np.linspace(-1, 1, 25)) for m in (50.0, 52.0, 57.0)]
+    combined = summarize_runs(runs)
+    assert combined["mean"] == pytest.approx(53.0) and combined["n"] == 3 and combined["episodes"] == 75
+    spread = np.std([50.0, 52.0, 57.0], ddof=1) / math.sqrt(3)
+    assert combined["sem"] == pytest.approx(spread)
+    # with 3 runs the interval is Student's t (2 degrees of freedom), far wider than the normal's
+    low, high = combined["ci95"]
+    assert high - 53.0 == pytest.approx(4.303 * spread) and 53.0 - low == pytest.approx(4.303 * spread)
+    # the episodes' own noise is small here: the runs' spread is what a reader would see again
+    assert combined["sem_episodes"] == pytest.approx(runs[0]["sem"] / math.sqrt(3))
+    assert combined["sem_episodes"] < combined["sem"]
+    with pytest.raises(ValueError, match="at least 2"):
+        summarize_runs(runs[:1])

@@ -119,3 +119,39 @@ def test_rows_name_each_planner_by_its_settings():
     deep = {**beam, "plan_value": "critic", "beam_steps": 3}
     assert scores.action_choice(deep, {"expectile": 0.7, "step": 20000}) == (
         "beam 16x2, 3 steps, valued by the critic (IQL expectile 0.7, 20k steps)")
+
+
+def test_runs_of_one_recipe_combine_into_one_row_and_rebuild_keeps_it(tmp_path):
+    means = (50.0, 52.0, 57.0)
+    folders = []
+    for seed, mean in enumerate(means, start=1):
+        folder = tmp_path / f"x-seed{seed}_critic"
+        write_report(folder, 1000, list(mean + np.linspace(-1, 1, 25)), planner="critic",
+                     checkpoint=f"runs/x-seed{seed}/checkpoint", failed=(3,) if seed == 2 else ())
+        folders.append(str(folder))
+    per_run = [scores.make_row(f, "20 min", "2 CPU cores", None) for f in folders]
+    row = scores.combine_rows(per_run)
+    assert row["checkpoint"] == "runs/x-seed{1,2,3}/checkpoint" and row["training_seeds"] == 3
+    assert row["score"]["mean"] == pytest.approx(np.mean(means))
+    assert row["score"]["sem"] == pytest.approx(np.std(means, ddof=1) / np.sqrt(3))
+    assert row["episodes"] == 75 and row["failed"] == 1 and row["failed_episodes"][0]["run"] == 1
+    assert row["protocol"] and row["seeds"] == [1000, 1024] and "mean of 3 training runs" in row["training"]
+    # one run twice, or runs acting differently, are not independent runs of one recipe
+    with pytest.raises(SystemExit, match="twice"):
+        scores.combine_rows([per_run[0], per_run[0]])
+    write_report(tmp_path / "policy", 1000, [40.0] * 25, planner="policy",
+                 checkpoint="runs/x-seed4/checkpoint")
+    policy = scores.make_row(str(tmp_path / "policy"), "20 min", "2 CPU cores", None)
+    with pytest.raises(SystemExit, match="differ in actions"):
+        scores.combine_rows([per_run[0], policy])
+
+    # score_rows.tsv lists the runs joined by ';': a rebuild makes the same combined row
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text(f"{folders[0]}\t20 min\t2 CPU cores\n{';'.join(folders)}\t20 min\t2 CPU cores\n")
+    env = {**os.environ, "SCORES_OUT": str(tmp_path / "scores.json")}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scores.py"), "rebuild",
+                             "--rows", str(tsv)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rebuilt = json.loads((tmp_path / "scores.json").read_text())["rows"]
+    assert [r.get("training_seeds", 1) for r in rebuilt] == [1, 3]
+    assert rebuilt[1]["score"]["mean"] == pytest.approx(row["score"]["mean"])

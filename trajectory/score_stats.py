@@ -28,6 +28,28 @@ def summarize(scores, resamples: int = 10_000, seed: int = 0) -> dict:
     return {"n": n, "mean": float(scores.mean()), "sem": sem, "ci95": [float(low), float(high)]}
 
 
+# two-sided 95% quantiles of Student's t with 1..10 degrees of freedom (beyond: the normal's 1.96)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """One score from several independent training runs, each a :func:`summarize` of its episodes.
+
+    The mean is the mean of the runs' means; ``sem`` is its standard error over runs (the spread a
+    reader would see training again), with a t interval (few runs); ``sem_episodes`` is what the
+    episodes alone contribute (the runs' standard errors combined), for comparison."""
+    if len(runs) < 2:
+        raise ValueError(f"a score over training runs needs at least 2 runs, got {len(runs)}")
+    means = np.array([r["mean"] for r in runs], dtype=np.float64)
+    n = len(means)
+    sem = float(means.std(ddof=1) / math.sqrt(n))
+    t = T95[n - 2] if n - 1 <= len(T95) else 1.96
+    mean = float(means.mean())
+    return {"n": n, "mean": mean, "sem": sem, "ci95": [mean - t * sem, mean + t * sem],
+            "sem_episodes": float(math.sqrt(sum(r["sem"] ** 2 for r in runs)) / n),
+            "run_means": means.tolist(), "episodes": int(sum(r["n"] for r in runs))}
+
+
 def failed_episodes(returns, first_flip_step, terminal_step=None) -> list[dict]:
     """Episodes the environment ended early (``terminal_step[i] >= 0``: Hopper or Walker2d fell, at
     that step), whose torso passed 90 degrees at some step (``first_flip_step[i] >= 0``, the first
