@@ -28,6 +28,7 @@ from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, from_dict, to_dict
 from trajectory.data.discretizer import Discretizer
 from trajectory.io import missing_files
+from trajectory.loaders import UnreadableFileError, load_json, load_torch_state, load_yaml, unreadable
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
 
 
@@ -60,26 +61,41 @@ class Checkpoint:
 def save_checkpoint(path: str, config: TrainRunConfig, model: TrajectoryModel,
                     discretizer: Discretizer, trainer_state: dict | None, metrics: dict) -> None:
     def write(folder: str) -> None:
+        def torch_file(name: str, obj: Any) -> None:
+            # through a Python file: torch writing to a name reports a full disk as a bare failed write
+            with open(os.path.join(folder, name), "wb") as f:
+                torch.save(obj, f)
+
         with open(os.path.join(folder, "config.yaml"), "w") as f:
             f.write(OmegaConf.to_yaml(to_dict(config)))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        payload = {"state_dict": state, "layout": asdict(model.layout)}
-        torch.save(payload, os.path.join(folder, "model.pt"))
+        torch_file("model.pt", {"state_dict": state, "layout": asdict(model.layout)})
         discretizer.save(os.path.join(folder, "discretizer.npz"))
         if trainer_state is not None:
-            torch.save(trainer_state, os.path.join(folder, "trainer.pt"))
+            torch_file("trainer.pt", trainer_state)
         with open(os.path.join(folder, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
     write_checkpoint_folder(path, write)
 
 
-def load_torch_file(path: str) -> Any:
-    """``torch.load`` of tensors and plain containers; a CheckpointError when the file is damaged."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, wrong format, ...
-        raise CheckpointError(f"cannot read {path}: the file is corrupt or not a checkpoint "
-                              f"({type(err).__name__}). Re-save it or train again.") from None
+# what to do about each damaged file of a checkpoint (the run folder is the path's parent)
+RETRAIN = "restore the checkpoint folder from a copy, or train the run again"
+FIXES = {
+    "config.yaml": f"{RETRAIN} (the run folder's own config.yaml holds its settings too)",
+    "model.pt": RETRAIN,
+    "discretizer.npz": RETRAIN,
+    "trainer.pt": "the run cannot be resumed (its model.pt still evaluates): train a new run, or "
+                  "restore the checkpoint folder from a copy",
+    "metrics.json": "it holds only the last logged metrics: delete it (the checkpoint loads without "
+                    "it and the next save writes it again)",
+}
+TRAINER_STATE_KEYS = ("optimizer", "progress", "rng")
+
+
+def load_torch_file(path: str, keys: tuple[str, ...] = ()) -> Any:
+    """A checkpoint's torch file (tensors and plain containers) holding ``keys``; one line naming the
+    file and the fix when it is damaged."""
+    return load_torch_state(path, FIXES.get(os.path.basename(path), RETRAIN), keys)
 
 
 def resumable_folder(path: str, folder: str, required: tuple[str, ...], how: str) -> str:
@@ -111,7 +127,9 @@ def restore_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mo
 def resumable_config(path: str) -> str:
     """The saved config of a run ``train.py --resume`` can continue."""
     folder = resumable_folder(path, checkpoint_dir(path), REQUIRED, "the run directory of a train.py run")
-    return os.path.join(folder, "config.yaml")
+    config = os.path.join(folder, "config.yaml")
+    load_yaml(config, FIXES["config.yaml"])  # one line for a damaged file, before the CLI parses it
+    return config
 
 
 def load_checkpoint(path: str, with_trainer_state: bool = False) -> Checkpoint:
@@ -123,26 +141,32 @@ def load_checkpoint(path: str, with_trainer_state: bool = False) -> Checkpoint:
     if missing:
         raise CheckpointError(f"checkpoint '{directory}' is incomplete: missing {', '.join(missing)}")
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(os.path.join(directory, "config.yaml")))
+        return _read_checkpoint(directory, with_trainer_state)
+    except UnreadableFileError as err:  # one error type for every problem of a checkpoint
+        raise CheckpointError(str(err)) from None
+
+
+def _read_checkpoint(directory: str, with_trainer_state: bool) -> Checkpoint:
+    def file(name: str) -> str:
+        return os.path.join(directory, name)
+
+    raw = load_yaml(file("config.yaml"), FIXES["config.yaml"])
+    try:
         config = from_dict(TrainRunConfig, raw, origin=f"{directory}/config.yaml")
     except ConfigError as err:
         raise CheckpointError(f"checkpoint config is incompatible with this version: {err}") from None
-    except Exception as err:
-        raise CheckpointError(f"cannot read {directory}/config.yaml: {err}") from None
-    payload = load_torch_file(os.path.join(directory, "model.pt"))
-    if not isinstance(payload, dict) or "state_dict" not in payload or "layout" not in payload:
-        raise CheckpointError(f"{directory}/model.pt is not a trajectory-model checkpoint")
-    try:
-        discretizer = Discretizer.load(os.path.join(directory, "discretizer.npz"))
-    except Exception as err:
-        raise CheckpointError(f"cannot read {directory}/discretizer.npz: {err}") from None
+    payload = load_torch_file(file("model.pt"), keys=("state_dict", "layout"))
+    discretizer = Discretizer.load(file("discretizer.npz"), FIXES["discretizer.npz"])
     trainer_state = None
-    trainer_path = os.path.join(directory, "trainer.pt")
     if with_trainer_state:
-        if not os.path.isfile(trainer_path):
+        if not os.path.isfile(file("trainer.pt")):
             raise CheckpointError(f"{directory} has no trainer.pt: it cannot be resumed")
-        trainer_state = load_torch_file(trainer_path)
-    metrics_path = os.path.join(directory, "metrics.json")
-    metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else {}
-    return Checkpoint(directory, config, TokenLayout(**payload["layout"]), payload["state_dict"],
-                      discretizer, trainer_state, metrics)
+        trainer_state = load_torch_file(file("trainer.pt"), keys=TRAINER_STATE_KEYS)
+    metrics = load_json(file("metrics.json"), FIXES["metrics.json"]) if os.path.isfile(
+        file("metrics.json")) else {}
+    try:
+        layout = TokenLayout(**payload["layout"])
+    except TypeError as err:
+        raise unreadable(file("model.pt"), f"its layout is not a token layout ({err})", RETRAIN) from None
+    return Checkpoint(directory, config, layout, payload["state_dict"], discretizer, trainer_state,
+                      metrics)

@@ -33,6 +33,7 @@ import torch
 from trajectory.config import DataConfig
 from trajectory.data.discretizer import Discretizer, save_npz_atomic
 from trajectory.data.sources import Transitions, load_transitions, source_identity
+from trajectory.loaders import UnreadableFileError, load_npz, unreadable
 
 CACHE_FORMAT = 2  # bump when the cached arrays change meaning (2: held-out episodes)
 HOLDOUT_SEED = 20_211_206  # fixes which episodes are held out, independently of the run's seed
@@ -147,23 +148,39 @@ def save_tokens(path: str, data: TokenizedData) -> None:
                     strategy=state["strategy"], meta=np.array(json.dumps(data.meta)))
 
 
-def load_tokens(path: str) -> TokenizedData:
-    with np.load(path, allow_pickle=False) as f:
-        discretizer = Discretizer.from_state_dict({"edges": f["edges"], "strategy": f["strategy"]})
-        return TokenizedData(f["tokens"], f["lengths"], discretizer, json.loads(str(f["meta"])))
+TOKEN_ARRAYS = ("tokens", "lengths", "edges", "strategy", "meta")
+
+
+def load_tokens(path: str, fix: str = "delete it: the next run rebuilds it") -> TokenizedData:
+    """A token cache of :func:`save_tokens`; an UnreadableFileError naming it and ``fix`` when it
+    is damaged (truncated, overwritten, or arrays that do not fit together)."""
+    arrays = load_npz(path, fix, keys=TOKEN_ARRAYS)
+    tokens, lengths = arrays["tokens"], arrays["lengths"]
+    if tokens.ndim != 2 or tokens.dtype != np.uint8 or lengths.ndim != 1 or int(lengths.sum()) != len(tokens):
+        raise unreadable(path, f"its arrays do not fit together (tokens {tokens.dtype} {tokens.shape}, "
+                               f"episode lengths summing to {int(lengths.sum())})", fix)
+    try:
+        discretizer = Discretizer.from_state_dict({"edges": arrays["edges"], "strategy": arrays["strategy"]})
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError as err:  # bad edges or strategy; JSONDecodeError is a ValueError too
+        raise unreadable(path, f"{type(err).__name__}: {err}", fix) from None
+    if not isinstance(meta, dict) or discretizer.dim != tokens.shape[1]:
+        raise unreadable(path, "its metadata or bin edges do not describe its tokens", fix)
+    return TokenizedData(tokens, lengths, discretizer, meta)
 
 
 def tokenized(cfg: DataConfig) -> tuple[TokenizedData, dict]:
-    """Tokens for ``cfg``, from the cache when its key matches, else built and cached.
-    Returns the data and ``{"cache_path", "cache_hit"}``."""
+    """Tokens for ``cfg``, from the cache when its key matches, else built and cached (a damaged
+    cache is rebuilt, with one line saying so). Returns the data and ``{"cache_path", "cache_hit"}``."""
     identity = source_identity(cfg.source, cfg.cache_dir)
     if identity is not None:
         path = cache_path(cfg, identity)
         if os.path.isfile(path):
             try:
-                return load_tokens(path), {"cache_path": path, "cache_hit": True}
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable cache: rebuild it below
+                return load_tokens(path, "rebuilding it from the dataset"), {"cache_path": path,
+                                                                             "cache_hit": True}
+            except UnreadableFileError as err:
+                print(f"[data] {err}", flush=True)
     transitions = load_transitions(cfg.source, download=cfg.download, cache_dir=cfg.cache_dir,
                                    env_id=cfg.env_id or None)
     data = tokenize(transitions, cfg)

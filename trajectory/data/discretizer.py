@@ -14,7 +14,6 @@ The fitted state is plain arrays (``edges`` and the strategy name), saved as ``.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from trajectory.io import atomic_write
+from trajectory.loaders import load_npz, unreadable
 
 STRATEGIES = ("uniform", "quantile")
 Dims = int | slice | Sequence[int] | np.ndarray | None
@@ -154,11 +154,14 @@ class Discretizer:
         save_npz_atomic(path, **self.state_dict())
 
     @classmethod
-    def load(cls, path: str) -> Discretizer:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"discretizer file not found: {path}")
-        with np.load(path, allow_pickle=False) as data:
-            return cls.from_state_dict({k: data[k] for k in data.files})
+    def load(cls, path: str, fix: str = "fit and save the discretizer again") -> Discretizer:
+        """The discretizer saved at ``path``; an UnreadableFileError naming the file and ``fix``
+        when it is missing or damaged."""
+        state = load_npz(path, fix, keys=("edges", "strategy"))
+        try:
+            return cls.from_state_dict(state)
+        except ValueError as err:
+            raise unreadable(path, str(err), fix) from None
 
     def __repr__(self) -> str:
         fitted = f"dim={self.dim}" if self.edges is not None else "unfitted"
