@@ -20,6 +20,7 @@ import numpy as np
 from trajectory.behaviour.reproductions import REPRODUCTIONS
 from trajectory.configutil import ConfigError
 from trajectory.envs import has_reference_returns, normalized_score
+from trajectory.loaders import first_line
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 MINARI_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*/)?[-_.\w]+-v\d+$")  # (namespace/)name-v<version>
@@ -156,9 +157,9 @@ def load_hdf5(path: str, env_id: str | None = None) -> Transitions:
             file_env_id = f.attrs.get("env_id")
     except DatasetError:
         raise
-    except (OSError, KeyError, TypeError, ValueError) as err:
-        raise DatasetError(f"cannot read HDF5 file '{path}' ({err}); it is truncated, corrupt or not "
-                           f"HDF5: download or copy it again") from None
+    except Exception as err:  # noqa: BLE001 - h5py raises many kinds for a damaged file
+        raise DatasetError(f"cannot read HDF5 file '{path}' ({first_line(err)}); it is truncated, "
+                           f"corrupt or not HDF5: download or copy it again") from None
     if isinstance(file_env_id, bytes):
         file_env_id = file_env_id.decode()
     arrays = check_arrays(arrays, f"'{path}'")
@@ -236,12 +237,17 @@ def load_minari_path(path: str, origin: str) -> Transitions:
         env_spec = dataset.env_spec
     except DatasetError:
         raise
-    except (OSError, KeyError, ValueError, AssertionError) as err:
-        raise DatasetError(f"cannot read Minari dataset {origin} at '{path}' ({err}); it is "
-                           f"corrupt or incomplete: delete the folder and download/generate it "
-                           f"again") from None
+    except Exception as err:  # noqa: BLE001 - h5py, json and Minari's own checks raise many kinds
+        raise DatasetError(f"cannot read {origin} at '{path}' ({first_line(err)}); it is corrupt or "
+                           f"incomplete: delete the folder and download/generate it again") from None
     if not parts["rewards"]:
         raise DatasetError(f"{origin}: the dataset is empty (0 episodes)")
+    for key, episodes in parts.items():
+        widths = {episode.shape[1:] for episode in episodes}
+        if len(widths) > 1:
+            raise DatasetError(f"{origin} at '{path}': the episodes' '{key}' differ in shape "
+                               f"({sorted(widths)}); it is corrupt: delete the folder and "
+                               f"download/generate it again")
     arrays = check_arrays({k: np.concatenate(v) for k, v in parts.items()}, origin)
     return Transitions(**arrays, env_id=env_spec.id if env_spec is not None else None, source=origin)
 
