@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Callable
 
-from trajectory.io import missing_files
+from trajectory.io import DiskFullError, disk_full, is_disk_full, missing_files
 
 CHECKPOINT_DIR = "checkpoint"
 # a train.py checkpoint's files: an .old-* folder holding them is complete even where it predates
@@ -59,7 +59,8 @@ def write_checkpoint_folder(path: str, write: Callable[[str], None]) -> None:
     fsynced and marked COMPLETE, the old checkpoint is moved aside and the new one renamed in, and
     the parent folder is fsynced. A crash at any point leaves a loadable checkpoint: the previous
     one, the new one, or (between the two renames) a complete folder that :func:`checkpoint_dir`
-    finds beside ``path``. A failed ``write`` removes its temporary folder."""
+    finds beside ``path``. A failed ``write`` removes its temporary folder; a full disk is reported
+    as a DiskFullError naming the folder and what was kept."""
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)  # and the run folder above it, on a first save
@@ -69,14 +70,27 @@ def write_checkpoint_folder(path: str, write: Callable[[str], None]) -> None:
             fsync(os.path.join(tmp, name))
         open(os.path.join(tmp, COMPLETE), "w").close()
         fsync(tmp)
-    except BaseException:
+    except BaseException as err:
+        full = is_disk_full(err, tmp)  # asked before the temporary folder's space is given back
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves the previous checkpoint alone
+        if full:
+            raise checkpoint_disk_full(path) from None
         raise
     if os.path.exists(path):  # rename(2) cannot replace a non-empty directory: move the old aside
         os.replace(path, f"{path}.old-{os.getpid()}")
     os.replace(tmp, path)  # a crash just before this leaves both folders: see left_aside
     fsync(os.path.dirname(os.path.abspath(path)))
     remove_left_aside(path)
+
+
+def checkpoint_disk_full(path: str) -> DiskFullError:
+    """The one line of a checkpoint save that found its disk full."""
+    if os.path.isdir(path):
+        kept, again = f"the previous one, {path}, is kept", "resume"
+    else:
+        kept, again = "none was saved before", "start"
+    return disk_full(os.path.dirname(os.path.abspath(path)), f"the checkpoint was not saved ({kept})",
+                     f"free some space there, then {again} the run again")
 
 
 def remove_left_aside(path: str) -> None:

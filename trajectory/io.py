@@ -1,16 +1,56 @@
 """Atomic file writes: a temporary file in the target's folder, then a rename.
 
-A crash or a full disk leaves either the previous file or none, never a partial one. Also the check
-of which files a saved folder lacks.
+A crash or a full disk leaves either the previous file or none, never a partial one; a full disk is
+reported as such (:class:`DiskFullError`, one line naming the folder). Also the check of which files
+a saved folder lacks.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
+
+from trajectory.configutil import ConfigError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# torch writes a file it was given by name in C++ and reports a full disk only as a failed write:
+# a failed write that leaves less than this free on its disk is taken for a full disk
+NEARLY_FULL_BYTES = 1 << 20
+
+
+class DiskFullError(ConfigError):
+    """A write that ran out of disk space or quota; the message names the folder and what was kept
+    (a ConfigError, so the command-line tools report it in one line)."""
+
+
+def is_disk_full(err: BaseException, folder: str | None = None) -> bool:
+    """Whether ``err`` (or an error it was raised from or while handling) is a full disk or quota;
+    with ``folder``, also a failed write (OSError, RuntimeError) that left its disk nearly full."""
+    seen: BaseException | None = err
+    for _ in range(8):  # a short chain: causes can form a loop
+        if seen is None:
+            break
+        if isinstance(seen, DiskFullError) or (isinstance(seen, OSError) and seen.errno in NO_SPACE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if folder is None or not isinstance(err, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def disk_full(folder: str, consequence: str,
+              fix: str = "free some space there (or write elsewhere) and run again") -> DiskFullError:
+    """The one line of a write that found the disk full: the folder, what that means, the fix."""
+    return DiskFullError(f"no space left on the disk holding {os.path.abspath(folder)}: {consequence}; "
+                         f"{fix}")
 
 
 @contextlib.contextmanager
@@ -26,9 +66,13 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = is_disk_full(err, folder)  # before the temporary file's space is given back
         if os.path.exists(tmp):
             os.remove(tmp)
+        if full and not isinstance(err, DiskFullError):
+            kept = "the earlier version is kept" if os.path.exists(path) else "nothing was written"
+            raise disk_full(folder, f"{os.path.basename(path)} was not saved ({kept})") from None
         raise
 
 
