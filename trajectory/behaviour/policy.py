@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from trajectory.envs import make_env
 from trajectory.io import save_torch
+from trajectory.loaders import load_torch_state
 from trajectory.models.layers import EnsembleMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -93,7 +94,8 @@ def load_policy(path: str, device="cpu") -> SquashedGaussianActor:
     """Rebuild a saved behaviour policy (a 1-member actor)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"behaviour policy not found: {path}")
-    payload = torch.load(path, map_location=device, weights_only=True)
+    payload = load_torch_state(path, "train the behaviour policy again (docs/data.md says how)",
+                               keys=("state_dict", "obs_dim", "act_dim", "hidden"))
     actor = SquashedGaussianActor(1, payload["obs_dim"], payload["act_dim"], payload["hidden"])
     actor.load_state_dict(payload["state_dict"])
     return actor.to(device).eval()
