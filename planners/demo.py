@@ -23,9 +23,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from trajectory.cli import run
-from trajectory.configutil import build_config
+from trajectory.configutil import Ranges, build_config, check_ranges
 from trajectory.io import save_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +43,13 @@ class DemoConfig:
     eval_steps: int = 1000  # env steps per episode (1000 = a full HalfCheetah episode)
     seed: int = 1000  # episode i starts from seed + i, the same for planner and policy
     device: str = "cpu"
+
+    ranges: ClassVar[Ranges] = {"minutes": "(0, inf)", "critic_minutes": ("[0, inf)", "0: no critic"),
+                                "processes": "[1, inf)", "episodes": "[1, inf)", "eval_steps": "[1, inf)",
+                                "seed": "[0, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def stage(title: str) -> None:
@@ -102,11 +110,8 @@ def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int) -> dict | Non
 
 
 def demo(cfg: DemoConfig) -> dict:
-    from trajectory.configutil import ConfigError
     from trajectory.models.cores import check_core_config
     check_core_config(cfg.core)  # torch-free: a mistyped core is reported at once
-    if cfg.processes < 1:
-        raise ConfigError(f"processes must be at least 1, got {cfg.processes}")
     from trajectory.checkpoint_folder import CHECKPOINT_DIR
     from trajectory.config import TrainRunConfig
     from trajectory.data.dataset import build_dataset, describe

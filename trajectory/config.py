@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
-from trajectory.configutil import ConfigError
+from trajectory.configutil import ConfigError, Ranges, check_ranges
 from trajectory.retired import RETIRED_EVAL_KEYS, RETIRED_TRAIN_KEYS
 
 
@@ -28,13 +28,33 @@ class DataConfig:
     holdout_fraction: float = 0.02  # whole episodes kept out of training for held-out metrics
     env_id: str = ""  # env of an HDF5 source that names none ('': its env_id attribute or file name)
 
+    ranges: ClassVar[Ranges] = {"seq_len": "[1, inf)", "n_bins": ("[2, 256]", "tokens are uint8"),
+                                "discount": "(0, 1]", "terminal_penalty": "(-inf, inf)",
+                                "holdout_fraction": "[0, 1)"}
+
     def __post_init__(self) -> None:
         if self.strategy not in ("uniform", "quantile"):
             raise ConfigError(f"data.strategy must be 'uniform' or 'quantile', got '{self.strategy}'")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if not 2 <= self.n_bins <= 256:
-            raise ConfigError(f"data.n_bins must be in [2, 256] (tokens are uint8), got {self.n_bins}")
+        check_ranges(self, "data")
+
+
+# cores that split d_model into n_heads heads -> the multiple each head's width must be (RetNet
+# rotates pairs of features); the other cores ignore n_heads
+HEAD_WIDTH_MULTIPLE = {"gpt": 1, "retnet": 2}
+
+
+def check_heads(d_model: int, n_heads: int, core: str, section: str = "model") -> None:
+    multiple = HEAD_WIDTH_MULTIPLE.get(core)
+    if multiple and (d_model % n_heads or (d_model // n_heads) % multiple):
+        width = "even" if multiple == 2 else "whole"
+        raise ConfigError(f"{section}.d_model={d_model} must split into {section}.n_heads={n_heads} heads "
+                          f"of {width} width for the {core} core; change d_model or n_heads")
+
+
+def check_betas(betas: tuple, section: str = "train") -> None:
+    """Adam's two decay rates (each in [0, 1): the table's range checks that)."""
+    if len(betas) != 2:
+        raise ConfigError(f"{section}.betas must hold two numbers (Adam's decay rates), got {list(betas)}")
 
 
 @dataclass
@@ -49,6 +69,15 @@ class ModelConfig:
     action_weight: float = 5.0  # loss weight of action tokens (TT)
     reward_weight: float = 1.0
     value_weight: float = 1.0
+
+    ranges: ClassVar[Ranges] = {"d_model": "[1, inf)", "n_layers": "[1, inf)", "n_heads": "[1, inf)",
+                                "dropout": "[0, 1)", "embedding_dropout": "[0, 1)",
+                                "action_weight": "[0, inf)", "reward_weight": "[0, inf)",
+                                "value_weight": "[0, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "model")
+        check_heads(self.d_model, self.n_heads, self.core)
 
 
 @dataclass
@@ -70,6 +99,17 @@ class TrainConfig:
     bf16: bool = True  # autocast to bf16 on CUDA
     compile: bool = False  # torch.compile the model
 
+    ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)", "lr": "(0, inf)", "betas": "[0, 1)",
+                                "weight_decay": "[0, inf)", "grad_clip": "(0, inf]",
+                                "warmup_tokens": "[0, inf)", "decay_tokens": "[0, inf)",
+                                "min_lr_ratio": "[0, 1]", "epochs": "[1, inf)", "max_tokens": "[0, inf)",
+                                "budget_minutes": "[0, inf)", "log_every": "[1, inf)",
+                                "held_out_every": "[0, inf)", "save_every": "[0, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "train")
+        check_betas(self.betas)
+
 
 @dataclass
 class TrainRunConfig:
@@ -85,6 +125,11 @@ class TrainRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    ranges: ClassVar[Ranges] = {"seed": "[0, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 # how planner=policy picks each action token: the most likely one, the distribution's median, or a draw
@@ -143,15 +188,21 @@ class EvalConfig:
     compare: str = ""  # profile.py: comma-separated cores to profile side by side
     profile_steps: int = 5  # profile.py: planning steps timed after warm-up (then one profiled)
 
+    ranges: ClassVar[Ranges] = {
+        "seed": "[0, inf)", "n_episodes": "[1, inf)", "max_episode_steps": "[1, inf)",
+        "critic_std_weight": ("[0, inf)", "0: the minimum over the Q members"),
+        "beam_width": "[1, inf)", "beam_steps": "[1, inf)", "beam_context": "[0, inf)",
+        "sample_expand": "[1, inf)", "k_obs": "[1, inf)", "k_act": ("[1, inf)", "null: off"),
+        "cdf_obs": ("(0, 1]", "null: off"), "cdf_act": ("(0, 1]", "null: off"),
+        "average_actions": ("[0, inf)", "0: the best beam"), "discount": "(0, 1]", "plan_every": "[1, inf)",
+        "calibration_batches": "[1, inf)", "threads": ("[0, inf)", "0: torch's default"),
+        "profile_steps": "[1, inf)"}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.policy_actions not in POLICY_ACTIONS:
             raise ConfigError(f"policy_actions must be one of {', '.join(POLICY_ACTIONS)}, got "
                               f"'{self.policy_actions}'")
-        if self.average_actions < 0:
-            raise ConfigError(f"average_actions must be >= 0 (0: the best beam), got {self.average_actions}")
-        if self.critic_std_weight < 0:
-            raise ConfigError(f"critic_std_weight must be >= 0 (0: the minimum over the Q members), got "
-                              f"{self.critic_std_weight}")
         if self.plan_value not in PLAN_VALUES:
             raise ConfigError(f"plan_value must be one of {', '.join(PLAN_VALUES)}, got "
                               f"'{self.plan_value}'")

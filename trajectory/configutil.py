@@ -8,15 +8,19 @@ styles are accepted side by side, as in the trajectory-transformer projects user
 
 ``--key=value`` and ``key=value`` mean the same thing; ``--config`` names a YAML file merged first.
 A typo, a wrong type or a missing file raises :class:`ConfigError` with one message that names the
-key and the valid choices.
+key and the valid choices. A value outside its range does too: each config dataclass declares the
+interval of every numeric field in a ``ranges`` table that its ``__post_init__`` checks with
+:func:`check_ranges` (so a config built in code is checked as one read from the command line).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
+import math
 import os
-from typing import Any, Sequence, Type, TypeVar
+import re
+from typing import Any, Mapping, Sequence, Type, TypeVar, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -26,6 +30,61 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the message says how."""
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The valid values of a numeric setting, written as in mathematics: ``[1, inf)``, ``(0, 1]``."""
+
+    text: str
+    why: str = ""  # what the bounds protect, for the message
+
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        """(low, high, low included, high included)."""
+        match = _INTERVAL.match(self.text)
+        if match is None:
+            raise ValueError(f"not an interval: '{self.text}' (write e.g. '[1, inf)' or '(0, 1]')")
+        opening, low, high, closing = match.groups()
+        return float(low), float(high), opening == "[", closing == "]"
+
+    def __contains__(self, value: float) -> bool:
+        low, high, low_in, high_in = self.bounds()
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        return bool(above and below)  # NaN is in no interval
+
+    def describe(self) -> str:
+        low, high, low_in, high_in = self.bounds()
+        if math.isinf(high) and not high_in:
+            if math.isinf(low):
+                phrase = "a finite number"
+            else:
+                phrase = f"at least {low:g}" if low_in else f"above {low:g}"
+        else:
+            phrase = f"in {self.text}"
+        return f"{phrase} ({self.why})" if self.why else phrase
+
+
+# a ``ranges`` table: field name -> "[low, high]" (or (interval, why) to say what the bounds protect)
+Ranges = Mapping[str, Union[str, tuple[str, str]]]
+
+
+def check_ranges(config: Any, section: str = "") -> None:
+    """Each numeric field of ``config`` that ``type(config).ranges`` names must lie in its interval
+    (None passes: it means "off"; each element of a list or tuple is checked); else one
+    :class:`ConfigError` naming the key (``section.field``), the valid range and the value."""
+    for name, spec in type(config).ranges.items():
+        interval = Interval(*spec) if isinstance(spec, tuple) else Interval(spec)
+        value = getattr(config, name)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if v is not None and (isinstance(v, bool) or v not in interval)]
+        if bad:
+            key = f"{section}.{name}" if section else name
+            each = " (each)" if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"{key} must be {interval.describe()}{each}, got {value}")
 
 
 def load_object(path: str) -> Any:

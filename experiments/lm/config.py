@@ -7,9 +7,10 @@ optimizer and learning-rate schedule are reused as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, ClassVar, Dict, List
 
-from trajectory.configutil import ConfigError
+from trajectory.config import check_betas, check_heads
+from trajectory.configutil import ConfigError, Ranges, check_ranges
 
 
 @dataclass
@@ -24,13 +25,16 @@ class LMDataConfig:
     holdout_fraction: float = 0.05  # text_file: share of the file for val, and again for test
     seq_len: int = 256  # tokens per training window
 
+    # bpe_vocab_size: checked below, only where the BPE tokenizer uses it
+    ranges: ClassVar[Ranges] = {"val_plays": "[1, inf)", "test_plays": "[1, inf)", "split_seed": "[0, inf)",
+                                "holdout_fraction": "(0, 0.5)", "seq_len": "[1, inf)"}
+
     def __post_init__(self) -> None:
+        check_ranges(self, "data")
         if self.tokenizer not in ("char", "bpe"):
             raise ConfigError(f"data.tokenizer must be 'char' or 'bpe', got '{self.tokenizer}'")
         if self.tokenizer == "bpe" and self.bpe_vocab_size < 257:
             raise ConfigError(f"data.bpe_vocab_size must be > 256 (the bytes), got {self.bpe_vocab_size}")
-        if not 0.0 < self.holdout_fraction < 0.5:
-            raise ConfigError(f"data.holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
 
 
 @dataclass
@@ -43,6 +47,13 @@ class LMModelConfig:
     embedding_dropout: float = 0.1
     tie_embeddings: bool = False  # the output head reuses the token embedding matrix (both N(0, 0.02))
     core_options: Dict[str, Any] = field(default_factory=dict)  # the core's own Options
+
+    ranges: ClassVar[Ranges] = {"d_model": "[1, inf)", "n_layers": "[1, inf)", "n_heads": "[1, inf)",
+                                "dropout": "[0, 1)", "embedding_dropout": "[0, 1)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "model")
+        check_heads(self.d_model, self.n_heads, self.core)
 
 
 @dataclass
@@ -62,6 +73,18 @@ class LMTrainConfig:
     eval_tokens: int = 131072  # validation tokens per pass (0: the whole split)
     log_every: int = 10  # steps
 
+    ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)", "lr": "(0, inf)", "betas": "[0, 1)",
+                                "weight_decay": "[0, inf)", "grad_clip": "(0, inf]",
+                                "warmup_tokens": "[0, inf)", "decay_tokens": "[0, inf)",
+                                "min_lr_ratio": "[0, 1]", "max_steps": "[1, inf)",
+                                "budget_minutes": ("[0, inf)", "0: no limit"),
+                                "eval_every": "[0, inf)", "eval_tokens": ("[0, inf)", "0: the whole split"),
+                                "log_every": "[1, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "train")
+        check_betas(self.betas)
+
 
 @dataclass
 class LMRunConfig:
@@ -76,6 +99,11 @@ class LMRunConfig:
     model: LMModelConfig = field(default_factory=LMModelConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
 
+    ranges: ClassVar[Ranges] = {"seed": "[0, inf)", "threads": ("[0, inf)", "0: torch's default")}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass
 class SampleConfig:
@@ -89,6 +117,13 @@ class SampleConfig:
     num_samples: int = 1  # generated side by side in one batch
     seed: int = 0
     device: str = "cpu"
+
+    ranges: ClassVar[Ranges] = {"max_new_tokens": "[1, inf)", "temperature": ("[0, inf)", "0: greedy"),
+                                "top_k": ("[0, inf)", "0: all"), "num_samples": "[1, inf)",
+                                "seed": "[0, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -112,3 +147,12 @@ class GridConfig:
     threads: int = 0
     data: LMDataConfig = field(default_factory=LMDataConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
+
+    ranges: ClassVar[Ranges] = {"lrs": "(0, inf)", "d_models": "[1, inf)", "ffn_dims": "[1, inf)",
+                                "heads": "[1, inf)", "seq_lens": "[1, inf)", "n_layers": "[1, inf)",
+                                "dropout": "[0, 1)", "retnet_value_factor": "[1, inf)",
+                                "param_tolerance": "[0, 1)", "seed": "[0, inf)",
+                                "threads": ("[0, inf)", "0: torch's default")}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)

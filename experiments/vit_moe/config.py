@@ -6,8 +6,10 @@ variant. Unknown keys and wrong types fail at start-up (see :mod:`trajectory.con
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from trajectory.configutil import ConfigError
+from trajectory.config import check_betas
+from trajectory.configutil import ConfigError, Ranges, check_ranges
 
 VARIANTS = ("vit", "moe", "random")
 SOURCES = ("fashion_mnist", "cifar", "synthetic")
@@ -20,11 +22,12 @@ class DataConfig:
     train_limit: int = 0  # use the first N training images (0: all); synthetic: how many to make
     test_limit: int = 0  # use the first N test images (0: all); synthetic: how many to make
 
+    ranges: ClassVar[Ranges] = {"train_limit": ("[0, inf)", "0: all"), "test_limit": ("[0, inf)", "0: all")}
+
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got '{self.source}'")
-        if self.train_limit < 0 or self.test_limit < 0:
-            raise ConfigError("data.train_limit and data.test_limit must be >= 0")
+        check_ranges(self, "data")
 
 
 @dataclass
@@ -39,14 +42,17 @@ class ModelConfig:
     n_experts: int = 4  # experts per MoE layer (moe and random)
     balance_weight: float = 0.01  # moe: weight of the load-balancing loss (Switch's alpha)
 
+    ranges: ClassVar[Ranges] = {"patch_size": "[1, inf)", "d_model": "[1, inf)", "n_layers": "[1, inf)",
+                                "n_heads": "[1, inf)", "d_ff": ("[0, inf)", "0: 4 * d_model"),
+                                "dropout": "[0, 1)", "n_experts": "[1, inf)", "balance_weight": "[0, inf)"}
+
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"model.variant must be one of {', '.join(VARIANTS)}, got '{self.variant}'")
+        check_ranges(self, "model")
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by "
                               f"model.n_heads={self.n_heads}")
-        if self.n_experts < 1:
-            raise ConfigError(f"model.n_experts must be >= 1, got {self.n_experts}")
 
     @property
     def hidden(self) -> int:
@@ -68,11 +74,15 @@ class TrainConfig:
     log_every: int = 50  # steps between tensorboard scalars
     eval_batch_size: int = 1000
 
+    ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)", "epochs": "[1, inf)", "lr": "(0, inf)",
+                                "min_lr_ratio": "[0, 1]", "warmup_steps": ("[0, inf)", "0: 5% of the run"),
+                                "betas": "[0, 1)", "weight_decay": "[0, inf)", "grad_clip": "(0, inf]",
+                                "consistency_weight": "[0, inf)", "max_steps": ("[0, inf)", "0: all epochs"),
+                                "log_every": "[1, inf)", "eval_batch_size": "[1, inf)"}
+
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError("train.batch_size and train.epochs must be >= 1")
-        if self.consistency_weight < 0:
-            raise ConfigError("train.consistency_weight must be >= 0")
+        check_ranges(self, "train")
+        check_betas(self.betas)
 
 
 @dataclass
@@ -87,7 +97,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    ranges: ClassVar[Ranges] = {"seed": "[0, inf)"}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.train.consistency_weight and self.model.variant != "random":
             raise ConfigError("train.consistency_weight needs model.variant=random (it compares two "
                               "random routings of the same image)")

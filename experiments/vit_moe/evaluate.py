@@ -10,13 +10,14 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 from experiments.vit_moe.checkpoint import load_checkpoint, save_checkpoint
 from experiments.vit_moe.data import DataError, load_images
 from experiments.vit_moe.train import evaluate, parameter_counts
 from trajectory.checkpoint_folder import CHECKPOINT_DIR
 from trajectory.cli import run
-from trajectory.configutil import ConfigError
+from trajectory.configutil import ConfigError, Ranges, check_ranges
 from trajectory.training.distributed import DistContext
 
 EXAMPLES = """
@@ -32,6 +33,11 @@ class EvalConfig:
     data_root: str = ""  # where the images are, if not where the run was trained ('': as trained)
     dense_out: str = ""  # write the model as a dense 'vit' run folder here (vit and random runs only)
     batch_size: int = 1000
+
+    ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def evaluate_run(cfg: EvalConfig) -> dict:

@@ -3,8 +3,9 @@ torch so that a mistyped key is reported at once."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from trajectory.configutil import ConfigError
+from trajectory.configutil import ConfigError, Ranges, check_ranges
 
 
 @dataclass
@@ -35,6 +36,16 @@ class SACConfig:
     save_every: int = 10_000  # env steps between checkpoints (<out>/checkpoint; 0: never)
     resume: bool = False  # continue from <out>/checkpoint (episodes in progress start over)
 
+    ranges: ClassVar[Ranges] = {
+        "members": "[1, inf)", "seed": "[0, inf)", "threads": ("[0, inf)", "0: torch's default"),
+        "hidden": "[1, inf)", "max_steps": "[1, inf)", "budget_minutes": ("[0, inf)", "0: no limit"),
+        "random_steps": "[0, inf)", "batch_size": "[1, inf)", "gamma": "(0, 1]", "tau": "(0, 1]",
+        "lr": "(0, inf)", "eval_every": "[1, inf)", "eval_episodes": "[1, inf)",
+        "target_low": "(-inf, inf)", "target_high": "(-inf, inf)", "save_every": ("[0, inf)", "0: never")}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.target_low > self.target_high:
+            raise ConfigError(f"target_low={self.target_low} must not exceed target_high={self.target_high}")
         if self.select_by not in ("deterministic", "stochastic"):
             raise ConfigError(f"select_by must be 'deterministic' or 'stochastic', got '{self.select_by}'")
