@@ -9,6 +9,7 @@ COMPLETE, moves the old checkpoint aside and renames the new one in. A crash lea
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -22,6 +23,39 @@ CHECKPOINT_DIR = "checkpoint"
 REQUIRED = ("config.yaml", "model.pt", "discretizer.npz")
 
 COMPLETE = "COMPLETE"  # written last into a checkpoint folder, once every file is on disk
+
+CRITIC_DIR = "critic"  # train_critic.py's folder inside a run
+# What the package writes into a run folder: the trainer's files, the critic's folder, eval.py's reports
+# (eval, eval_<quantize>, make demo's eval_<planner>_<seed>) and int8 models, profile.py's folder and
+# make demo's summary. ``overwrite=true`` removes all of them, and nothing else.
+RUN_OUTPUTS = (CHECKPOINT_DIR, "tb", "config.yaml", CRITIC_DIR, "eval", "eval_*", "quantized", "profile",
+               "demo_summary.json")
+
+
+def run_folder(path: str) -> str:
+    """``runs/x`` for ``runs/x`` or its checkpoint folder ``runs/x/checkpoint``."""
+    path = os.path.normpath(path)
+    if os.path.basename(path) == CHECKPOINT_DIR and os.path.isfile(os.path.join(path, "config.yaml")):
+        return os.path.dirname(path)
+    return path
+
+
+def default_run_name(cfg) -> str:
+    """``<source>-<core>`` for a TrainRunConfig without a name."""
+    source = os.path.splitext(os.path.basename(cfg.data.source.rstrip("/")))[0].replace("/", "-")
+    return f"{source}-{cfg.model.core}"
+
+
+def train_run_dir(cfg, resume_dir: str | None) -> str:
+    """The folder train.py writes: the resumed run's, or ``<runs_dir>/<name>``."""
+    if resume_dir is not None:
+        return run_folder(resume_dir)
+    return os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
+
+
+def critic_folder(run_dir: str) -> str:
+    """Where train_critic.py writes a run's critic, and planners look for it."""
+    return os.path.join(run_dir, CRITIC_DIR)
 
 
 def checkpoint_dir(path: str) -> str:
@@ -97,3 +131,23 @@ def remove_left_aside(path: str) -> None:
     """Delete the ``.old-*`` / ``.tmp-*`` folders a checkpoint's saves left beside ``path``."""
     for stale in glob.glob(f"{glob.escape(path)}.old-*") + glob.glob(f"{glob.escape(path)}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def clear_run_outputs(run_dir: str) -> list[str]:
+    """Remove what an earlier run left in ``run_dir`` (:data:`RUN_OUTPUTS`, and the checkpoint folders
+    a cut-off save left aside); returns the names removed. A critic being trained in the run is
+    refused first (its folder is locked while it is written), before anything is removed."""
+    from trajectory.run_lock import folder_lock
+    critic = os.path.join(run_dir, CRITIC_DIR)
+    removed = []
+    critic_lock = folder_lock(critic, "train.py overwrite=true") if os.path.isdir(critic) else None
+    with critic_lock or contextlib.nullcontext():
+        for pattern in RUN_OUTPUTS:
+            for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), pattern))):
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+                removed.append(os.path.basename(path))
+    remove_left_aside(os.path.join(run_dir, CHECKPOINT_DIR))
+    return removed

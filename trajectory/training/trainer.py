@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -19,14 +18,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from trajectory.checkpoint import load_checkpoint, restore_weights, save_checkpoint
-from trajectory.checkpoint_folder import CHECKPOINT_DIR, left_aside, remove_left_aside
+from trajectory.checkpoint_folder import CHECKPOINT_DIR, clear_run_outputs, left_aside, train_run_dir
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, to_dict
 from trajectory.io import save_text
 from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, TrajectoryModel
+from trajectory.run_lock import run_lock
 from trajectory.training import distributed
 from trajectory.training.held_out import HeldOutMetrics
 from trajectory.training.optim import lr_at, make_optimizer
+from trajectory.training.stop_signals import StopSignals, stopped_note
 
 HORIZON_PROBE_STEPS = 10  # steps timed to turn a time budget into a token horizon
 HORIZON_UPDATE_STEPS = 200  # then re-measured this often, from the speed after the probe
@@ -80,11 +81,6 @@ def fetch_batch(dataset: Dataset, indices: list[int], device: torch.device) -> d
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def default_run_name(cfg: TrainRunConfig) -> str:
-    source = os.path.splitext(os.path.basename(cfg.data.source.rstrip("/")))[0].replace("/", "-")
-    return f"{source}-{cfg.model.core}"
-
-
 class Trainer:
     """Holds the run's state; :meth:`fit` trains until the epochs or a budget run out."""
 
@@ -96,6 +92,7 @@ class Trainer:
         self.held_out = (HeldOutMetrics(held_out, discretizer, layout)
                          if held_out is not None and len(held_out) and ctx.is_main else None)
         self.held_out_metrics: dict | None = None
+        self.stop_signal: str | None = None  # the signal that stopped the last fit, if one did
         tc = cfg.train
         if tc.batch_size % ctx.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the number "
@@ -192,14 +189,11 @@ class Trainer:
         from trajectory.training.monitor import TrainLogger
 
         tc = self.cfg.train
-        if tc.max_tokens and self.progress.tokens >= tc.max_tokens:
-            # a resumed run that already reached its token budget: no extra step, nothing rewritten
+        done = already_trained(tc, self.progress)
+        if done is not None:  # a resumed run with no budget left: no extra step, nothing rewritten
             if self.ctx.is_main:
-                print(f"the run has already trained {self.progress.tokens:,} tokens of its "
-                      f"max_tokens={tc.max_tokens:,}: nothing to train (raise train.max_tokens to "
-                      f"continue)")
-            return {"step": self.progress.step, "tokens": self.progress.tokens,
-                    "stop_reason": "max_tokens"}
+                print(f"{self.run_dir}: {done[1]}", flush=True)
+            return {"step": self.progress.step, "tokens": self.progress.tokens, "stop_reason": done[0]}
         if not self.progress.horizon_tokens and (tc.max_tokens or not tc.budget_minutes):
             self.progress.horizon_tokens = min(tc.max_tokens or self.epoch_tokens, self.epoch_tokens)
         total_steps = self.cfg.train.epochs * self.steps_per_epoch
@@ -209,12 +203,29 @@ class Trainer:
         logger = TrainLogger(self.run_dir, self.ctx.is_main, total_steps, self.progress.step,
                              budget_minutes=tc.budget_minutes if timed else 0.0,
                              initial_minutes=self.progress.minutes)
+        self.model.train()
+        with StopSignals() as stop:
+            metrics = self._loop(logger, total_steps, max_steps, stop)
+        self.stop_signal = stop.received
+        self.progress.history.append({"step": self.progress.step, "stop": metrics["stop_reason"]})
+        if self.progress.step and (self.held_out_metrics or {}).get("step") != self.progress.step:
+            self.measure_held_out(logger)
+        self.save(metrics)
+        logger.close()
+        # Ranks leave together: a gloo rank that tears down its group while rank 0 is still
+        # writing the checkpoint can abort the process.
+        distributed.barrier(self.ctx)
+        return metrics
+
+    def _loop(self, logger, total_steps: int, max_steps: int | None, stop: StopSignals) -> dict:
+        """Train until the epochs, a budget, ``max_steps`` or a stop signal ends it; returns the
+        metrics of the last step with its ``stop_reason``."""
+        tc = self.cfg.train
         session_start, minutes_before = time.time(), self.progress.minutes
         first_step, self._probe = self.progress.step, None
         metrics: dict = {}
         window_start, window_tokens = time.time(), 0
         stop_reason, stats = "epochs", None
-        self.model.train()
         for batch in self.batches():
             stats = self.train_step(batch)
             window_tokens += self.tokens_per_step
@@ -238,7 +249,7 @@ class Trainer:
                 stop_reason = "max_tokens"
                 break
             over_budget = bool(tc.budget_minutes) and self.progress.minutes >= tc.budget_minutes
-            signalled = STOP_SIGNAL["received"]
+            signalled = stop.received is not None
             # one collective per step under DDP, so that every rank stops at the same step
             if (self.ctx.enabled or over_budget or signalled) and distributed.any_rank(
                     self.ctx, over_budget or signalled):
@@ -247,18 +258,10 @@ class Trainer:
             if max_steps is not None and self.progress.step >= max_steps:
                 stop_reason = "max_steps"
                 break
-        if not metrics and self.progress.step and stats is not None:
+        if stats is not None and metrics.get("step") != self.progress.step:
+            # what is saved and reported is the last step, not the last logged one
             metrics = self._reduce(stats, window_tokens / max(1e-9, time.time() - window_start))
-        metrics["stop_reason"] = stop_reason
-        self.progress.history.append({"step": self.progress.step, "stop": stop_reason})
-        if self.progress.step and (self.held_out_metrics or {}).get("step") != self.progress.step:
-            self.measure_held_out(logger)
-        self.save(metrics)
-        logger.close()
-        # Ranks leave together: a gloo rank that tears down its group while rank 0 is still
-        # writing the checkpoint can abort the process.
-        distributed.barrier(self.ctx)
-        return metrics
+        return {**metrics, "stop_reason": stop_reason}
 
     def _fix_time_horizon(self, session_start: float, session_steps: int) -> None:
         """Time-budgeted runs: stretch the schedule over the tokens the rest of the budget will
@@ -289,36 +292,33 @@ class Trainer:
         return out
 
 
-STOP_SIGNAL = {"received": False}
-
-
-def _install_sigterm_handler():
-    """Schedulers and torchrun stop a job with SIGTERM: finish the current step, save, then leave.
-    (Raising inside the handler could interrupt an optimizer step half-way and save that.)
-    Returns the handler it replaced, which ``train`` puts back when training ends: after it, in the
-    same process (``make demo`` evaluates next), SIGTERM must stop the process again."""
-    def handler(signum, frame):
-        STOP_SIGNAL["received"] = True
-    STOP_SIGNAL["received"] = False
-    return signal.signal(signal.SIGTERM, handler)
-
-
 def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=None) -> dict:
-    """Entry point of train.py: build data and model, fit, save; returns the final metrics."""
-    from trajectory.data.dataset import Datasets, build_datasets
+    """Entry point of train.py: build data and model, fit, save; returns the final metrics. The run
+    folder is locked while it is written (:mod:`trajectory.run_lock`): a second writer is refused."""
     from trajectory.models.cores import check_core_config
 
     check_core_config(cfg.model.core, cfg.model.core_options)  # before any data is built
-    checkpoint = None
-    if resume_dir is not None:
-        run_dir = run_folder(resume_dir)
-        checkpoint = load_checkpoint(run_dir, with_trainer_state=True)
-        check_resumable_changes(checkpoint.config, cfg)
-    else:
-        run_dir = os.path.join(cfg.runs_dir, cfg.name or default_run_name(cfg))
-        prepare_fresh_run(run_dir, cfg.overwrite)
+    run_dir = train_run_dir(cfg, resume_dir)
+    with run_lock(run_dir, "train.py") as lock:  # None on the ranks that trust rank 0's lock
+        holds_lock = lock is not None
+        checkpoint = None
+        if resume_dir is not None:
+            checkpoint = load_checkpoint(run_dir, with_trainer_state=True)
+            check_resumable_changes(checkpoint.config, cfg)
+            done = already_trained(cfg.train, Progress(**checkpoint.trainer_state["progress"]))
+            if done is not None:  # said before any data is built; the checkpoint stays as it is
+                if holds_lock:
+                    print(f"{run_dir}: {done[1]}", flush=True)
+                return {**checkpoint.metrics, "stop_reason": done[0]}
+        else:
+            prepare_fresh_run(run_dir, cfg.overwrite, clear=holds_lock)
+        return _train_in(run_dir, cfg, checkpoint, dataset_builder)
+
+
+def _train_in(run_dir: str, cfg: TrainRunConfig, checkpoint, dataset_builder) -> dict:
+    from trajectory.data.dataset import Datasets, build_datasets
+
     ctx = distributed.setup(cfg.device)
-    previous_handler = _install_sigterm_handler()
     try:
         if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ and ctx.world_size > 1:
             torch.set_num_threads(1)
@@ -336,19 +336,37 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
         if checkpoint is not None:
             trainer.restore(checkpoint)
         if ctx.is_main:
-            os.makedirs(run_dir, exist_ok=True)
             from omegaconf import OmegaConf
             save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(run_dir, "config.yaml"))
             print(f"run: {run_dir}  model: {trainer.model.num_parameters():,} parameters "
                   f"({cfg.model.core}), {len(dataset):,} windows, {ctx.world_size} process(es)")
         metrics = trainer.fit()
         if ctx.is_main:
+            if metrics["stop_reason"] == "signal":
+                saved_in = os.path.join(run_dir, CHECKPOINT_DIR)
+                saved_in = os.path.join(run_dir, CHECKPOINT_DIR)
+                print(stopped_note(trainer.stop_signal, metrics["step"], saved_in,
+                                   f"python train.py --resume {run_dir}"), flush=True)
             print(json.dumps({k: metrics[k] for k in ("step", "loss", "tokens", "stop_reason")
                               if k in metrics}))
         return metrics
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         distributed.cleanup()
+
+
+def already_trained(tc, progress: Progress) -> tuple[str, str] | None:
+    """(stop reason, what to tell the user) when a resumed run has no budget left to train."""
+    if tc.max_tokens and progress.tokens >= tc.max_tokens:
+        return "max_tokens", (f"already trained {progress.tokens:,} tokens of its max_tokens="
+                              f"{tc.max_tokens:,}: nothing to do (raise train.max_tokens to continue)")
+    if tc.budget_minutes and progress.minutes >= tc.budget_minutes:
+        return "budget_minutes", (f"already trained {progress.minutes:.3g} minutes of its budget_minutes="
+                                  f"{tc.budget_minutes:g}: nothing to do (raise train.budget_minutes to "
+                                  f"continue)")
+    if progress.epoch >= tc.epochs:
+        return "epochs", (f"already trained its {tc.epochs} epochs: nothing to do (raise train.epochs "
+                          f"to continue)")
+    return None
 
 
 def check_resumable_changes(saved: TrainRunConfig, cfg: TrainRunConfig) -> None:
@@ -364,27 +382,21 @@ def check_resumable_changes(saved: TrainRunConfig, cfg: TrainRunConfig) -> None:
                           f"with the old value); start a new run with another name=... instead")
 
 
-def run_folder(path: str) -> str:
-    """``runs/x`` for ``runs/x`` or its checkpoint folder ``runs/x/checkpoint``."""
-    path = os.path.normpath(path)
-    if os.path.basename(path) == CHECKPOINT_DIR and os.path.isfile(os.path.join(path, "config.yaml")):
-        return os.path.dirname(path)
-    return path
-
-
-def prepare_fresh_run(run_dir: str, overwrite: bool) -> None:
+def prepare_fresh_run(run_dir: str, overwrite: bool, clear: bool = True) -> None:
     """Refuse to train a new run into a folder that holds one (a checkpoint, or the folders a
-    cut-off save left beside it), unless asked to replace it."""
+    cut-off save left beside it), unless asked to replace it; then (where ``clear``: the process
+    that holds the run's lock) remove everything the old run produced, its critic and evaluations
+    included: a critic trained for another run must not rank this one's plans."""
     checkpoint = os.path.join(run_dir, CHECKPOINT_DIR)
-    if not os.path.isdir(checkpoint) and left_aside(checkpoint) is None:
-        return
-    if not overwrite:
-        raise ConfigError(f"{run_dir} already holds a trained run: continue it with --resume "
-                          f"{run_dir}, choose another name=..., or replace it with overwrite=true")
-    import shutil
-    for part in (CHECKPOINT_DIR, "tb"):  # the old run's logs would mix with the new one's
-        shutil.rmtree(os.path.join(run_dir, part), ignore_errors=True)
-    remove_left_aside(checkpoint)
+    if os.path.isdir(checkpoint) or left_aside(checkpoint) is not None:
+        if not overwrite:
+            raise ConfigError(f"{run_dir} already holds a trained run: continue it with --resume "
+                              f"{run_dir}, choose another name=..., or replace it with overwrite=true")
+    if overwrite and clear:
+        removed = clear_run_outputs(run_dir)
+        if removed:
+            print(f"overwrite=true: removed the previous run's {', '.join(removed)} from {run_dir}",
+                  flush=True)
 
 
 def _plain(info: dict) -> dict:
