@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trajectory.checkpoint_folder import CHECKPOINT_DIR
+from trajectory.checkpoint_folder import CHECKPOINT_DIR, critic_folder
 from trajectory.configutil import ConfigError, load_object
+from trajectory.training import critic_provenance
 
 PLANNER_CATALOG = {
     # the model's candidate actions ranked by the run's learned critic (train_critic.py): the default
@@ -28,14 +29,19 @@ def check_planner(name: str) -> None:
 NEEDS_CRITIC = ("critic",)
 
 
+def run_dir_of(cfg) -> str:
+    """The run folder of the checkpoint being evaluated (``cfg.checkpoints_path``, or its parent)."""
+    run_dir = os.path.normpath(cfg.checkpoints_path or ".")
+    if os.path.basename(run_dir) == CHECKPOINT_DIR:
+        run_dir = os.path.dirname(run_dir)
+    return run_dir
+
+
 def critic_path(cfg) -> str:
     """``cfg.critic``, or ``<run>/critic/critic.pt`` beside the checkpoint being evaluated."""
     if cfg.critic:
         return cfg.critic
-    run_dir = os.path.normpath(cfg.checkpoints_path or ".")
-    if os.path.basename(run_dir) == CHECKPOINT_DIR:
-        run_dir = os.path.dirname(run_dir)
-    return os.path.join(run_dir, "critic", "critic.pt")
+    return os.path.join(critic_folder(run_dir_of(cfg)), "critic.pt")
 
 
 def needs_critic(cfg) -> bool:
@@ -46,12 +52,19 @@ def check_planner_inputs(cfg) -> None:
     """The planner's name, and the critic it needs where it needs one, checked before any work
     (torch-free): one line naming the fix instead of a failure after the model has loaded."""
     check_planner(cfg.planner)
-    if needs_critic(cfg) and cfg.checkpoints_path and not os.path.isfile(critic_path(cfg)):
+    if not (needs_critic(cfg) and cfg.checkpoints_path):
+        return
+    if not os.path.isfile(critic_path(cfg)):
         raise ConfigError(
             f"planner={cfg.planner} values actions with the run's critic, and there is none at "
             f"{critic_path(cfg)}: train it with `python train_critic.py run=<run dir>` (about 12 "
             f"minutes on 2 cores), pass critic=<critic.pt>, or plan without one (planner=policy or "
             f"planner=beam)")
+    # a critic trained for another run (data, discount) would rank this one's actions wrongly
+    run_dir = run_dir_of(cfg)
+    critic_provenance.check_critic_fits(critic_provenance.read_beside(critic_path(cfg), run_dir),
+                                        critic_path(cfg), critic_provenance.run_data_settings(
+                                            cfg.checkpoints_path), run_dir)
 
 
 def planner_class(name: str) -> type:
@@ -77,4 +90,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["NEEDS_CRITIC", "PLANNERS", "PLANNER_CATALOG", "BeamPlanner", "Plan", "PolicyPlanner",
            "build_planner", "check_planner", "check_planner_inputs", "critic_path", "needs_critic",
-           "planner_class"]
+           "planner_class", "run_dir_of"]

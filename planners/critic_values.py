@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from planners import critic_path
+from planners import critic_path, run_dir_of
 from planners.estimates import token_values
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
-from trajectory.models.critic import load_critic
+from trajectory.models.critic import read_critic
 from trajectory.models.trajectory_model import TokenLayout
+from trajectory.training import critic_provenance
 
 
 class TokenCritic:
@@ -19,9 +20,15 @@ class TokenCritic:
     def __init__(self, discretizer, layout: TokenLayout, cfg: EvalConfig, device, critic=None):
         o, a = layout.obs_dim, layout.act_dim
         self.source = None  # the file it came from (None: given as an object)
+        self.training_info = getattr(critic, "training_info", {})
         if critic is None:
             self.source = critic_path(cfg)
-            critic = load_critic(self.source, device)
+            critic, saved = read_critic(self.source, device)
+            self.training_info = {k: saved[k] for k in ("expectile", "step", "discount")}
+            # what critic.pt itself records (check_planner_inputs read the metrics.json beside it)
+            critic_provenance.check_critic_fits(saved["provenance"], self.source,
+                                                critic_provenance.run_data_settings(cfg.checkpoints_path),
+                                                run_dir_of(cfg))
         if (critic.obs_dim, critic.act_dim) != (o, a):
             raise ConfigError(f"the critic takes observations of {critic.obs_dim} and actions of "
                               f"{critic.act_dim} dimensions, the model {o} and {a}: train the critic "
@@ -39,7 +46,7 @@ class TokenCritic:
 
     def info(self) -> dict:
         """For the eval report: which critic valued the plans, and how it was trained."""
-        return {"critic": self.source, **getattr(self.critic, "training_info", {})}
+        return {"critic": self.source, **self.training_info}
 
 
 def device_of(model) -> torch.device | str:

@@ -101,22 +101,34 @@ def iql_losses(critic: ActionValueCritic, target: ActionValueCritic, batch: dict
     return value_loss, q_loss
 
 
-def load_critic(path: str, device: torch.device | str = "cpu") -> ActionValueCritic:
-    """A critic saved by ``train_critic.py`` (``critic.pt``: its config and weights), with
-    ``training_info`` (expectile, steps, discount) attached."""
+def read_critic(path: str, device: torch.device | str = "cpu") -> tuple[ActionValueCritic, dict]:
+    """A critic saved by ``train_critic.py`` (``critic.pt``: its config and weights) and what the file
+    records beside them: ``expectile``, ``step``, ``discount`` and ``provenance``, what it was trained
+    on (``trajectory.training.critic_provenance``; {} for critics saved before it was recorded).
+    A missing or damaged file is a ConfigError naming it and the fix."""
     import os
-    import pickle
 
     from trajectory.configutil import ConfigError
+    from trajectory.loaders import load_torch_state
+    folder = os.path.dirname(os.path.abspath(path))
+    run_dir = os.path.dirname(os.path.dirname(path)) if os.path.basename(folder) == "critic" else "<run dir>"
+    fix = f"retrain the critic with `python train_critic.py run={run_dir or '.'} overwrite=true`"
     if not os.path.isfile(path):
         raise ConfigError(f"no critic at {path}: train one with `python train_critic.py run=<run dir>`")
+    saved = load_torch_state(path, fix, keys=("config", "state_dict"))
     try:
-        saved = torch.load(path, map_location=device)
         critic = ActionValueCritic(**saved["config"])
         critic.load_state_dict(saved["state_dict"])
-        # how it was trained, for reports: read with the weights, so they always match
-        critic.training_info = {k: saved.get(k) for k in ("expectile", "step", "discount")}
-    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
-        raise ConfigError(f"{path} is not a readable critic ({err}); train it again with "
-                          f"`python train_critic.py run=<run dir>`") from err
-    return critic.to(device).eval()
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is not a readable critic ({str(err).splitlines()[0][:120]}); "
+                          f"{fix}") from None
+    info = {k: saved.get(k) for k in ("expectile", "step", "discount")}
+    return critic.to(device).eval(), {**info, "provenance": saved.get("provenance") or {}}
+
+
+def load_critic(path: str, device: torch.device | str = "cpu") -> ActionValueCritic:
+    """:func:`read_critic`'s critic, with ``training_info`` (expectile, steps, discount) attached."""
+    critic, info = read_critic(path, device)
+    # how it was trained, for reports: read with the weights, so they always match
+    critic.training_info = {k: info[k] for k in ("expectile", "step", "discount")}
+    return critic

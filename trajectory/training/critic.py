@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
+import shutil
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from trajectory.checkpoint_folder import CHECKPOINT_DIR, CRITIC_DIR, critic_folder
 from trajectory.configutil import ConfigError
 from trajectory.io import save_json, save_torch
 from trajectory.models.critic import ActionValueCritic, iql_losses
+from trajectory.run_lock import LOCK_FILE, folder_lock
+from trajectory.training import critic_provenance
+from trajectory.training.stop_signals import StopSignals
 
-CRITIC_DIR = "critic"
+__all__ = ["CRITIC_DIR", "CriticRunConfig", "critic_folder", "train_critic"]
+# what train_critic.py writes into its folder: overwrite=true removes these, and nothing else
+CRITIC_OUTPUTS = ("critic.pt", "trainer.pt", "metrics.json", "tb")
+TRAINER_STATE_KEYS = ("critic", "target", "q_optim", "v_optim", "generator", "step", "seconds")
 
 
 @dataclass
@@ -120,45 +127,77 @@ def held_out_metrics(critic: ActionValueCritic, data: TransitionTensors, discoun
             "q_minus_return": float((q - realised).mean()), "v_minus_return": float((v - realised).mean())}
 
 
-def critic_folder(run_dir: str) -> str:
-    return os.path.join(run_dir, CRITIC_DIR)
-
-
-def _load_run(run_dir: str):
-    """The run's checkpoint, for its data settings and token layout; a missing run is a
-    ConfigError naming the fix."""
-    from trajectory.checkpoint import load_checkpoint
-    from trajectory.checkpoint_folder import CHECKPOINT_DIR
+def check_run_folder(run_dir: str) -> None:
+    """The run the critic belongs to must have a checkpoint (torch-free: checked at once)."""
     if not run_dir:
         raise ConfigError("give the trajectory-model run the critic belongs to: run=runs/<name>")
     if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
         raise ConfigError(f"{run_dir} has no {CHECKPOINT_DIR}/: train the model first (python train.py "
                           f"...) or point run= at its folder")
+
+
+def check_critic_folder(cfg: CriticRunConfig, out: str) -> None:
+    """A started critic is continued or replaced only when asked (torch-free: checked at once)."""
+    started = os.path.isdir(out) and any(name != LOCK_FILE for name in os.listdir(out))
+    if started and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"{out} already exists: resume=true continues it, overwrite=true replaces it")
+    if cfg.resume and not os.path.isfile(os.path.join(out, "trainer.pt")):
+        raise ConfigError(f"nothing to resume: {os.path.join(out, 'trainer.pt')} is missing (start with "
+                          f"overwrite=true)")
+
+
+def _clear_outputs(out: str) -> None:
+    """overwrite=true: the old critic's files go before the new one writes any (its logs would mix)."""
+    for name in CRITIC_OUTPUTS:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _trainer_state(path: str, run_dir: str) -> dict:
+    """The saved trainer state (read before the data loads): one line when it is damaged."""
+    from trajectory.loaders import load_torch_state
+    return load_torch_state(path, critic_provenance.retrain_fix(run_dir), keys=TRAINER_STATE_KEYS)
+
+
+def _restore(state: dict, path: str, cfg: CriticRunConfig, modules: dict) -> None:
+    try:
+        for name, module in modules.items():
+            (module.set_state if isinstance(module, torch.Generator) else module.load_state_dict)(state[name])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} does not fit hidden={cfg.hidden} members={cfg.members} "
+                          f"({str(err).splitlines()[0][:120]}): resume with the settings it started "
+                          f"with, or {critic_provenance.retrain_fix(cfg.run)}") from None
+
+
+def _load_run(run_dir: str):
+    """The run's checkpoint, for its data settings and token layout."""
+    from trajectory.checkpoint import load_checkpoint
+    check_run_folder(run_dir)
     return load_checkpoint(run_dir)
 
 
-def train_critic(cfg: CriticRunConfig) -> dict:
-    """Train (or continue) ``<cfg.run>/critic``; returns the final metrics."""
+@dataclass
+class CriticData:
+    """The run's transitions split as its model's were, and the record of what they are."""
+
+    train: TransitionTensors
+    held_out: TransitionTensors
+    discount: float
+    record: dict  # critic_provenance.provenance: saved with the critic
+
+
+def _training_data(checkpoint, run_dir: str) -> CriticData:
     from trajectory.data.dataset import held_out_episodes
     from trajectory.data.sources import check_source, load_transitions
-    from trajectory.training.monitor import TrainLogger
 
-    checkpoint = _load_run(cfg.run)
     data_cfg = checkpoint.config.data
-    out = cfg.out or critic_folder(cfg.run)
-    trainer_path = os.path.join(out, "trainer.pt")
-    if os.path.exists(out) and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"{out} already exists: resume=true continues it, overwrite=true replaces it")
-    if cfg.resume and not os.path.isfile(trainer_path):
-        raise ConfigError(f"nothing to resume: {trainer_path} is missing (start with overwrite=true)")
     check_source(data_cfg.source, download=data_cfg.download, cache_dir=data_cfg.cache_dir)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-
     transitions = load_transitions(data_cfg.source, download=data_cfg.download, cache_dir=data_cfg.cache_dir)
     if transitions.obs_dim != checkpoint.layout.obs_dim or transitions.act_dim != checkpoint.layout.act_dim:
-        raise ConfigError(f"{data_cfg.source} no longer matches {cfg.run}'s model (obs/act dims)")
+        raise ConfigError(f"{data_cfg.source} no longer matches {run_dir}'s model (obs/act dims)")
     _, lengths = transitions.episode_bounds()
     held = held_out_episodes(len(lengths), data_cfg.holdout_fraction)
     kept = np.setdiff1d(np.arange(len(lengths)), held)
@@ -166,8 +205,54 @@ def train_critic(cfg: CriticRunConfig) -> dict:
     held_data = transition_tensors(transitions, held, data_cfg.discount, data_cfg.terminal_penalty)
     if not np.isfinite(train_data.obs.numpy()).all() or not np.isfinite(train_data.reward.numpy()).all():
         raise ConfigError(f"{data_cfg.source} holds NaN or infinite observations or rewards")
+    digest = critic_provenance.data_digest(*(t.numpy() for t in (
+        train_data.obs, train_data.act, train_data.reward, train_data.next_obs, train_data.not_done)))
+    record = critic_provenance.provenance(data_cfg, transitions.env_id, held.tolist(), digest)
+    return CriticData(train_data, held_data, data_cfg.discount, record)
 
-    critic = ActionValueCritic(transitions.obs_dim, transitions.act_dim, cfg.hidden, cfg.members)
+
+def train_critic(cfg: CriticRunConfig) -> dict:
+    """Train (or continue) ``<cfg.run>/critic`` (or ``cfg.out``); returns the final metrics. The
+    folder is locked while it is written (:mod:`trajectory.run_lock`): a second writer is refused,
+    as is a damaged trainer state, before the data loads."""
+    check_run_folder(cfg.run)
+    out = cfg.out or critic_folder(cfg.run)
+    with folder_lock(out, "train_critic.py"):
+        check_critic_folder(cfg, out)
+        state = _trainer_state(os.path.join(out, "trainer.pt"), cfg.run) if cfg.resume else None
+        torch.set_num_threads(cfg.threads)
+        data = _training_data(_load_run(cfg.run), cfg.run)
+        if state is not None:
+            critic_provenance.check_resumable(state.get("provenance", {}), data.record, out, cfg.run)
+        elif cfg.overwrite:
+            _clear_outputs(out)
+        return _fit(cfg, out, data, state)
+
+
+def _iql_step(critic: ActionValueCritic, target: ActionValueCritic, optimizers: tuple, batch: dict,
+              discount: float, cfg: CriticRunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of V, then Q, then the target Q networks; returns (value loss, Q loss)."""
+    v_optim, q_optim = optimizers
+    value_loss, q_loss = iql_losses(critic, target, batch, discount, cfg.expectile)
+    v_optim.zero_grad(set_to_none=True)
+    value_loss.backward()
+    v_optim.step()
+    q_optim.zero_grad(set_to_none=True)
+    q_loss.backward()
+    q_optim.step()
+    with torch.no_grad():
+        for p, t in zip(critic.q_net.parameters(), target.q_net.parameters()):
+            t.lerp_(p, cfg.target_rate)
+    return value_loss, q_loss
+
+
+def _fit(cfg: CriticRunConfig, out: str, data: CriticData, state: dict | None) -> dict:
+    from trajectory.training.monitor import TrainLogger
+
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    train_data, held_data, discount = data.train, data.held_out, data.discount
+    critic = ActionValueCritic(train_data.obs.shape[1], train_data.act.shape[1], cfg.hidden, cfg.members)
     critic.set_normalization(train_data.obs, train_data.returns)
     critic.to(device)
     target = copy.deepcopy(critic).requires_grad_(False)
@@ -175,73 +260,61 @@ def train_critic(cfg: CriticRunConfig) -> dict:
     v_optim = torch.optim.Adam(critic.v_net.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     step, seconds_before = 0, 0.0
-    if cfg.resume:
-        state = torch.load(trainer_path, map_location=device)
-        critic.load_state_dict(state["critic"])
-        target.load_state_dict(state["target"])
-        q_optim.load_state_dict(state["q_optim"])
-        v_optim.load_state_dict(state["v_optim"])
-        generator.set_state(state["generator"])
+    trainer_path = os.path.join(out, "trainer.pt")
+    if state is not None:
+        _restore(state, trainer_path, cfg, {"critic": critic, "target": target, "q_optim": q_optim,
+                                            "v_optim": v_optim, "generator": generator})
         step, seconds_before = state["step"], state["seconds"]
 
-    discount = data_cfg.discount
     logger = TrainLogger(out, True, cfg.steps, step, cfg.budget_minutes, seconds_before / 60)
-    stop = {"signal": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     start = time.time()
     metrics: dict = {}
 
     def save(reason: str) -> None:
         seconds = seconds_before + time.time() - start
-        metrics.update(step=step, seconds=round(seconds, 1), stop_reason=reason,
-                       expectile=cfg.expectile, discount=discount, source=data_cfg.source)
+        metrics.update(step=step, seconds=round(seconds, 1), stop_reason=reason, expectile=cfg.expectile,
+                       discount=discount, source=data.record["source"], provenance=data.record)
         save_torch({"critic": critic.state_dict(), "target": target.state_dict(),
                     "q_optim": q_optim.state_dict(), "v_optim": v_optim.state_dict(),
-                    "generator": generator.get_state(), "step": step, "seconds": seconds}, trainer_path)
+                    "generator": generator.get_state(), "step": step, "seconds": seconds,
+                    "provenance": data.record}, trainer_path)
         save_torch({"config": critic.config(), "state_dict": critic.state_dict(), "discount": discount,
-                    "expectile": cfg.expectile, "step": step}, os.path.join(out, "critic.pt"))
+                    "expectile": cfg.expectile, "step": step, "provenance": data.record},
+                   os.path.join(out, "critic.pt"))
         save_json(metrics, os.path.join(out, "metrics.json"))
 
     reason = "steps"
     try:
-        while step < cfg.steps:
-            index = torch.randint(len(train_data), (cfg.batch_size,), generator=generator)
-            batch = {k: v.to(device) for k, v in train_data.batch(index).items()}
-            value_loss, q_loss = iql_losses(critic, target, batch, discount, cfg.expectile)
-            v_optim.zero_grad(set_to_none=True)
-            value_loss.backward()
-            v_optim.step()
-            q_optim.zero_grad(set_to_none=True)
-            q_loss.backward()
-            q_optim.step()
-            with torch.no_grad():
-                for p, t in zip(critic.q_net.parameters(), target.q_net.parameters()):
-                    t.lerp_(p, cfg.target_rate)
-            step += 1
-            minutes = (seconds_before + time.time() - start) / 60
-            if step % cfg.log_every == 0:
-                if not (torch.isfinite(value_loss) and torch.isfinite(q_loss)):
-                    raise FloatingPointError(f"critic losses became non-finite at step {step}; lower lr")
-                losses = {"value_loss": value_loss.item(), "q_loss": q_loss.item()}
-                metrics.update(losses)
-                logger.log_scalars(step, losses, prefix="critic")
-                logger.postfix(q_loss=f"{losses['q_loss']:.3f}", v_loss=f"{losses['value_loss']:.3f}")
-            if cfg.held_out_every and step % cfg.held_out_every == 0:
-                metrics["held_out"] = held_out_metrics(critic.cpu(), held_data, discount)
-                critic.to(device)
-                logger.log_scalars(step, metrics["held_out"], prefix="held_out")
-            logger.advance(step, q_loss, minutes)
-            if step % cfg.save_every == 0:
-                save("running")
-            if cfg.budget_minutes and minutes >= cfg.budget_minutes:
-                reason = "budget"
-                break
-            if stop["signal"]:
-                reason = "signal"
-                break
+        with StopSignals() as stop:
+            while step < cfg.steps:
+                index = torch.randint(len(train_data), (cfg.batch_size,), generator=generator)
+                batch = {k: v.to(device) for k, v in train_data.batch(index).items()}
+                value_loss, q_loss = _iql_step(critic, target, (v_optim, q_optim), batch, discount, cfg)
+                step += 1
+                minutes = (seconds_before + time.time() - start) / 60
+                if step % cfg.log_every == 0:
+                    if not (torch.isfinite(value_loss) and torch.isfinite(q_loss)):
+                        raise FloatingPointError(f"critic losses became non-finite at step {step}; lower lr")
+                    losses = {"value_loss": value_loss.item(), "q_loss": q_loss.item()}
+                    metrics.update(losses)
+                    logger.log_scalars(step, losses, prefix="critic")
+                    logger.postfix(q_loss=f"{losses['q_loss']:.3f}", v_loss=f"{losses['value_loss']:.3f}")
+                if cfg.held_out_every and step % cfg.held_out_every == 0:
+                    metrics["held_out"] = held_out_metrics(critic.cpu(), held_data, discount)
+                    critic.to(device)
+                    logger.log_scalars(step, metrics["held_out"], prefix="held_out")
+                logger.advance(step, q_loss, minutes)
+                if step % cfg.save_every == 0:
+                    save("running")
+                if cfg.budget_minutes and minutes >= cfg.budget_minutes:
+                    reason = "budget"
+                    break
+                if stop.received:
+                    reason = "signal"
+                    metrics["signal"] = stop.received
+                    break
         metrics["held_out"] = held_out_metrics(critic.cpu(), held_data, discount)
         save(reason)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         logger.close()
     return metrics
