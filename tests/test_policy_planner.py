@@ -148,5 +148,5 @@ def test_averaged_first_actions_go_from_the_best_beams_to_the_plain_mean():
     tokens, actions = plan_actions(dataclasses.replace(cold, first_action=None), disc, o, offset=1)
     np.testing.assert_array_equal(tokens, cold.actions[:, 1].numpy())
     np.testing.assert_allclose(actions, disc.decode(tokens, dims=slice(o, o + a)), atol=1e-6)
-    with pytest.raises(ConfigError, match="average_actions must be >= 0"):
+    with pytest.raises(ConfigError, match="average_actions must be at least 0"):
         eval_cfg(average_actions=-1.0)

@@ -194,7 +194,8 @@ class EvalConfig:
         "beam_width": "[1, inf)", "beam_steps": "[1, inf)", "beam_context": "[0, inf)",
         "sample_expand": "[1, inf)", "k_obs": "[1, inf)", "k_act": ("[1, inf)", "null: off"),
         "cdf_obs": ("(0, 1]", "null: off"), "cdf_act": ("(0, 1]", "null: off"),
-        "average_actions": ("[0, inf)", "0: the best beam"), "discount": "(0, 1]", "plan_every": "[1, inf)",
+        "average_actions": ("[0, inf)", "0: the best beam"),
+        "discount": ("[0, 1]", "0: the immediate reward only"), "plan_every": "[1, inf)",
         "calibration_batches": "[1, inf)", "threads": ("[0, inf)", "0: torch's default"),
         "profile_steps": "[1, inf)"}
 

@@ -166,9 +166,9 @@ def _restore(state: dict, path: str, cfg: CriticRunConfig, modules: dict) -> Non
     try:
         for name, module in modules.items():
             (module.set_state if isinstance(module, torch.Generator) else module.load_state_dict)(state[name])
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path} does not fit hidden={cfg.hidden} members={cfg.members} "
-                          f"({str(err).splitlines()[0][:120]}): resume with the settings it started "
+    except (RuntimeError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} does not fit a critic of hidden={cfg.hidden} members={cfg.members} "
+                          f"(was it started with other settings?): resume with the settings it started "
                           f"with, or {critic_provenance.retrain_fix(cfg.run)}") from None
 
 
