@@ -16,8 +16,9 @@ python eval.py --config=configs/eval_base.yaml checkpoints_path=runs/<name> n_ep
 
 
 def evaluate(cfg: EvalConfig) -> None:
-    from planners import check_planner_inputs
+    from planners import check_eval_output, check_planner_inputs
     check_planner_inputs(cfg)  # torch-free: a mistyped planner or a missing critic, at once
+    check_eval_output(cfg)  # and a report folder that cannot be written, before the rollout
     try:
         from planners.rollout import evaluate as rollout_evaluate
     except ImportError as err:

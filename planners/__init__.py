@@ -9,6 +9,7 @@ from typing import Any
 
 from trajectory.checkpoint_folder import CHECKPOINT_DIR, critic_folder
 from trajectory.configutil import ConfigError, load_object
+from trajectory.io import check_writable_folder
 from trajectory.training import critic_provenance
 
 PLANNER_CATALOG = {
@@ -35,6 +36,27 @@ def run_dir_of(cfg) -> str:
     if os.path.basename(run_dir) == CHECKPOINT_DIR:
         run_dir = os.path.dirname(run_dir)
     return run_dir
+
+
+def eval_output_folder(cfg) -> str:
+    """Where eval.py writes its report: ``cfg.out``, or ``eval`` (``eval_<mode>`` for int8) in the run."""
+    folder = "eval" if cfg.quantize == "none" else f"eval_{cfg.quantize}"  # precisions side by side
+    return cfg.out or os.path.join(run_dir_of(cfg), folder)
+
+
+def report_bytes(cfg) -> int:
+    """About what an evaluation writes at most: its trace (six float32 per env step), the plot, the
+    report and tensorboard (a few MB), and the animation's frames with render=true."""
+    steps = cfg.n_episodes * cfg.max_episode_steps
+    return (4 << 20) + steps * 6 * 4 + (cfg.max_episode_steps * (64 << 10) if cfg.render else 0)
+
+
+def check_eval_output(cfg) -> str:
+    """The report's folder, checked before any work (torch-free): a folder this process can write,
+    with room for the report; -> the folder."""
+    out = eval_output_folder(cfg)
+    check_writable_folder(out, report_bytes(cfg))
+    return out
 
 
 def critic_path(cfg) -> str:

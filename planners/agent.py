@@ -56,6 +56,9 @@ class Agent:
             self.reset(1 if np.ndim(obs) == 1 else len(obs))
         if self._pending is not None:
             raise ConfigError("record(reward) the last action's reward before acting again")
+        if self.history.length >= self.history.tokens.shape[1]:
+            raise ConfigError(f"the episode has reached its {self.history.tokens.shape[1]:,} steps: "
+                              f"reset() to start a new one, or reset(max_steps=N) for longer episodes")
         single = np.ndim(obs) == 1
         obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
         o = self.layout.obs_dim
@@ -76,6 +79,12 @@ class Agent:
         if self._pending is None:
             raise ConfigError("record(reward) follows act(obs)")
         rewards = np.atleast_1d(np.asarray(reward, dtype=np.float64))
+        if rewards.shape != (len(self._pending),):
+            raise ConfigError(f"record expects {len(self._pending)} reward(s), one per environment, "
+                              f"got shape {rewards.shape}")
+        if not np.isfinite(rewards).all():
+            raise ConfigError(f"record got a reward that is not finite ({rewards.tolist()}): the "
+                              f"environment's reward is broken; the history is left as it was")
         obs_tokens, act_tokens = np.split(self._pending, [self.layout.obs_dim], axis=1)
         self.history.append(np.arange(len(rewards)),
                             transition_tokens(self.discretizer, self.layout, obs_tokens, act_tokens,

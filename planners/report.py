@@ -14,7 +14,7 @@ import numpy as np
 
 from trajectory.config import EvalConfig
 from trajectory.envs import has_reference_returns, normalized_score, torso_flipped
-from trajectory.io import save_json
+from trajectory.io import atomic_open, atomic_write, finite_or_null, save_json
 from trajectory.models.ops.decode_attention import describe as describe_attention_kernel
 from trajectory.score_stats import comparability_warnings, failed_episodes, format_score, summarize
 
@@ -54,7 +54,8 @@ def save_animation(frames: list, path: str) -> str | None:
         return None
     from PIL import Image
     images = [Image.fromarray(np.asarray(f)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+    with atomic_open(path) as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0)
     return path
 
 
@@ -116,8 +117,11 @@ def plot_failures(trace: EpisodeTrace, failures: list[dict], path: str) -> str |
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=90)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -194,11 +198,11 @@ def write_report(report: dict, result: dict, out: str) -> None:
     """The report and what goes beside it into folder ``out``; adds the paths of the failure plot
     and the animation (None when there is none) to ``report``."""
     trace = result["trace"]
-    np.savez_compressed(os.path.join(out, "trace.npz"), **trace.arrays())
+    atomic_write(os.path.join(out, "trace.npz"), lambda f: np.savez_compressed(f, **trace.arrays()))
     report["failure_plot"] = plot_failures(trace, report["failed_episodes"],
                                            os.path.join(out, "failures.png"))
     report["animation"] = save_animation(result["frames"], os.path.join(out, "episode0.gif"))
-    save_json(report, os.path.join(out, "report.json"))
+    save_json(finite_or_null(report), os.path.join(out, "report.json"))  # n=1: a null spread, not NaN
     write_tensorboard(report, os.path.join(out, "tb"))
 
 

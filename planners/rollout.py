@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from planners import build_planner, check_planner_inputs
+from planners import build_planner, check_eval_output, check_planner_inputs
 from planners.beam import plan_actions
 from planners.report import EpisodeTrace, build_report, summary_line, write_report
 from trajectory.checkpoint import load_checkpoint
@@ -21,6 +21,7 @@ from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
 from trajectory.cpu import thread_advice
 from trajectory.envs import make_env, render_kwargs, torso_angle_index
+from trajectory.io import disk_full, is_disk_full
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.ops.decode_attention import set_attention_kernel
 from trajectory.score_stats import comparability_warnings
@@ -191,9 +192,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                          f"(profile.py compares several)")
     checkpoint, model = load_for_eval(cfg, device)
     cfg.env_id = resolve_env_id(cfg, checkpoint)
-    folder = "eval" if cfg.quantize == "none" else f"eval_{cfg.quantize}"  # precisions side by side
-    out = cfg.out or os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), folder)
-    os.makedirs(out, exist_ok=True)
+    out = check_eval_output(cfg)
     for warning in comparability_warnings(cfg.n_episodes, cfg.max_episode_steps):
         print(f"warning: {warning}", flush=True)
     if cfg.render:
@@ -208,6 +207,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise
     wall = time.time() - start
     report = build_report(cfg, checkpoint, model, result, wall)
-    write_report(report, result, out)
-    print(summary_line(report, out))
+    print(summary_line(report, out), flush=True)  # the score first: a failed write cannot lose it
+    try:
+        write_report(report, result, out)
+    except Exception as err:
+        if is_disk_full(err, out):
+            raise disk_full(out, "the score printed above was not saved") from None
+        raise
     return report

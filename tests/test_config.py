@@ -164,7 +164,7 @@ def test_a_value_just_outside_its_range_or_nan_is_one_error_naming_key_range_and
     (EvalConfig, ["beam_width=0"], "beam_width must be at least 1, got 0"),
     (EvalConfig, ["max_episode_steps=0"], "max_episode_steps must be at least 1, got 0"),
     (EvalConfig, ["cdf_act=0"], "cdf_act must be in (0, 1] (null: off), got 0.0"),
-    (EvalConfig, ["discount=1.5"], "discount must be in (0, 1], got 1.5"),
+    (EvalConfig, ["discount=1.5"], "discount must be in [0, 1] (0: the immediate reward only), got 1.5"),
     (EvalConfig, ["beam_steps=0"], "beam_steps must be at least 1, got 0"),
     (EvalConfig, ["threads=-1"], "threads must be at least 0 (0: torch's default), got -1"),
     (TrainRunConfig, ["train.lr=-0.001"], "train.lr must be above 0, got -0.001"),

@@ -330,8 +330,11 @@ def test_the_agent_acts_as_the_rollout_does(monkeypatch, planner):
         steps = [env.step(a) for env, a in zip(envs, actions)]
         obs = np.stack([s[0] for s in steps])
         agent.record([s[1] for s in steps])
-    with pytest.raises(ConfigError, match="record"):
+    with pytest.raises(ConfigError, match="has reached its 4 steps"):
         agent.act(obs)
+    agent.reset(envs=2)
+    agent.act(obs)
+    with pytest.raises(ConfigError, match="record"):
         agent.act(obs)
 
 

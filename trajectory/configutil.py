@@ -80,9 +80,11 @@ def check_ranges(config: Any, section: str = "") -> None:
         interval = Interval(*spec) if isinstance(spec, tuple) else Interval(spec)
         value = getattr(config, name)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        bad = [v for v in values if v is not None and (isinstance(v, bool) or v not in interval)]
+        key = f"{section}.{name}" if section else name
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in values):
+            raise ConfigError(f"{key} must be a number, got {value!r}")  # e.g. a string from Python code
+        bad = [v for v in values if v is not None and v not in interval]
         if bad:
-            key = f"{section}.{name}" if section else name
             each = " (each)" if isinstance(value, (list, tuple)) else ""
             raise ConfigError(f"{key} must be {interval.describe()}{each}, got {value}")
 

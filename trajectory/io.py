@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -92,6 +93,38 @@ def save_json(obj: Any, path: str, indent: int = 1) -> None:
 
 def save_text(text: str, path: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def check_writable_folder(folder: str, needed_bytes: int, setting: str = "out") -> None:
+    """Before long work: ``folder`` is (or can be made) a folder this process can write, with room
+    for about ``needed_bytes``; otherwise one line naming the setting and the fix."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"{setting}={folder} is a file, not a folder: name a folder (it is created "
+                          f"when missing)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # the only sure test of writing there
+            pass
+    except OSError as err:
+        raise ConfigError(f"{setting}={folder} cannot be written ({err.strerror or err}): name a "
+                          f"folder you can write") from None
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise disk_full(folder, f"{free / 1e6:.1f} MB free where what will be written needs about "
+                                f"{needed_bytes / 1e6:.0f} MB", f"free some space there or name another "
+                                f"folder with {setting}=<folder>")
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, so that JSON written from
+    it is standard JSON (null) rather than Python's bare NaN."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def missing_files(folder: str, names: Iterable[str]) -> list[str]:
