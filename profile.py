@@ -23,6 +23,14 @@ def profile_job(cfg: EvalConfig) -> None:
     check_planner(cfg.planner)  # torch-free checks first: a mistyped name is reported at once
     for core in filter(None, (c.strip() for c in cfg.compare.split(","))):
         check_core_config(core)
+    import os
+
+    from planners import run_dir_of
+    from trajectory.io import check_writable_folder
+    out = cfg.out or (os.path.join(run_dir_of(cfg), "profile") if cfg.checkpoints_path
+                      else os.path.join("runs", "profile"))
+    # the report, its plots, torch's traces and tensorboard: tens of MB at most
+    check_writable_folder(out, 64 << 20, f"out={out}", "name another folder with out=<folder>")
     try:
         from planners.profiling import profile_planning
     except ImportError as err:

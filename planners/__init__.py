@@ -55,7 +55,7 @@ def check_eval_output(cfg) -> str:
     """The report's folder, checked before any work (torch-free): a folder this process can write,
     with room for the report; -> the folder."""
     out = eval_output_folder(cfg)
-    check_writable_folder(out, report_bytes(cfg))
+    check_writable_folder(out, report_bytes(cfg), f"out={out}", "name another folder with out=<folder>")
     return out
 
 

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from _faults import assert_refused, half_written, refused_before_torch, run_cli
+from _faults import ROOT, assert_refused, half_written, refused_before_torch, run_cli
 from test_end_to_end import write_halfcheetah_hdf5
 from test_readme_commands import TINY_PLANNING, TINY_TRAINING
 
@@ -43,7 +43,7 @@ def an_existing_file(tmp_path):
 
 # (case, the out= it is given, expected fragment of the one line)
 CASES = [
-    ("out_is_a_file", an_existing_file, "is a file, not a folder: name a folder"),
+    ("out_is_a_file", an_existing_file, "is a file, not a folder: name another folder with out="),
     ("out_under_proc", lambda tmp_path: "/proc/report", "cannot be written"),
     ("out_under_a_file", lambda tmp_path: an_existing_file(tmp_path) / "eval", "cannot be written"),
 ]
@@ -57,6 +57,46 @@ def test_an_unwritable_report_folder_is_refused_before_torch(run, tmp_path, case
     assert expected in stderr and f"out={target}" in stderr and "Traceback" not in stderr, stderr
     if case == "out_is_a_file":
         assert target.read_text() == "mine"  # untouched
+
+
+TRAIN, RUN_NAME = ["train.py", "--config=configs/cpu/halfcheetah_medium_s5.yaml"], "halfcheetah-medium-s5-cpu"
+# (case, train.py's settings, expected fragment of the one line)
+TRAINING_CASES = [
+    ("runs_dir_under_proc", ["runs_dir=/proc/runs"], f"/proc/runs/{RUN_NAME} cannot be written"),
+    ("runs_dir_is_a_file", ["runs_dir={file}"], f"{RUN_NAME} cannot be written (Not a directory)"),
+    ("cache_dir_under_proc", ["runs_dir={tmp}", "data.cache_dir=/proc/cache"],
+     "data.cache_dir=/proc/cache cannot be written"),
+]
+
+
+@pytest.mark.parametrize("case, settings, expected", TRAINING_CASES, ids=[c[0] for c in TRAINING_CASES])
+def test_an_unwritable_run_or_cache_folder_is_refused_before_torch(tmp_path, case, settings, expected):
+    file = an_existing_file(tmp_path)
+    args = [*TRAIN, *(s.format(file=file, tmp=tmp_path) for s in settings)]
+    code, torch_loaded, stderr = refused_before_torch(args, cwd=ROOT)
+    assert code == 2 and not torch_loaded and expected in stderr and "Traceback" not in stderr, stderr
+    assert file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+def test_a_run_folder_without_room_for_its_checkpoints_is_refused_before_training(tmp_path, monkeypatch):
+    import trajectory.io as io_module
+    from trajectory.cli import parse_cli
+    from trajectory.config import TrainRunConfig
+    from trajectory.training.trainer import train
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source, episodes=4, steps=30)
+    cfg = parse_cli(TrainRunConfig, [f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}",
+                                     *TINY_TRAINING, f"runs_dir={tmp_path}", "name=tiny"])
+    real = io_module.shutil.disk_usage
+
+    def little_room_in_runs(path):  # the cache has room, the run folder does not
+        usage = real(path)
+        return usage if "data" in str(path) else usage._replace(free=1 << 20)
+
+    monkeypatch.setattr(io_module.shutil, "disk_usage", little_room_in_runs)
+    with pytest.raises(DiskFullError, match=r"disk holding .*tiny: 1\.0 MB free where .* needs about \d+ MB"):
+        train(cfg)
+    assert not (tmp_path / "tiny").exists()  # nothing written: the folder the lock made is gone too
 
 
 def test_an_unwritable_report_folder_is_one_line_from_the_command_line(run, tmp_path):
@@ -137,3 +177,8 @@ def test_the_agent_refuses_a_reward_that_is_not_finite_and_an_episode_past_its_l
         agent.act(obs)
     agent.reset()
     agent.act(obs)  # a new episode plans again
+
+
+def test_an_unwritable_profile_folder_is_refused_before_torch(tmp_path):
+    code, torch_loaded, stderr = refused_before_torch(["profile.py", "out=/proc/profile"], cwd=tmp_path)
+    assert code == 2 and not torch_loaded and "out=/proc/profile cannot be written" in stderr, stderr

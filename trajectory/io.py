@@ -95,24 +95,24 @@ def save_text(text: str, path: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
-def check_writable_folder(folder: str, needed_bytes: int, setting: str = "out") -> None:
+def check_writable_folder(folder: str, needed_bytes: int, name: str, fix: str) -> None:
     """Before long work: ``folder`` is (or can be made) a folder this process can write, with room
-    for about ``needed_bytes``; otherwise one line naming the setting and the fix."""
+    for about ``needed_bytes``; otherwise one line naming it (``name``, e.g. ``out=<folder>``) and
+    ``fix`` (e.g. "name another folder with out=<folder>")."""
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ConfigError(f"{setting}={folder} is a file, not a folder: name a folder (it is created "
-                          f"when missing)")
+        raise ConfigError(f"{name} is a file, not a folder: {fix}")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):  # the only sure test of writing there
             pass
     except OSError as err:
-        raise ConfigError(f"{setting}={folder} cannot be written ({err.strerror or err}): name a "
-                          f"folder you can write") from None
+        if is_disk_full(err):
+            raise disk_full(folder, "nothing can be written there", fix) from None
+        raise ConfigError(f"{name} cannot be written ({err.strerror or err}): {fix}") from None
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise disk_full(folder, f"{free / 1e6:.1f} MB free where what will be written needs about "
-                                f"{needed_bytes / 1e6:.0f} MB", f"free some space there or name another "
-                                f"folder with {setting}=<folder>")
+                                f"{needed_bytes / 1e6:.0f} MB", f"free some space there or {fix}")
 
 
 def finite_or_null(value: Any) -> Any:

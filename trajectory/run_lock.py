@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 
 from trajectory.configutil import ConfigError
+from trajectory.io import disk_full, is_disk_full
 
 LOCK_FILE = "writer.lock"
 
@@ -70,8 +71,14 @@ class FolderLock:
     def __init__(self, folder: str, command: str):
         self.folder, self.path = folder, os.path.join(folder, LOCK_FILE)
         self.created_folder = not os.path.isdir(folder)
-        os.makedirs(folder, exist_ok=True)
-        self.fd = self._acquire(command)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self.fd = self._acquire(command)
+        except OSError as err:  # a place this process cannot write (a full disk, /proc, a file)
+            if is_disk_full(err):
+                raise disk_full(folder, "not even its lock file could be written") from None
+            raise ConfigError(f"{folder} cannot be written ({err.strerror or err}): choose a folder "
+                              f"you can write (runs_dir=<folder> for a run)") from None
 
     def _acquire(self, command: str) -> int:
         while True:

@@ -20,6 +20,7 @@ import numpy as np
 from trajectory.behaviour.reproductions import REPRODUCTIONS
 from trajectory.configutil import ConfigError
 from trajectory.envs import has_reference_returns, normalized_score
+from trajectory.io import check_writable_folder
 from trajectory.loaders import first_line
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -342,8 +343,12 @@ def check_source(spec: str, *, download: bool = False, cache_dir: str = "data") 
         raise _missing_hdf5(spec)
     if kind == "minari" and find_minari(spec, cache_dir) is None and not download:
         raise _missing_minari(spec, cache_dir)
-    if kind == "reproduction" and source_identity(spec, cache_dir) is None:
+    generate = kind == "reproduction" and source_identity(spec, cache_dir) is None
+    if generate:
         _check_policy(spec)
+    # the token cache (tens of MB) and a reproduction still to be generated (about 200 MB) go there
+    check_writable_folder(cache_dir, (320 if generate else 64) << 20, f"data.cache_dir={cache_dir}",
+                          "choose another with data.cache_dir=<folder>")
 
 
 def load_transitions(spec: str, *, download: bool = False, cache_dir: str = "data",

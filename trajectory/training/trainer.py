@@ -21,7 +21,7 @@ from trajectory.checkpoint import load_checkpoint, restore_weights, save_checkpo
 from trajectory.checkpoint_folder import CHECKPOINT_DIR, clear_run_outputs, left_aside, train_run_dir
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, to_dict
-from trajectory.io import save_text
+from trajectory.io import check_writable_folder, save_text
 from trajectory.models.trajectory_model import GROUP_NAMES, TokenLayout, TrajectoryModel
 from trajectory.run_lock import run_lock
 from trajectory.training import distributed
@@ -336,6 +336,10 @@ def _train_in(run_dir: str, cfg: TrainRunConfig, checkpoint, dataset_builder) ->
         if checkpoint is not None:
             trainer.restore(checkpoint)
         if ctx.is_main:
+            # a checkpoint holds the weights and Adam's two moments, and an atomic save keeps the
+            # previous one until the new one is complete: room for two, and the logs
+            check_writable_folder(run_dir, 2 * 12 * trainer.model.num_parameters() + (8 << 20),
+                                  f"the run folder {run_dir}", "choose another with runs_dir=<folder>")
             from omegaconf import OmegaConf
             save_text(OmegaConf.to_yaml(to_dict(cfg)), os.path.join(run_dir, "config.yaml"))
             print(f"run: {run_dir}  model: {trainer.model.num_parameters():,} parameters "
