@@ -33,6 +33,8 @@ from planners.beam import BeamPlanner, random_context
 from planners.profiling import TT_LAYOUT, random_discretizer
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
+from trajectory.cpu_features import read_cpu_features
+from trajectory.int8_choice import MEASURED_TABLE, read_measured_table
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
@@ -132,6 +134,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="")
+    parser.add_argument("--record-auto", action="store_true",
+                        help="record each core's best int8 mode for this CPU class in quantize=auto's table")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,13 +148,34 @@ def main(argv=None) -> dict:
     out = {"settings": {"envs": args.envs, "decode_batch": args.batch, "context_tokens": args.context,
                         "calibration_batches": args.calibration_batches, "held_out_windows": args.windows,
                         "engine": torch.backends.quantized.engine, "threads": torch.get_num_threads(),
-                        "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+                        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                        "cpu_features": read_cpu_features().describe()},
            "cores": results}
     path = args.out or os.path.join(RESULTS, "quantization_trained.json" if checkpoints
                                     else "quantization.json")
     save_json(out, path)
     print(f"wrote {path}")
+    if args.record_auto:
+        record_auto(out, os.path.relpath(path, os.path.dirname(os.path.dirname(RESULTS))))
     return out
+
+
+def record_auto(out: dict, source: str, table_path: str = MEASURED_TABLE) -> dict:
+    """Each core's fastest int8 mode and its planning speed over fp32, under this CPU's class in
+    quantize=auto's table (other classes' entries are kept)."""
+    features = out["settings"]["cpu_features"]
+    table = read_measured_table(table_path)
+    for core, result in out["cores"].items():
+        mode = max(("dynamic", "static"), key=lambda m: result["precisions"][m]["planning_speedup"])
+        table.setdefault(features["isa_class"], {})[core] = {
+            "mode": mode, "planning_speedup": round(result["precisions"][mode]["planning_speedup"], 3),
+            "size": result["model"].split(" (loss")[0], "cpu": features["model"],
+            "threads": out["settings"]["threads"], "source": source}
+    save_json(table, table_path)
+    print(f"recorded in {table_path}: " + ", ".join(
+        f"{core} {entry['mode']} x{entry['planning_speedup']:.2f}"
+        for core, entry in table[features["isa_class"]].items()))
+    return table
 
 
 if __name__ == "__main__":

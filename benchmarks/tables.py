@@ -68,8 +68,29 @@ def quantization(saved: dict) -> str:
             + f"decode at batch {s['decode_batch']:,} after {s['context_tokens']} tokens; planning at "
             f"{s['envs']} envs; static scales from {s['calibration_batches']} calibration batches"
             + (f"; agreement on {s['held_out_windows']} windows" if agreement else "")
-            + f"; {s['engine']} engine, {threads(s['threads'])}, torch {s['torch']}, {s['cpu']})")
+            + f"; {s['engine']} engine, {threads(s['threads'])}, torch {s['torch']}, {cpu_named(s)})")
     return markdown_table(columns, rows) + "\n\n" + note
+
+
+def cpu_named(settings: dict) -> str:
+    """The CPU and its int8 instructions where the results file recorded them."""
+    features = settings.get("cpu_features")
+    if not features:
+        return settings["cpu"]
+    int8 = ", ".join(features["int8_instructions"]) or "no VNNI/AMX"
+    return f"{features['model']}, {int8}"
+
+
+def quant_backends(saved: dict) -> str:
+    """ms per call of each int8 backend beside fp32 (eager), with the speed-up, per shape."""
+    names = [k for k, v in saved["shapes"][0].items() if isinstance(v, dict)]
+    rows = [[row.get("network", "linear"), " x ".join(map(str, row["shape"])), f"{row['fp32_ms']:.3f}",
+             *(f"{row[n]['ms']:.3f} (x{row[n]['speedup_vs_fp32']:.2f})" for n in names)]
+            for row in saved["shapes"]]
+    columns = ["network", "shape", "fp32 ms>", *(f"{n} ms>" for n in names)]
+    s = saved["settings"]
+    return (markdown_table(columns, rows) + "\n\n"
+            + f"({s['engine']} engine, {threads(s['threads'])}, torch {s['torch']}, {cpu_named(s)})")
 
 
 def train_throughput(saved: dict) -> str:
@@ -109,6 +130,7 @@ def cpu_size_sweep(saved: dict) -> str:
 
 
 KINDS: dict[str, Callable[[dict], str]] = {"cores": cores, "quantization": quantization,
+                                            "quant_backends": quant_backends,
                                             "train_throughput": train_throughput,
                                             "cpu_size_sweep": cpu_size_sweep}
 

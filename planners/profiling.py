@@ -32,6 +32,8 @@ import torch
 from planners.beam import BeamPlanner, random_context
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.configutil import ConfigError
+from trajectory.cpu_features import read_cpu_features
+from trajectory.int8_choice import choose_int8_mode
 from trajectory.io import save_json, save_text
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.ops.decode_attention import describe as describe_attention_kernel
@@ -199,9 +201,11 @@ def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
         note = "no checkpoint given: random-weight models at TT's size (planning cost does not " \
                "depend on the weights; predictions do)"
     cores = [c.strip() for c in (cfg.compare or (base.core if checkpoint else "gpt")).split(",") if c.strip()]
-    precisions = [p.strip() for p in cfg.quantize.split(",")]
     found = []
     for core in cores:
+        # auto: what eval.py would plan with for this core on this CPU
+        precisions = list(dict.fromkeys(choose_int8_mode(core).mode if p.strip() == "auto" else p.strip()
+                                        for p in cfg.quantize.split(",")))
         if checkpoint is not None and core == base.core:
             float_model, weights = checkpoint.build_model("cpu").eval(), "checkpoint"
         else:
@@ -280,7 +284,10 @@ def markdown(report: dict) -> str:
     rows = report["results"]
     ceiling = report["machine"]["matmul_flop_s"]
     base = rows[0]["ms_per_env_step"]
-    lines = [f"# Planning profile ({report['machine']['threads']} threads, {report['machine']['cpu']})",
+    features = report["machine"].get("cpu_features", {})
+    int8 = ", ".join(features.get("int8_instructions", [])) or "no VNNI/AMX"
+    lines = [f"# Planning profile ({report['machine']['threads']} threads, "
+             f"{features.get('model') or report['machine']['cpu']}; int8 instructions: {int8})",
              "", report["weights_note"], "",
              f"Settings: {report['settings']['n_envs']} envs x beam {report['settings']['beam_width']}"
              f" x expand {report['settings']['sample_expand']}, {report['settings']['beam_steps']} "
@@ -373,6 +380,7 @@ def profile_planning(cfg: EvalConfig) -> dict:
                      "warmup_plans": WARMUP_PLANS, "seed": cfg.seed,
                      "attention_kernel": describe_attention_kernel()},
         "machine": {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                    "cpu_features": read_cpu_features().describe(),
                     "torch": torch.__version__, "matmul_flop_s": matmul_ceiling(),
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
         "results": results,

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from trajectory.config import EvalConfig
+from trajectory.cpu_features import read_cpu_features
 from trajectory.envs import has_reference_returns, normalized_score, torso_flipped
 from trajectory.io import atomic_open, atomic_write, finite_or_null, save_json
 from trajectory.models.ops.decode_attention import describe as describe_attention_kernel
@@ -176,6 +177,7 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
         "context_transitions_used": result["context_transitions"],
         "planner_info": result.get("planner_info", {}),  # what a planner adds about itself
         "quantization": model.quantization_info,
+        "cpu": read_cpu_features().describe(),  # int8 speed depends on the CPU's instructions
         "attention_kernel": describe_attention_kernel(),  # what GPT's planning attention ran on
         "settings": dict(vars(cfg)),
         "versions": software_versions(),

@@ -21,6 +21,7 @@ from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
 from trajectory.cpu import thread_advice
 from trajectory.envs import make_env, render_kwargs, torso_angle_index
+from trajectory.int8_choice import choose_int8_mode
 from trajectory.io import disk_full, is_disk_full
 from trajectory.models.ops.allocator import reuse_freed_memory
 from trajectory.models.ops.decode_attention import set_attention_kernel
@@ -65,17 +66,23 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
     checkpoint = load_checkpoint(cfg.checkpoints_path)
     model = checkpoint.build_model(device)
     info = {"mode": "none"}
-    if cfg.quantize != "none":
+    mode = cfg.quantize
+    if mode == "auto":
+        choice = choose_int8_mode(checkpoint.config.model.core)
+        print(f"quantize=auto -> {choice.reason}", flush=True)
+        mode, info = choice.mode, {"mode": "none", "auto": choice.reason}
+    if mode != "none":
         from trajectory.quantize import QuantizationError, quantize_checkpoint_model
         if device.type != "cpu":
             raise ConfigError(f"int8 quantization runs on the CPU; use --device=cpu "
                              f"with quantize={cfg.quantize}")
         out = os.path.join(os.path.dirname(checkpoint.path.rstrip("/")), "quantized")
         try:
-            model, info = quantize_checkpoint_model(checkpoint, model, cfg.quantize,
-                                                    cfg.calibration_batches, out_dir=out)
+            model, quantized = quantize_checkpoint_model(checkpoint, model, mode, cfg.calibration_batches,
+                                                         out_dir=out)
         except QuantizationError as err:
             raise ConfigError(f"{err}") from None
+        info = {**quantized, **({"auto": info["auto"]} if "auto" in info else {})}
     model.quantization_info = info
     set_attention_kernel(cfg.attention_kernel)  # before the first plan: "fused" fails here, not later
     if cfg.compile_step:

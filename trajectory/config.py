@@ -178,7 +178,7 @@ class EvalConfig:
     average_actions: float = 0.0
     discount: float = 0.99
     plan_every: int = 1  # re-plan every N env steps, reusing the plan in between
-    quantize: str = "none"  # none | dynamic | static
+    quantize: str = "none"  # none | dynamic | static | auto (int8 where this CPU and core gain from it)
     calibration_batches: int = 8  # static quantization
     compile_step: bool = False  # torch.compile the one-token step (planning only; first plans slower)
     attention_kernel: str = "auto"  # GPT's planning attention: auto | torch | fused (see ATTENTION_KERNELS)
@@ -213,7 +213,7 @@ class EvalConfig:
         if self.compile_step and self.quantize != "none":
             raise ConfigError("compile_step=true does not combine with quantize (the int8 modules "
                               "are not compiled); choose one")
-        modes = ("none", "dynamic", "static")
+        modes = ("none", "dynamic", "static", "auto")
         for mode in self.quantize.split(","):
             if mode.strip() not in modes:
                 raise ConfigError(f"quantize must be one of {', '.join(modes)} (profile.py takes a "
