@@ -76,7 +76,8 @@ def default_critic(row: dict) -> bool:
 def pick(rows: list[dict], env: str) -> tuple[dict | None, dict | None]:
     """The planner row and the same run's policy row for ``env`` (None where nothing qualifies)."""
     report = [(i, r) for i, r in enumerate(rows)
-              if r["env"] == env and r["protocol"] and r["seeds"] == REPORT_SEEDS and current(r)]
+              if r["env"] == env and r["protocol"] and r["seeds"] == REPORT_SEEDS and current(r)
+              and r["planner_settings"].get("quantize", "none") == "none"]  # the fp32 planners
     planners = [(i, r) for i, r in report if planner(r) != "policy"]
     pool = [(i, r) for i, r in planners if default_critic(r)] or planners
     if not pool:

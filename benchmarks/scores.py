@@ -130,6 +130,9 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
     settings = first["settings"]
     env_id = settings.get("env_id") or "HalfCheetah-v5"  # reports before env_id was recorded
     choice = action_choice(settings, first.get("planner_info"))
+    int8 = (first.get("quantization") or {}).get("mode", "none")
+    if int8 != "none":  # a row of its own beside the same planner in fp32
+        choice += f", int8 {int8}"
     row = {
         "id": f"{first['checkpoint']}|{choice}|{seeds[0]}-{seeds[-1]}",
         "checkpoint": first["checkpoint"], "env": env_family(env_id), "core": first["core"],
@@ -138,7 +141,8 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
         "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
         "held_out_value_corr": held_out.get("value_corr"),
         "actions": label or choice,
-        "planner_settings": {k: settings.get(k) for k in ("planner", "policy_actions", *PLANNER_KEYS)},
+        "planner_settings": {**{k: settings.get(k) for k in ("planner", "policy_actions", *PLANNER_KEYS)},
+                             **({"quantize": int8} if int8 != "none" else {})},
         "search_depth": search_depth(settings),
         "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
         "max_episode_steps": settings["max_episode_steps"],
