@@ -28,6 +28,7 @@ def test_the_headline_takes_the_newest_current_critic_row_and_the_same_runs_medi
         row("halfcheetah", "beam", 55.0),  # a critic row exists: beam search is not the headline
         row("halfcheetah", "critic", 60.0, weights="ema"),  # averaged weights: removed since
         row("halfcheetah", "critic", 61.0, seeds=(100, 124)),  # tuning seeds
+        row("halfcheetah", "critic", 62.0, quantize="static"),  # int8: a row beside the fp32 one
         row("halfcheetah", "policy", 40.0, policy_actions="greedy"),
         row("halfcheetah", "policy", 44.0),
         row("halfcheetah", "policy", 30.0, run="b"),

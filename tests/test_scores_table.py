@@ -19,7 +19,8 @@ def test_importing_the_script_leaves_the_stdlib_profile_module_importable():
 
 
 def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/checkpoint", failed=(),
-                 env_id="HalfCheetah-v5", lengths=None, max_episode_steps=1000, policy_actions="greedy"):
+                 env_id="HalfCheetah-v5", lengths=None, max_episode_steps=1000, policy_actions="greedy",
+                 quantize="none"):
     os.makedirs(folder, exist_ok=True)
     settings = {"seed": seed, "n_episodes": len(scores_), "planner": planner,
                 "policy_actions": policy_actions, "beam_width": 32, "beam_steps": 5, "sample_expand": 2,
@@ -31,7 +32,7 @@ def write_report(folder, seed, scores_, planner="beam", checkpoint="runs/x/check
               "ms_per_env_step": 10.0,
               "failed_episodes": [{"episode": i, "step": 5, "reason": "torso past 90 degrees",
                                    "return": 0.0} for i in failed],
-              "training": {"tokens": 1000}, "held_out": None}
+              "training": {"tokens": 1000}, "held_out": None, "quantization": {"mode": quantize}}
     with open(os.path.join(folder, "report.json"), "w") as f:
         json.dump(report, f)
 
@@ -62,6 +63,17 @@ def test_a_row_records_how_deep_its_planner_searched(tmp_path):
         write_report(tmp_path / planner, 1000, [40.0] * 25, planner=planner)
         row = scores.make_row(str(tmp_path / planner), "30 min", "2 CPU cores", None)
         assert row["search_depth"] == depth
+
+
+def test_an_int8_planner_is_a_row_of_its_own_beside_the_same_planner_in_fp32(tmp_path):
+    made = {}
+    for mode in ("none", "dynamic"):
+        write_report(tmp_path / mode, 1000, [40.0] * 25, planner="critic", quantize=mode)
+        made[mode] = scores.make_row(str(tmp_path / mode), "30 min", "2 CPU cores", None)
+    assert made["none"]["id"] != made["dynamic"]["id"]
+    assert made["dynamic"]["actions"] == made["none"]["actions"] + ", int8 dynamic"
+    assert made["dynamic"]["planner_settings"]["quantize"] == "dynamic"
+    assert "quantize" not in made["none"]["planner_settings"]  # fp32 rows as they always were
 
 
 def test_what_search_adds_pairs_a_planner_with_its_policy(tmp_path):
