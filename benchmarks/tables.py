@@ -93,6 +93,22 @@ def quant_backends(saved: dict) -> str:
             + f"({s['engine']} engine, {threads(s['threads'])}, torch {s['torch']}, {cpu_named(s)})")
 
 
+def int8_routes(saved: dict) -> str:
+    """ms per plan of each route to int8 beside fp32, per model and planner."""
+    routes = list(dict.fromkeys(r["route"] for r in saved["rows"]))
+    cells: dict[tuple, dict] = {}
+    for r in saved["rows"]:
+        cells.setdefault((r["model"], r["planner"]), {})[r["route"]] = r
+    rows = [[model, planner, *(f"{c[route]['ms_per_plan']:,.1f} (x{c[route]['speedup_vs_fp32']:.2f})"
+                               if route in c else "-" for route in routes)]
+            for (model, planner), c in cells.items()]
+    s = saved["settings"]
+    return (markdown_table(["model", "planner", *(f"{route}: ms / plan>" for route in routes)], rows)
+            + f"\n\n({s['envs']} envs per plan; the median of {s['rounds']} rounds of {s['timed_plans']} "
+              f"timed plans, the routes in turn, after 2 warm-up plans; "
+              f"{threads(s['threads'])}, torch {s['torch']}, {cpu_named(s)})")
+
+
 def train_throughput(saved: dict) -> str:
     """Tokens/s per size and core, fp32 eager against bf16 autocast where that was measured."""
     eager = [r for r in saved["rows"] if not r["compile"]]
@@ -130,7 +146,7 @@ def cpu_size_sweep(saved: dict) -> str:
 
 
 KINDS: dict[str, Callable[[dict], str]] = {"cores": cores, "quantization": quantization,
-                                            "quant_backends": quant_backends,
+                                            "quant_backends": quant_backends, "int8_routes": int8_routes,
                                             "train_throughput": train_throughput,
                                             "cpu_size_sweep": cpu_size_sweep}
 

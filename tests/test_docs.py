@@ -66,7 +66,7 @@ def test_tables_renders_a_results_file_into_the_block_named_after_it(tmp_path):
 
 @pytest.mark.parametrize("name", ["cores", "quantization", "quantization_trained", "quantization_vnni",
                                   "quant_backends", "train_throughput_cuda", "train_throughput_cpu",
-                                  "cpu_size_sweep_s5"])
+                                  "cpu_size_sweep_s5", "int8_routes_cpu", "int8_routes_tt"])
 def test_tables_renders_every_committed_results_file_it_knows(name):
     text = tables.main([os.path.join(ROOT, "benchmarks", "results", f"{name}.json")])[name]
     assert text.count("\n| ") >= 2  # a title row, a rule and at least one row

@@ -273,3 +273,32 @@ def test_eval_reuses_the_saved_int8_model_only_when_it_matches_the_weights(train
     next(changed.parameters()).add_(0.01)
     _, info = quantize_checkpoint_model(checkpoint, changed, "static", 2, out_dir=str(tmp_path))
     assert len(calls) == 3 and info["reused_saved_file"] is False
+
+
+@pytest.mark.parametrize("core", ["gpt", "s5"])
+@torch.no_grad()
+def test_compiled_int8_steps_agree_with_fp32(trained, core):
+    """quantize=compiled: the core's linear maps int8 through torchao, the one-token step compiled;
+    decoding token by token predicts what the fp32 model predicts (as the eager int8 modes do)."""
+    from trajectory.quantize_compiled import int8_layers
+    model = trained[core]
+    tokens = held_out(16)[:, :12]
+    compiled = quantize_model(model, "compiled")
+    assert int8_layers(compiled) > 0 and int8_layers(model) == 0  # the original is left in float
+    stepped = step_through(compiled, tokens).log_softmax(-1)
+    reference = model(tokens).log_softmax(-1)
+    agreement = (stepped.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    kl = (reference.exp() * (reference - stepped)).sum(-1).mean().item()
+    assert agreement >= 0.90, agreement
+    assert kl < 0.01, kl
+
+
+def test_compiled_int8_without_torchao_is_one_line_naming_the_install(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(ConfigError, match="quantize=compiled needs torchao, which is not installed: pip"):
+        EvalConfig(quantize="compiled")
+    with pytest.raises(ConfigError, match="quantize=compiled compiles int8 steps"):
+        EvalConfig(quantize="dynamic", compile_step=True)

@@ -178,7 +178,9 @@ class EvalConfig:
     average_actions: float = 0.0
     discount: float = 0.99
     plan_every: int = 1  # re-plan every N env steps, reusing the plan in between
-    quantize: str = "none"  # none | dynamic | static | auto (int8 where this CPU and core gain from it)
+    # none | dynamic | static | compiled (torchao int8 in the compiled step) | auto (int8 where this
+    # CPU and core gain from it)
+    quantize: str = "none"
     calibration_batches: int = 8  # static quantization
     compile_step: bool = False  # torch.compile the one-token step (planning only; first plans slower)
     attention_kernel: str = "auto"  # GPT's planning attention: auto | torch | fused (see ATTENTION_KERNELS)
@@ -210,11 +212,14 @@ class EvalConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ConfigError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, got "
                               f"'{self.attention_kernel}'")
-        if self.compile_step and self.quantize != "none":
-            raise ConfigError("compile_step=true does not combine with quantize (the int8 modules "
-                              "are not compiled); choose one")
-        modes = ("none", "dynamic", "static", "auto")
+        if self.compile_step and self.quantize in ("dynamic", "static"):
+            raise ConfigError("compile_step=true does not combine with quantize=dynamic or static (their "
+                              "int8 modules are not compiled); quantize=compiled compiles int8 steps")
+        modes = ("none", "dynamic", "static", "compiled", "auto")
         for mode in self.quantize.split(","):
             if mode.strip() not in modes:
                 raise ConfigError(f"quantize must be one of {', '.join(modes)} (profile.py takes a "
                                   f"comma-separated list), got '{self.quantize}'")
+        if "compiled" in (mode.strip() for mode in self.quantize.split(",")):
+            from trajectory.quantize_compiled import check_available
+            check_available()

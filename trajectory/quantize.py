@@ -33,7 +33,7 @@ from torch import nn
 from trajectory.io import save_torch
 from trajectory.models.trajectory_model import EinLinear, TrajectoryModel
 
-MODES = ("none", "dynamic", "static")
+MODES = ("none", "dynamic", "static", "compiled")  # compiled: trajectory/quantize_compiled.py
 
 # torch.ao announces its deprecation on import and on quantized-tensor creation (every static
 # forward); the package chose this backend on purpose, so its users are not told about it each call.
@@ -178,6 +178,9 @@ def quantize_model(model: TrajectoryModel, mode: str,
         raise QuantizationError(f"quantize must be one of {', '.join(MODES)}, got '{mode}'")
     if mode == "none":
         return model
+    if mode == "compiled":
+        from trajectory.quantize_compiled import quantize_compiled
+        return quantize_compiled(model)
     if mode == "static" and calibration is None:
         raise QuantizationError("static quantization needs calibration windows from the training "
                                 "data; pass calibration= or use quantize=dynamic")
@@ -251,6 +254,12 @@ def quantize_checkpoint_model(checkpoint, model: TrajectoryModel, mode: str,
     Returns the model and a summary for reports (mode, int8 layers, what stays float, size)."""
     if mode == "none":
         return model, {"mode": "none"}
+    if mode == "compiled":  # nothing to calibrate or save: quantized in a second, compiled on first use
+        from trajectory.quantize_compiled import int8_layers, quantize_compiled
+        quantized = quantize_compiled(model)
+        return quantized, {"mode": mode, "backend": "torchao dynamic int8 in the compiled step (inductor)",
+                           "int8_linear_layers": int8_layers(quantized),
+                           "stays_float": {**float_ops(model), "output heads": "float (EinLinear)"}}
     source = {"weights": weights_fingerprint(model), "mode": mode,
               "calibration_batches": calibration_batches if mode == "static" else 0,
               "batch_size": batch_size, "seed": seed}

@@ -16,6 +16,7 @@ Two departures from a plain language model, both from the Trajectory Transformer
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ class ModelState:
 
 
 GROUP_NAMES = ("obs", "act", "reward", "value")
+COMPLEX_OPS_NOT_COMPILED = "Torchinductor does not support code generation for complex"
 STEP_RECOMPILE_LIMIT = 64  # graphs of the compiled step: see TrajectoryModel.compile_step
 
 
@@ -180,7 +182,9 @@ class TrajectoryModel(nn.Module):
         """Feed tokens [B, t] after the ``state.pos`` tokens already seen -> logits [B, t, V]."""
         compiled = self.__dict__.get("_compiled_token_step")
         if compiled is not None and tokens.shape[1] == 1 and not torch.is_grad_enabled():
-            return compiled(tokens, state)
+            with warnings.catch_warnings():  # S5's complex scan stays eager inside the graph, as meant
+                warnings.filterwarnings("ignore", COMPLEX_OPS_NOT_COMPILED)
+                return compiled(tokens, state)
         return self._step(tokens, state)
 
     def _step(self, tokens: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
