@@ -16,6 +16,7 @@ import contextlib
 import copy
 import importlib.util
 import io
+import logging
 import warnings
 
 from trajectory.configutil import ConfigError
@@ -30,10 +31,17 @@ def check_available() -> None:
 
 
 def _import_torchao():
-    # torchao reports each optional GPU kernel library it cannot load; none is used on the CPU
-    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    # torchao reports each optional GPU kernel library it cannot load (none is used on the CPU), and
+    # torch logs a deprecation of how torchao registers one of its types: neither concerns the user
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    finally:
+        pytree_log.setLevel(level)
     return Int8DynamicActivationInt8WeightConfig, quantize_
 
 
