@@ -34,6 +34,7 @@ from planners.profiling import TT_LAYOUT, random_discretizer
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.cpu_features import read_cpu_features
+from trajectory.int8_choice import MEASURED_TABLE, read_measured_table, record_entries
 from trajectory.io import save_json
 from trajectory.models.trajectory_model import TrajectoryModel
 from trajectory.quantize import quantize_model
@@ -67,7 +68,8 @@ def routes() -> dict:
 
 
 def subjects(args) -> list[tuple[str, TrajectoryModel, object, object, list[str], str | None]]:
-    """(name, model, layout, discretizer, planners, run folder or None) to time."""
+    """(name, model, layout, discretizer, planners, run folder or None) to time; the model's config
+    names its core and width."""
     found = []
     if args.run:
         checkpoint = load_checkpoint(args.run)
@@ -116,6 +118,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="rounds over the routes (median)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(RESULTS, "int8_routes.json"))
+    parser.add_argument("--record-auto", action="store_true",
+                        help="record the fastest int8 route per model and planner in quantize=auto's table")
     args = parser.parse_args(argv)
     if not (args.run or args.cores):
         parser.error("name a trained run (--run) or cores to build at TT size (--cores)")
@@ -132,7 +136,8 @@ def main(argv=None) -> dict:
             ms = interleaved_ms(calls, args.plans, args.rounds)
             base = ms["fp32"]
             for route, value in ms.items():
-                rows.append({"model": name, "planner": planner, "route": route, "ms_per_plan": value,
+                rows.append({"model": name, "core": model.cfg.core, "width": model.cfg.d_model,
+                             "planner": planner, "route": route, "ms_per_plan": value,
                              "speedup_vs_fp32": base / value})
                 print(f"{name:40s} {planner:7s} {route:20s} {value:9.1f} ms/plan  x{base / value:.2f}",
                       flush=True)
@@ -142,7 +147,35 @@ def main(argv=None) -> dict:
                         "cpu_features": read_cpu_features().describe()}, "rows": rows}
     save_json(out, args.out)
     print(f"wrote {args.out}")
+    if args.record_auto:
+        record_auto(out, os.path.relpath(args.out, os.path.dirname(os.path.dirname(RESULTS))))
     return out
+
+
+INT8_ROUTES = {"quantize=dynamic": "dynamic", "quantize=compiled": "compiled"}
+
+
+def record_auto(out: dict, source: str, table_path: str = MEASURED_TABLE) -> dict:
+    """Per model and planner, the fastest int8 route and its planning speed over fp32, as entries of
+    this CPU's class in quantize=auto's table."""
+    best: dict[tuple, dict] = {}
+    for row in out["rows"]:
+        if row["route"] in INT8_ROUTES:
+            key = (row["core"], row["width"], row["planner"])
+            if key not in best or row["speedup_vs_fp32"] > best[key]["speedup_vs_fp32"]:
+                best[key] = row
+    features = out["settings"]["cpu_features"]
+    entries = [{"core": r["core"], "width": r["width"], "planner": r["planner"],
+                "mode": INT8_ROUTES[r["route"]], "planning_speedup": round(r["speedup_vs_fp32"], 3),
+                "size": r["model"], "cpu": features["model"], "threads": out["settings"]["threads"],
+                "source": source}
+               for r in best.values()]
+    table = record_entries(read_measured_table(table_path), features["isa_class"], entries)
+    save_json(table, table_path)
+    print(f"recorded in {table_path}: " + ", ".join(
+        f"{e['core']} {e['width']} wide {e['planner']} {e['mode']} x{e['planning_speedup']:.2f}"
+        for e in entries))
+    return table
 
 
 if __name__ == "__main__":

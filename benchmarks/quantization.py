@@ -34,7 +34,6 @@ from planners.profiling import TT_LAYOUT, random_discretizer
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.cpu_features import read_cpu_features
-from trajectory.int8_choice import MEASURED_TABLE, read_measured_table
 from trajectory.io import save_json
 from trajectory.models.cores import CORES
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
@@ -118,7 +117,8 @@ def measure_core(core: str, checkpoint_path: str | None, args, scratch: str) -> 
         rows[mode]["decode_speedup"] = base["decode_ms_per_token"] / rows[mode]["decode_ms_per_token"]
         rows[mode]["planning_speedup"] = (base["planning_ms_per_env_step"]
                                           / rows[mode]["planning_ms_per_env_step"])
-    return {"model": description, "parameters": model.num_parameters(), "precisions": rows}
+    return {"model": description, "parameters": model.num_parameters(), "width": model.cfg.d_model,
+            "precisions": rows}
 
 
 def main(argv=None) -> dict:
@@ -134,8 +134,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="")
-    parser.add_argument("--record-auto", action="store_true",
-                        help="record each core's best int8 mode for this CPU class in quantize=auto's table")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,27 +153,7 @@ def main(argv=None) -> dict:
                                     else "quantization.json")
     save_json(out, path)
     print(f"wrote {path}")
-    if args.record_auto:
-        record_auto(out, os.path.relpath(path, os.path.dirname(os.path.dirname(RESULTS))))
     return out
-
-
-def record_auto(out: dict, source: str, table_path: str = MEASURED_TABLE) -> dict:
-    """Each core's fastest int8 mode and its planning speed over fp32, under this CPU's class in
-    quantize=auto's table (other classes' entries are kept)."""
-    features = out["settings"]["cpu_features"]
-    table = read_measured_table(table_path)
-    for core, result in out["cores"].items():
-        mode = max(("dynamic", "static"), key=lambda m: result["precisions"][m]["planning_speedup"])
-        table.setdefault(features["isa_class"], {})[core] = {
-            "mode": mode, "planning_speedup": round(result["precisions"][mode]["planning_speedup"], 3),
-            "size": result["model"].split(" (loss")[0], "cpu": features["model"],
-            "threads": out["settings"]["threads"], "source": source}
-    save_json(table, table_path)
-    print(f"recorded in {table_path}: " + ", ".join(
-        f"{core} {entry['mode']} x{entry['planning_speedup']:.2f}"
-        for core, entry in table[features["isa_class"]].items()))
-    return table
 
 
 if __name__ == "__main__":

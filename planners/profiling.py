@@ -204,7 +204,8 @@ def subjects(cfg: EvalConfig) -> tuple[list[Subject], str, str]:
     found = []
     for core in cores:
         # auto: what eval.py would plan with for this core on this CPU
-        precisions = list(dict.fromkeys(choose_int8_mode(core).mode if p.strip() == "auto" else p.strip()
+        auto = choose_int8_mode(core, base.d_model, cfg.planner).mode
+        precisions = list(dict.fromkeys(auto if p.strip() == "auto" else p.strip()
                                         for p in cfg.quantize.split(",")))
         if checkpoint is not None and core == base.core:
             float_model, weights = checkpoint.build_model("cpu").eval(), "checkpoint"

@@ -68,7 +68,8 @@ def load_for_eval(cfg: EvalConfig, device: torch.device):
     info = {"mode": "none"}
     mode = cfg.quantize
     if mode == "auto":
-        choice = choose_int8_mode(checkpoint.config.model.core)
+        model_cfg = checkpoint.config.model
+        choice = choose_int8_mode(model_cfg.core, model_cfg.d_model, cfg.planner)
         print(f"quantize=auto -> {choice.reason}", flush=True)
         mode, info = choice.mode, {"mode": "none", "auto": choice.reason}
     if mode != "none":

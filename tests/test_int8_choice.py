@@ -2,6 +2,7 @@
 fp32 otherwise with the reason in the report; the CPU's features read from its flags."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -50,32 +51,55 @@ def test_a_system_without_cpuinfo_knows_no_flags(tmp_path):
     assert features.flags == frozenset() and features.isa_class == "other"
 
 
-def table(speedup: float) -> dict:
-    return {"vnni": {"s5": {"mode": "static", "planning_speedup": speedup, "size": "TT size",
-                            "cpu": "AMD EPYC 9R14", "source": "benchmarks/results/q.json"}}}
+def entry(core="s5", width=128, planner="beam", mode="static", speedup=1.4) -> dict:
+    return {"core": core, "width": width, "planner": planner, "mode": mode, "planning_speedup": speedup,
+            "size": f"{width} wide", "cpu": "AMD EPYC 9R14", "source": "benchmarks/results/q.json"}
+
+
+def table(speedup: float, mode: str = "static") -> dict:
+    return {"vnni": [entry(mode=mode, speedup=speedup)]}
 
 
 def test_auto_plans_in_fp32_without_vnni_or_amx_whatever_the_table_says():
-    choice = int8_choice.choose_int8_mode("s5", AVX2, table(2.0))
+    choice = int8_choice.choose_int8_mode("s5", 128, "beam", AVX2, table(2.0))
     assert choice.mode == "none" and "Old Xeon has no VNNI or AMX" in choice.reason
     assert choice.cpu["isa_class"] == "avx2"
 
 
 def test_auto_follows_the_measured_table_on_a_vnni_cpu():
-    faster = int8_choice.choose_int8_mode("s5", VNNI, table(1.4))
+    faster = int8_choice.choose_int8_mode("s5", 128, "beam", VNNI, table(1.4))
     assert faster.mode == "static" and "x1.40 the speed of fp32" in faster.reason
-    slower = int8_choice.choose_int8_mode("s5", VNNI, table(0.8))
+    slower = int8_choice.choose_int8_mode("s5", 128, "beam", VNNI, table(0.8))
     assert slower.mode == "none" and slower.reason.startswith("fp32: int8 static planned x0.80")
     assert "benchmarks/results/q.json" in slower.reason
-    unmeasured = int8_choice.choose_int8_mode("gpt", VNNI, table(1.4))
+    unmeasured = int8_choice.choose_int8_mode("gpt", 128, "beam", VNNI, table(1.4))
     assert unmeasured.mode == "none" and "has not been measured on a vnni CPU" in unmeasured.reason
 
 
+def test_a_model_is_judged_by_the_closest_width_preferring_its_planner():
+    entries = [entry(width=64, planner="critic", mode="compiled", speedup=0.9),
+               entry(width=64, planner="beam", mode="compiled", speedup=1.2),
+               entry(width=128, planner="beam", mode="compiled", speedup=1.3)]
+    choose = lambda width, planner: int8_choice.choose_int8_mode("s5", width, planner, VNNI,  # noqa: E731
+                                                                 {"vnni": entries})
+    assert choose(64, "critic").mode == "none"  # its own planner at its width: no gain
+    assert choose(64, "beam").mode == "compiled" and "64 wide (beam)" in choose(64, "beam").reason
+    assert choose(256, "beam").reason.startswith("compiled: int8 compiled planned x1.30")  # nearest: 128
+    assert choose(128, "policy").reason.startswith("compiled: int8 compiled planned x1.30")  # no policy entry
+
+
+def test_recording_replaces_an_entry_of_the_same_model_and_planner_and_keeps_the_rest():
+    table = {"avx2": [entry()], "vnni": [entry(speedup=0.9), entry(width=64)]}
+    recorded = int8_choice.record_entries(table, "vnni", [entry(speedup=1.5), entry(core="gpt")])
+    assert recorded["avx2"] == [entry()]
+    assert recorded["vnni"] == [entry(width=64), entry(speedup=1.5), entry(core="gpt")]
+
+
 def test_the_shipped_table_names_where_each_figure_came_from():
-    for isa, cores in int8_choice.read_measured_table().items():
-        for core, entry in cores.items():
-            assert entry["mode"] in ("dynamic", "static") and entry["planning_speedup"] > 0
-            assert os.path.isfile(os.path.join(ROOT, entry["source"])), (isa, core)
+    for isa, entries in int8_choice.read_measured_table().items():
+        for e in entries:
+            assert e["mode"] in ("dynamic", "static", "compiled") and e["planning_speedup"] > 0, (isa, e)
+            assert os.path.isfile(os.path.join(ROOT, e["source"])), (isa, e)
 
 
 @pytest.mark.parametrize("features, speedup, planned", [(AVX2, 2.0, "none"), (VNNI, 1.4, "dynamic"),
@@ -85,8 +109,7 @@ def test_eval_with_quantize_auto_plans_as_chosen_and_says_why(tmp_path, monkeypa
     from planners.rollout import load_for_eval
     run = tmp_path / "run"
     shutil.copytree(SHIPPED, run)
-    measured = table(speedup)
-    measured["vnni"]["s5"]["mode"] = "dynamic"  # no calibration data needed
+    measured = table(speedup, mode="dynamic")  # no calibration data needed
     monkeypatch.setattr(int8_choice, "read_cpu_features", lambda: features)
     monkeypatch.setattr(int8_choice, "read_measured_table", lambda: measured)
     cfg = EvalConfig(checkpoints_path=str(run), quantize="auto", device="cpu")
@@ -97,17 +120,22 @@ def test_eval_with_quantize_auto_plans_as_chosen_and_says_why(tmp_path, monkeypa
     assert bool(int8_layers) == (planned != "none")
 
 
-def test_the_benchmark_records_each_cores_fastest_mode_and_keeps_other_cpu_classes(tmp_path):
+def test_the_routes_benchmark_records_the_fastest_int8_route_per_model_and_planner(tmp_path):
     sys.path.append(os.path.join(ROOT, "benchmarks"))
-    from quantization import record_auto
+    from int8_routes import record_auto
     path = tmp_path / "table.json"
-    path.write_text('{"avx2": {"s5": {"mode": "dynamic", "planning_speedup": 0.9}}}')
-    precisions = {"dynamic": {"planning_speedup": 1.2}, "static": {"planning_speedup": 1.5}}
+    path.write_text(json.dumps({"avx2": [entry()]}))
+
+    def row(planner, route, speedup):
+        return {"model": "s5 64x2 (run)", "core": "s5", "width": 64, "planner": planner, "route": route,
+                "speedup_vs_fp32": speedup}
     out = {"settings": {"threads": 2, "cpu_features": VNNI.describe()},
-           "cores": {"s5": {"model": "runs/x (loss 1.000)", "precisions": precisions}}}
-    recorded = record_auto(out, "benchmarks/results/q.json", str(path))
-    assert recorded["avx2"] == {"s5": {"mode": "dynamic", "planning_speedup": 0.9}}
-    assert recorded["vnni"]["s5"] == {"mode": "static", "planning_speedup": 1.5, "size": "runs/x",
-                                      "cpu": "AMD EPYC 9R14", "threads": 2,
-                                      "source": "benchmarks/results/q.json"}
+           "rows": [row("beam", "fp32", 1.0), row("beam", "fp32, compiled step", 1.5),  # not int8
+                    row("beam", "quantize=dynamic", 0.9), row("beam", "quantize=compiled", 1.2),
+                    row("critic", "quantize=dynamic", 0.8), row("critic", "quantize=compiled", 0.7)]}
+    recorded = record_auto(out, "benchmarks/results/r.json", str(path))
+    assert recorded["avx2"] == [entry()]
+    assert [(e["planner"], e["mode"], e["planning_speedup"]) for e in recorded["vnni"]] == [
+        ("beam", "compiled", 1.2), ("critic", "dynamic", 0.8)]
+    assert recorded["vnni"][0]["source"] == "benchmarks/results/r.json" and recorded["vnni"][0]["width"] == 64
     assert int8_choice.read_measured_table(str(path)) == recorded
