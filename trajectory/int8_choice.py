@@ -3,8 +3,9 @@ table says it does for a model like this one; fp32 otherwise, with the reason (t
 
 The table (``int8_measured.json`` beside this module) lists, per CPU class, measured entries: a core,
 its width, a planner, the fastest int8 mode and its planning speed over fp32, with the CPU and the
-results file it came from (written by ``benchmarks/int8_routes.py --record-auto``). A model is judged by the entry of its core closest to
-its width, preferring entries of its planner: int8 pays at TT's width and not at the demo's.
+results file it came from (written by ``benchmarks/int8_routes.py --record-auto``). A model is
+judged by the entry of its core closest to its width, preferring entries of its planner: int8 pays
+at TT's width and not at the demo's.
 """
 from __future__ import annotations
 
