@@ -25,6 +25,8 @@ def _train(cfg: TrainRunConfig, resume_dir: str | None):
     with run_lock(train_run_dir(cfg, resume_dir), "train.py"):  # a second writer is refused at once
         from trajectory.data.sources import check_source
         check_source(cfg.data.source, download=cfg.data.download, cache_dir=cfg.data.cache_dir)
+        from trajectory.training.advantage_weights import check_weighting_inputs
+        check_weighting_inputs(cfg.train)
         from trajectory.training.trainer import train
         return train(cfg, resume_dir=resume_dir)
 

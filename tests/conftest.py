@@ -31,6 +31,8 @@ SLOW = {
     "test_end_to_end.py": "all", "test_readme_commands.py": "all", "test_benchmark_scripts.py": "all",
     "test_faults_files.py": "all", "test_faults_runs.py": "all",
     "test_faults_outputs.py": "all",
+    "test_advantage_weights.py": ("test_train_py_weights_a_run_by_the_critic_of_another_run_of_the_same_data",
+                                  "test_weighting_without_a_critic_is_refused"),
     "test_profiling.py": "all", "test_cli.py": "all", "test_sac.py": "all",
     "test_data_generate.py": "all", "test_lm_cli.py": "all", "test_vit_moe_train.py": "all",
     "test_training.py": ("test_ddp_two_processes_equal_one_process_on_the_concatenated_batch",

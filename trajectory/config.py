@@ -98,17 +98,26 @@ class TrainConfig:
     save_every: int = 1000  # steps
     bf16: bool = True  # autocast to bf16 on CUDA
     compile: bool = False  # torch.compile the model
+    # advantage-weighted action tokens (trajectory/training/advantage_weights.py): 0 off; beta > 0
+    # weights each action token's loss by exp(beta A / std A) under the critic named here
+    advantage_beta: float = 0.0
+    advantage_critic: str = ""  # a critic.pt trained on this data (train_critic.py)
+    advantage_max_weight: float = 20.0
 
     ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)", "lr": "(0, inf)", "betas": "[0, 1)",
                                 "weight_decay": "[0, inf)", "grad_clip": "(0, inf]",
                                 "warmup_tokens": "[0, inf)", "decay_tokens": "[0, inf)",
                                 "min_lr_ratio": "[0, 1]", "epochs": "[1, inf)", "max_tokens": "[0, inf)",
                                 "budget_minutes": "[0, inf)", "log_every": "[1, inf)",
-                                "held_out_every": "[0, inf)", "save_every": "[0, inf)"}
+                                "held_out_every": "[0, inf)", "save_every": "[0, inf)",
+                                "advantage_beta": ("[0, inf)", "0: off"), "advantage_max_weight": "[1, inf)"}
 
     def __post_init__(self) -> None:
         check_ranges(self, "train")
         check_betas(self.betas)
+        if self.advantage_beta > 0 and not self.advantage_critic:
+            raise ConfigError("train.advantage_beta > 0 weights action tokens by a critic's advantages: "
+                              "name it with train.advantage_critic=<critic.pt trained on this data>")
 
 
 @dataclass

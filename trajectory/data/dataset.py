@@ -201,7 +201,8 @@ class WindowDataset(torch.utils.data.Dataset):
     An item is a dict over the flattened window ``w`` of ``T = seq_len * D`` tokens:
       - ``x``: int64 [T - 1] = w[:-1], the model input (position j holds dimension j % D);
       - ``y``: int64 [T - 1] = w[1:], the next-token targets (y[j] is dimension (j + 1) % D);
-      - ``mask``: float32 [T - 1], the loss weight of each target (0 or 1);
+      - ``mask``: float32 [T - 1], the loss weight of each target (0 or 1; action targets take their
+        transition's weight after :meth:`weight_actions`);
       - ``resets`` (packed mode only): bool [T - 1], aligned with ``x``: True at the first token of
         an episode, where a core must forget the past.
 
@@ -242,6 +243,18 @@ class WindowDataset(torch.utils.data.Dataset):
             self.valid[dest] = True
             self.starts = dest
         self._offsets = np.arange(seq_len)
+        self.action_weights: np.ndarray | None = None  # per row of the stream: see weight_actions
+
+    def weight_actions(self, row_weights: np.ndarray, action_dims: slice) -> None:
+        """Weight the loss of every action token (dimensions ``action_dims`` of a transition) by its
+        row's weight (``row_weights`` [rows of the stream]); other targets keep weight 1."""
+        if len(row_weights) != len(self.stream):
+            raise ValueError(f"{len(row_weights)} weights for {len(self.stream)} rows")
+        d = self.transition_dim
+        positions = np.arange(1, self.seq_len * d)  # the targets' places in the window
+        self._target_row = positions // d
+        self._target_is_action = ((positions % d) >= action_dims.start) & ((positions % d) < action_dims.stop)
+        self.action_weights = np.asarray(row_weights, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -262,9 +275,12 @@ class WindowDataset(torch.utils.data.Dataset):
             first = first.reshape(b, -1)  # [B, L * D]
             keep[:, 1:] &= ~first[:, 1:]  # no target predicted across an episode boundary
             out["resets"] = torch.from_numpy(first[:, :-1].copy())
+        mask = keep[:, 1:].astype(np.float32)
+        if self.action_weights is not None:  # advantage-weighted action tokens
+            mask *= np.where(self._target_is_action, self.action_weights[rows][:, self._target_row], 1.0)
         out.update(x=torch.from_numpy(np.ascontiguousarray(window[:, :-1])),
                    y=torch.from_numpy(np.ascontiguousarray(window[:, 1:])),
-                   mask=torch.from_numpy(keep[:, 1:].astype(np.float32)))
+                   mask=torch.from_numpy(mask))
         return {k: out[k] for k in ("x", "y", "mask", "resets") if k in out}
 
     def __getitem__(self, index: Index) -> dict[str, torch.Tensor]:

@@ -315,6 +315,24 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
         return _train_in(run_dir, cfg, checkpoint, dataset_builder)
 
 
+def weight_action_tokens(dataset, discretizer, layout, cfg: TrainRunConfig, run_dir: str,
+                         report: bool) -> None:
+    """Advantage-weighted action tokens of the training windows (held-out windows stay unweighted, so
+    held-out losses compare across runs)."""
+    from trajectory.training import advantage_weights
+    critic = advantage_weights.load_weighting_critic(cfg.train.advantage_critic, cfg.data, run_dir)
+    o, a = layout.obs_dim, layout.act_dim
+    weights = advantage_weights.transition_weights(
+        dataset.stream, dataset.valid, np.asarray(discretizer.centres), o, a, critic,
+        cfg.train.advantage_beta, cfg.train.advantage_max_weight)
+    dataset.weight_actions(weights, slice(o, o + a))
+    if report:
+        stats = advantage_weights.summary(weights[dataset.valid])
+        print(f"action tokens weighted by {cfg.train.advantage_critic}'s advantages (beta "
+              f"{cfg.train.advantage_beta:g}): largest weight {stats['max']:.1f}, effective sample "
+              f"share {stats['effective_share']:.2f}", flush=True)
+
+
 def _train_in(run_dir: str, cfg: TrainRunConfig, checkpoint, dataset_builder) -> dict:
     from trajectory.data.dataset import Datasets, build_datasets
 
@@ -332,6 +350,8 @@ def _train_in(run_dir: str, cfg: TrainRunConfig, checkpoint, dataset_builder) ->
             built = Datasets(built[0], None, built[1], built[2])
         dataset, discretizer, info = built.train, built.discretizer, built.info
         layout = TokenLayout(info["obs_dim"], info["act_dim"], cfg.data.n_bins, cfg.data.seq_len)
+        if cfg.train.advantage_beta > 0:
+            weight_action_tokens(dataset, discretizer, layout, cfg, run_dir, ctx.is_main)
         trainer = Trainer(cfg, dataset, discretizer, layout, ctx, run_dir, _plain(info), built.held_out)
         if checkpoint is not None:
             trainer.restore(checkpoint)
