@@ -15,8 +15,12 @@ python eval.py --config=configs/eval_base.yaml checkpoints_path=runs/<name> n_ep
 """
 
 
-def evaluate(cfg: EvalConfig) -> None:
+def evaluate(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     from planners import check_eval_output, check_planner_inputs
+    from planners.recipe import describe, resolve_planning
+    cfg, taken = resolve_planning(cfg, given)  # planner=recipe: the run's own, the command line wins
+    if taken:
+        print(describe(taken), flush=True)
     check_planner_inputs(cfg)  # torch-free: a mistyped planner or a missing critic, at once
     check_eval_output(cfg)  # and a report folder that cannot be written, before the rollout
     try:
@@ -27,7 +31,16 @@ def evaluate(cfg: EvalConfig) -> None:
 
 
 def main(argv=None) -> int:
-    return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, evaluate)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
+               lambda cfg: evaluate(cfg, command_line_keys(argv)))
+
+
+def command_line_keys(argv: list[str]) -> set[str]:
+    """The settings named on the command line (they win over a recipe's planning)."""
+    from planners.recipe import given_keys
+    from trajectory.configutil import split_argv
+    return given_keys(split_argv(argv)[1])
 
 
 if __name__ == "__main__":

@@ -17,9 +17,13 @@ python profile.py --config=configs/eval_base.yaml compare=gpt,hyena,retnet,s5 qu
 """
 
 
-def profile_job(cfg: EvalConfig) -> None:
+def profile_job(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     from planners import check_planner
+    from planners.recipe import describe, resolve_planning
     from trajectory.models.cores import check_core_config
+    cfg, taken = resolve_planning(cfg, given)  # planner=recipe: the run's own, the command line wins
+    if taken:
+        print(describe(taken), flush=True)
     check_planner(cfg.planner)  # torch-free checks first: a mistyped name is reported at once
     for core in filter(None, (c.strip() for c in cfg.compare.split(","))):
         check_core_config(core)
@@ -39,7 +43,11 @@ def profile_job(cfg: EvalConfig) -> None:
 
 
 def main(argv=None) -> int:
-    return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES, profile_job)
+    from planners.recipe import given_keys
+    from trajectory.configutil import split_argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
+               lambda cfg: profile_job(cfg, given_keys(split_argv(argv)[1])))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ def _train(cfg: TrainRunConfig, resume_dir: str | None):
     check_core_config(cfg.model.core, cfg.model.core_options)  # torch-free: reported at once
     from trajectory.checkpoint_folder import train_run_dir
     from trajectory.run_lock import run_lock
-    with run_lock(train_run_dir(cfg, resume_dir), "train.py"):  # a second writer is refused at once
+    run_dir = train_run_dir(cfg, resume_dir)
+    with run_lock(run_dir, "train.py"):  # a second writer is refused at once
         from trajectory.data.sources import check_source
         check_source(cfg.data.source, download=cfg.data.download, cache_dir=cfg.data.cache_dir)
         from trajectory.training.advantage_weights import check_weighting_inputs
-        check_weighting_inputs(cfg.train)
+        check_weighting_inputs(cfg.train, run_dir)
         from trajectory.training.trainer import train
         return train(cfg, resume_dir=resume_dir)
 

@@ -11,12 +11,13 @@ benchmarks/results/headline.png (one panel per environment) and, with ``--readme
 Which rows, per environment (the rule ``pick`` codes):
 
 * the planner row: among the rows of the score protocol on the report seeds 1000-1024 that use only
-  settings the planners still offer (raw weights, no retired option), the rows of the default
-  planner (``planner=critic`` with its default ranking) if there are any, else every planner row; of
-  those, the rows of the default recipe's core (S5, what ``make demo`` trains) where there are any;
-  of those, the rows that average the most independent training runs (``training_seeds``); the
-  newest row wins (never the best: picking the highest of several measurements would flatter the
-  table);
+  settings the planners still offer (raw weights, no retired option), the rows that plan as the
+  environment's S5 CPU recipe says (``eval.py planner=recipe``: the ``planning`` block of
+  ``configs/cpu/<env>_medium_s5.yaml``, which may be the model's own policy) if there are any, else
+  the rows of the critic planner with its default ranking, else every planner row; of those, the
+  rows of the default recipe's core (S5, what ``make demo`` trains) where there are any; of those,
+  the rows that average the most independent training runs (``training_seeds``); the newest row
+  wins (never the best: picking the highest of several measurements would flatter the table);
 * the policy row: the same run's model-own policy on the same seeds, read at the median (the
   policy's default), or greedily where no median row exists;
 * the behaviour: the mean normalized return of the dataset's own episodes;
@@ -32,7 +33,7 @@ import sys
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from readme_blocks import ROOT, link, markdown_table, replace_block  # noqa: E402
-from scores import same_run  # noqa: E402
+from scores import PLANNER_KEYS, same_run  # noqa: E402
 
 from trajectory.score_stats import COMPARABLE_EPISODES, COMPARABLE_STEPS  # noqa: E402
 
@@ -73,13 +74,38 @@ def default_critic(row: dict) -> bool:
     return planner(row) == "critic" and not row["planner_settings"].get("critic_std_weight")
 
 
+def recipe_settings(env: str) -> dict | None:
+    """How the environment's S5 CPU recipe plans (``planner=recipe`` resolved on
+    configs/eval_base.yaml), or None without a recipe."""
+    from planners.recipe import FALLBACK_PLANNER
+    from trajectory.config import EvalConfig, TrainRunConfig
+    from trajectory.configutil import build_config
+    path = os.path.join(ROOT, "configs", "cpu", f"{env}_medium_{DEFAULT_CORE}.yaml")
+    if not os.path.isfile(path):
+        return None
+    planning = {"planner": FALLBACK_PLANNER, **build_config(TrainRunConfig, path).planning}
+    base = build_config(EvalConfig, os.path.join(ROOT, "configs", "eval_base.yaml"),
+                        [f"{k}={'null' if v is None else v}" for k, v in planning.items()])
+    return {k: getattr(base, k) for k in ("planner", "policy_actions", *PLANNER_KEYS)}
+
+
+def plans_as(row: dict, settings: dict | None) -> bool:
+    """The row acted as ``settings`` say (for the model's own policy: the same reading of it)."""
+    if settings is None or planner(row) != settings["planner"]:
+        return False
+    keys = ("policy_actions",) if settings["planner"] == "policy" else PLANNER_KEYS
+    return all(row["planner_settings"].get(k) == settings[k] for k in keys if k in row["planner_settings"])
+
+
 def pick(rows: list[dict], env: str) -> tuple[dict | None, dict | None]:
     """The planner row and the same run's policy row for ``env`` (None where nothing qualifies)."""
     report = [(i, r) for i, r in enumerate(rows)
               if r["env"] == env and r["protocol"] and r["seeds"] == REPORT_SEEDS and current(r)
               and r["planner_settings"].get("quantize", "none") == "none"]  # the fp32 planners
     planners = [(i, r) for i, r in report if planner(r) != "policy"]
-    pool = [(i, r) for i, r in planners if default_critic(r)] or planners
+    recipe = recipe_settings(env)
+    pool = ([(i, r) for i, r in report if plans_as(r, recipe)]
+            or [(i, r) for i, r in planners if default_critic(r)] or planners)
     if not pool:
         return None, None
     pool = [(i, r) for i, r in pool if r["core"] == DEFAULT_CORE] or pool
@@ -107,7 +133,9 @@ def describe(row: dict) -> str:
     """How the planner row acted, and on which model."""
     actions = row["actions"].removesuffix(" (raw weights)")
     tokens = f", {row['tokens'] / 1e6:.0f}M tokens" if row.get("tokens") else ""
-    return f"{actions}; {row['core']}{tokens}"
+    weighted = (f", action tokens advantage-weighted (beta {row['advantage_beta']:g})"
+                if row.get("advantage_beta") else "")
+    return f"{actions}; {row['core']}{tokens}{weighted}"
 
 
 def table(rows: list[dict], reproductions: dict) -> str:
@@ -124,8 +152,8 @@ def table(rows: list[dict], reproductions: dict) -> str:
     note = (f"(D4RL-normalized scores, mean ± s.e.m. of {COMPARABLE_EPISODES} episodes of "
             f"{COMPARABLE_STEPS:,} steps per run on seeds {REPORT_SEEDS[0]}-{REPORT_SEEDS[1]}; where "
             f"several training runs are averaged, the mean of the runs' means ± its standard error "
-            f"over runs; planner: the newest row of the default planner (`planner=critic`) and "
-            f"recipe's core averaging the most training runs, else the newest planner row, among "
+            f"over runs; planner: the newest row planning as the env's S5 recipe says (`planner=recipe`, "
+            f"the default) averaging the most training runs, else the newest critic-planner row, among "
             f"settings the planners still offer; policy: the same runs on the same "
             f"seeds; behaviour: the mean of the dataset's episodes; published: Janner et al., 2021 and "
             f"Kostrikov et al., 2021, on D4RL's -medium-v2 data)")

@@ -138,6 +138,7 @@ def make_row(folder: str, training: str, hardware: str, label: str | None) -> di
         "checkpoint": first["checkpoint"], "env": env_family(env_id), "core": first["core"],
         "size": first.get("size"), "training": training, "hardware": hardware,
         "tokens": (first.get("training") or {}).get("tokens"),
+        "advantage_beta": (first.get("training") or {}).get("advantage_beta") or 0.0,
         "held_out_ce": {k[3:]: v for k, v in held_out.items() if k.startswith("ce_")} or None,
         "held_out_value_corr": held_out.get("value_corr"),
         "actions": label or choice,
@@ -183,8 +184,8 @@ def combine_rows(per_run: list[dict]) -> dict:
     episodes pooled for the failure counts, ``training_seeds`` = the number of runs."""
     first = per_run[0]
     for key in ("env", "core", "size", "actions", "planner_settings", "seeds", "max_episode_steps",
-                "training", "hardware"):
-        if any(r[key] != first[key] for r in per_run[1:]):
+                "training", "hardware", "advantage_beta"):
+        if any(r.get(key) != first.get(key) for r in per_run[1:]):
             raise SystemExit(f"error: the runs' rows differ in {key}; a combined row needs one recipe "
                              f"acting one way on one set of seeds")
     if len({r["checkpoint"] for r in per_run}) != len(per_run):
@@ -203,7 +204,7 @@ def combine_rows(per_run: list[dict]) -> dict:
         "id": f"{checkpoint}|{first['actions']}|{first['seeds'][0]}-{first['seeds'][1]}",
         "checkpoint": checkpoint, "training": f"{first['training']}; mean of {n} training runs",
         "training_seeds": n, "run_checkpoints": [r["checkpoint"] for r in per_run],
-        "tokens": mean_of("tokens"),
+        "tokens": mean_of("tokens"), "advantage_beta": first.get("advantage_beta", 0.0),
         "held_out_ce": ({k: float(np.mean([ce[k] for ce in ces])) for k in ces[0]}
                         if all(ces) else None),
         "held_out_value_corr": mean_of("held_out_value_corr"),

@@ -8,12 +8,13 @@ each run evaluated by the score protocol, and the runs combined into one headlin
         --training "166M tokens ..." --hardware "2 CPU cores"
 
 ``run`` does, per seed, whatever is not done yet (so a stopped job picks up where it stopped): train
-``<name>-seed<S>`` to the token budget as 2 DDP processes (a token budget, not minutes, so a run does
-not depend on what else the machine does), train its critic for ``--critic-steps`` with the same
-seed, then evaluate it on the report seeds with the default planner of ``configs/eval_base.yaml``
-and with the model's own median policy (no search). ``combine`` copies each run's reports under
-``benchmarks/results/evals/<name>_seeds/``, adds one row per run and per way of acting to
-``benchmarks/results/scores.json`` and then, per way of acting, the combined row
+the critic of ``<name>-seed<S>`` for ``--critic-steps`` with that seed (first: a recipe may weight
+its model's action tokens by it, ``train.advantage_beta``), train the model to the token budget as
+2 DDP processes (a token budget, not minutes, so a run does not depend on what else the machine
+does), then evaluate it on the report seeds with the default planner of ``configs/eval_base.yaml``
+(the recipe's own planning) and with the model's own median policy (no search). ``combine`` copies
+each run's reports under ``benchmarks/results/evals/<name>_seeds/``, adds one row per run and per
+way of acting to ``benchmarks/results/scores.json`` and then, per way of acting, the combined row
 (:func:`scores.combine_rows`: the mean over runs, its standard error over runs and over episodes,
 ``training_seeds``), and rewrites docs/results.md's table and the README's headline.
 """
@@ -69,7 +70,22 @@ def train_model(args, folder: str, seed: int) -> None:
         raise SystemExit(f"error: training {folder} failed (its messages are above)")
 
 
+def resolved_recipe(args, folder: str, seed: int, scratch: str) -> str:
+    """The recipe with this run's settings (seed, folder, the command line's overrides), as a file
+    ``train_critic.py recipe=`` reads before the model exists."""
+    from trajectory.config import TrainRunConfig
+    from trajectory.configutil import build_config, to_yaml
+    cfg = build_config(TrainRunConfig, args.config, [f"seed={seed}", f"name={os.path.basename(folder)}",
+                                                     f"runs_dir={args.runs_dir}", *args.overrides])
+    path = os.path.join(scratch, "recipe.yaml")
+    with open(path, "w") as f:
+        f.write(to_yaml(cfg))
+    return path
+
+
 def train_run_critic(args, folder: str, seed: int) -> None:
+    import tempfile
+
     from trajectory.training.critic import CriticRunConfig, critic_folder, train_critic
     critic = critic_folder(folder)
     metrics = os.path.join(critic, "metrics.json")
@@ -80,8 +96,10 @@ def train_run_critic(args, folder: str, seed: int) -> None:
                 return
     resume = os.path.isfile(os.path.join(critic, "trainer.pt"))
     print(f"== critic {folder}", flush=True)
-    train_critic(CriticRunConfig(run=folder, steps=args.critic_steps, seed=seed, threads=args.processes,
-                                 resume=resume, overwrite=not resume))
+    with tempfile.TemporaryDirectory() as scratch:
+        train_critic(CriticRunConfig(run=folder, recipe=resolved_recipe(args, folder, seed, scratch),
+                                     steps=args.critic_steps, seed=seed, threads=args.processes,
+                                     resume=resume, overwrite=not resume))
 
 
 def evaluate_run(args, folder: str) -> None:
@@ -103,8 +121,8 @@ def run(args) -> None:
     name = recipe_name(args.config)
     for seed in args.seeds:
         folder = run_dir(args.runs_dir, name, seed)
+        train_run_critic(args, folder, seed)  # first: the model may be weighted by it
         train_model(args, folder, seed)
-        train_run_critic(args, folder, seed)
         evaluate_run(args, folder)
     print("ALL RUNS DONE", flush=True)
 

@@ -23,7 +23,8 @@ PLANNER_CATALOG = {
 def check_planner(name: str) -> None:
     """An unknown planner name is a config error listing the known ones (torch-free: run it first)."""
     if name not in PLANNER_CATALOG:
-        raise ConfigError(f"unknown planner '{name}'; choose one of: {', '.join(PLANNER_CATALOG)}")
+        raise ConfigError(f"unknown planner '{name}'; choose one of: recipe (the run's own), "
+                          f"{', '.join(PLANNER_CATALOG)}")
 
 
 # planners that rank with the run's critic (train_critic.py), and so cannot plan without one
@@ -73,6 +74,8 @@ def needs_critic(cfg) -> bool:
 def check_planner_inputs(cfg) -> None:
     """The planner's name, and the critic it needs where it needs one, checked before any work
     (torch-free): one line naming the fix instead of a failure after the model has loaded."""
+    from planners.recipe import resolve_planning
+    cfg, _ = resolve_planning(cfg)
     check_planner(cfg.planner)
     if not (needs_critic(cfg) and cfg.checkpoints_path):
         return
@@ -95,7 +98,10 @@ def planner_class(name: str) -> type:
 
 
 def build_planner(model, discretizer, layout, cfg, generator=None):
-    """The planner ``cfg.planner`` names, over ``model``; ``generator`` (a torch.Generator) seeds it."""
+    """The planner ``cfg.planner`` names (``recipe``: the run's recipe's), over ``model``;
+    ``generator`` (a torch.Generator) seeds it."""
+    from planners.recipe import resolve_planning
+    cfg, _ = resolve_planning(cfg)
     return planner_class(cfg.planner)(model, discretizer, layout, cfg, generator)
 
 

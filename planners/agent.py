@@ -22,6 +22,7 @@ import torch
 
 from planners import build_planner, check_planner_inputs
 from planners.beam import plan_actions
+from planners.recipe import resolve_planning
 from planners.rollout import History, check_finite, load_for_eval, transition_tokens
 from trajectory.config import EvalConfig
 from trajectory.configutil import ConfigError
@@ -41,6 +42,7 @@ class Agent:
         """``settings``: any :class:`~trajectory.config.EvalConfig` field (planner, beam_width,
         quantize, ...); the model is loaded as ``eval.py`` loads it."""
         cfg = EvalConfig(checkpoints_path=path, device=device, **settings)
+        cfg, _ = resolve_planning(cfg, settings)  # planner=recipe: the run's own, settings win
         check_planner_inputs(cfg)
         checkpoint, model = load_for_eval(cfg, torch.device(device))
         return cls(model, checkpoint.discretizer, checkpoint.layout, cfg, device)

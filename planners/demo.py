@@ -1,17 +1,19 @@
 """``make demo``: the main job end to end on the CPU default, with an honest summary.
 
 1. data: the halfcheetah-medium reproduction (generated on first use, then cached) and its tokens;
-2. train: the CPU config of the chosen core for ``minutes`` (skipped when the run already has a
+2. the run's critic (``train_critic.py recipe=<the CPU config>``: implicit Q-learning on the data)
+   for ``critic_minutes``, first, because the recipe weights its model's action tokens by it
+   (``train.advantage_beta``); skipped when the run has one, unless ``retrain=true``;
+3. train: the CPU config of the chosen core for ``minutes`` (skipped when the run already has a
    checkpoint, unless ``retrain=true``), as ``processes`` DDP processes of one thread each (on this
    2-core machine two 1-thread processes train the CPU configs 1.06-1.27x faster than one 2-thread
-   process: ``benchmarks/results/recipe_time.json``); then the run's critic (``train_critic.py``)
-   for ``critic_minutes`` (skipped likewise when the run has one);
-3. evaluate the checkpoint on the same seeds, by the score protocol (25 episodes of 1,000 steps):
-   the model's candidate actions ranked by the critic (``planner=critic``), TT's beam search with
-   the settings of ``configs/eval_base.yaml``, and the model's own policy with no search, the
-   baseline the planners have to beat, taking each action token greedily and at its median
-   (:data:`WAYS_TO_ACT`);
-4. a summary: dataset return, training, every score with its standard error, failed episodes.
+   process: ``benchmarks/results/recipe_time.json``);
+4. evaluate the checkpoint on the same seeds, by the score protocol (25 episodes of 1,000 steps):
+   the planner as the recipe plans (``planner=recipe``: its ``planning`` block; the critic ranking
+   the model's candidate actions), TT's beam search with the settings of
+   ``configs/eval_base.yaml``, and the model's own policy with no search, the baseline the planners
+   have to beat, taking each action token greedily and at its median (:data:`WAYS_TO_ACT`);
+5. a summary: dataset return, training, every score with its standard error, failed episodes.
 
     python -m planners.demo [core=s5] [minutes=18] [critic_minutes=12] [processes=2] [episodes=25] \
         [eval_steps=1000] [seed=1000]
@@ -58,7 +60,8 @@ def stage(title: str) -> None:
 
 # how the demo's checkpoint acts, each evaluated on the same seeds: (name, label, eval overrides)
 WAYS_TO_ACT = (
-    ("critic", "critic-ranked planner", ["planner=critic"]),
+    # the recipe's planning (configs/cpu/halfcheetah_medium_<core>.yaml): the critic planner
+    ("critic", "critic-ranked planner", ["planner=recipe"]),
     ("beam", "beam-search planner", ["planner=beam"]),
     ("policy", "model's own policy (greedy)", ["planner=policy", "policy_actions=greedy"]),
     ("policymedian", "model's own policy (median)", ["planner=policy", "policy_actions=median"]),
@@ -68,6 +71,7 @@ WAYS_TO_ACT = (
 def evaluate_all(cfg: DemoConfig, run_dir: str) -> dict:
     """Every way of :data:`WAYS_TO_ACT` (the critic planner only when the demo trains a critic:
     ``critic_minutes`` > 0), by the score protocol on the same seeds: name -> report."""
+    from planners.recipe import resolve_planning
     from planners.rollout import evaluate
     from trajectory.config import EvalConfig
 
@@ -80,7 +84,7 @@ def evaluate_all(cfg: DemoConfig, run_dir: str) -> dict:
                                  f"max_episode_steps={cfg.eval_steps}", f"seed={cfg.seed}",
                                  *overrides, f"device={cfg.device}",
                                  f"out={os.path.join(run_dir, f'eval_{name}_{cfg.seed}')}"])
-        reports[name] = evaluate(eval_cfg)
+        reports[name] = evaluate(resolve_planning(eval_cfg)[0])
     return reports
 
 
@@ -93,35 +97,42 @@ def train_in_processes(config_path: str, overrides: list[str], processes: int) -
                            f"messages are above (processes=1 trains in this process instead)")
 
 
-def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int) -> dict | None:
-    """The run's critic for ``cfg.critic_minutes`` (skipped when it has one and ``retrain`` is off)."""
+def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int, recipe: str = "") -> dict | None:
+    """The run's critic for ``cfg.critic_minutes`` (skipped when it has one and ``retrain`` is off),
+    trained before the model from ``recipe``'s data settings where given (a recipe that weights its
+    action tokens by its own critic needs it first)."""
     from trajectory.training.critic import CriticRunConfig, critic_folder, train_critic
     if not cfg.critic_minutes:
         return None
-    stage(f"2b. train the critic: {cfg.critic_minutes:g} minutes on {cfg.device}")
+    stage(f"2. train the critic: {cfg.critic_minutes:g} minutes on {cfg.device}")
     folder = critic_folder(run_dir)
     if os.path.isfile(os.path.join(folder, "critic.pt")) and not cfg.retrain:
         print(f"{folder} already has a critic: skipping its training (retrain=true to train again)")
         with open(os.path.join(folder, "metrics.json")) as f:
             return json.load(f)
     # the time budget ends it (the default step count is more than the demo's minutes allow)
-    return train_critic(CriticRunConfig(run=run_dir, budget_minutes=cfg.critic_minutes,
+    return train_critic(CriticRunConfig(run=run_dir, recipe=recipe, budget_minutes=cfg.critic_minutes,
                                         threads=threads, device=cfg.device, overwrite=True))
 
 
 def demo(cfg: DemoConfig) -> dict:
     from trajectory.models.cores import check_core_config
     check_core_config(cfg.core)  # torch-free: a mistyped core is reported at once
-    from trajectory.checkpoint_folder import CHECKPOINT_DIR
+    from trajectory.checkpoint_folder import CHECKPOINT_DIR, clear_run_outputs
     from trajectory.config import TrainRunConfig
     from trajectory.data.dataset import build_dataset, describe
     from trajectory.score_stats import format_score
 
     summary: dict = {}
     config_path = os.path.join(ROOT, f"configs/cpu/halfcheetah_medium_{cfg.core}.yaml")
-    train_overrides = [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}",
-                       f"overwrite={cfg.retrain}"]
+    train_overrides = [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}"]
+    if not cfg.critic_minutes:  # no critic: nothing to weight the action tokens by
+        train_overrides.append("train.advantage_beta=0")
     train_cfg = build_config(TrainRunConfig, config_path, train_overrides)
+    run_dir = os.path.join(train_cfg.runs_dir, train_cfg.name)
+    if cfg.retrain and os.path.isdir(run_dir):  # the old run goes first: its critic is retrained too
+        removed = clear_run_outputs(run_dir)
+        print(f"retrain=true: removed the previous run's {', '.join(removed) or 'nothing'} from {run_dir}")
     stage("1. data: halfcheetah-medium")
     start = time.time()
     _, _, info = build_dataset(train_cfg.data)
@@ -130,10 +141,11 @@ def demo(cfg: DemoConfig) -> dict:
                        "behaviour": {k: info.get(k) for k in ("return_mean", "normalized_mean")}}
 
     processes = cfg.processes if cfg.device == "cpu" else 1  # one GPU: one process
-    stage(f"2. train: {cfg.core} core, {cfg.minutes:g} minutes on {cfg.device}"
+    # the critic first: the recipe's model weights its action tokens by it (train.advantage_beta)
+    summary["critic"] = train_demo_critic(cfg, run_dir, processes, config_path)
+    stage(f"3. train: {cfg.core} core, {cfg.minutes:g} minutes on {cfg.device}"
           + (f", {processes} processes" if processes > 1 else ""))
-    run_dir = os.path.join(train_cfg.runs_dir, train_cfg.name)
-    if os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)) and not cfg.retrain:
+    if os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
         print(f"{run_dir} already has a checkpoint: skipping training (retrain=true to train again)")
     elif processes > 1:
         train_in_processes(config_path, train_overrides, processes)
@@ -142,18 +154,17 @@ def demo(cfg: DemoConfig) -> dict:
         train(train_cfg)
     with open(os.path.join(run_dir, CHECKPOINT_DIR, "metrics.json")) as f:
         metrics = json.load(f)
-    summary["critic"] = train_demo_critic(cfg, run_dir, processes)
     summary["train"] = {k: metrics.get(k) for k in ("loss", "act", "obs", "reward", "value", "step",
                                                     "tokens", "stop_reason", "held_out")}
 
-    stage(f"3. evaluate: {cfg.episodes} episodes x {cfg.eval_steps} steps, seeds {cfg.seed}-"
+    stage(f"4. evaluate: {cfg.episodes} episodes x {cfg.eval_steps} steps, seeds {cfg.seed}-"
           f"{cfg.seed + cfg.episodes - 1}: the planners, then the model's own policy (greedy, median)")
     reports = evaluate_all(cfg, run_dir)
     summary["eval"] = {name: {"score": r["score"], "failed": len(r["failed_episodes"]),
                               "ms_per_env_step": r["ms_per_env_step"], "warnings": r["warnings"]}
                        for name, r in reports.items()}
 
-    stage("4. summary")
+    stage("5. summary")
     behaviour = summary["data"]["behaviour"] or {}
     print(f"dataset (behaviour policy) return: {behaviour.get('return_mean') or float('nan'):.0f} "
           f"(normalized {behaviour.get('normalized_mean') or float('nan'):.1f})")

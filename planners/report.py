@@ -146,6 +146,12 @@ def software_versions() -> dict:
     return versions
 
 
+def advantage_beta(checkpoint) -> float:
+    """How strongly the model's action tokens were weighted by a critic's advantages (0: not)."""
+    train = getattr(getattr(checkpoint, "config", None), "train", None)
+    return float(getattr(train, "advantage_beta", 0.0))
+
+
 def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) -> dict:
     returns = result["returns"]
     # without D4RL reference returns there is no normalized score: report returns, scores null
@@ -169,7 +175,8 @@ def build_report(cfg: EvalConfig, checkpoint, model, result: dict, wall: float) 
         "failure_evidence": failure_evidence(trace, failures),
         "warnings": comparability_warnings(cfg.n_episodes, cfg.max_episode_steps),
         "behaviour": behaviour_stats(checkpoint.metrics.get("data", {})),
-        "training": {k: checkpoint.metrics.get(k) for k in ("step", "tokens", "loss", "stop_reason")},
+        "training": {**{k: checkpoint.metrics.get(k) for k in ("step", "tokens", "loss", "stop_reason")},
+                     "advantage_beta": advantage_beta(checkpoint)},
         "held_out": checkpoint.metrics.get("held_out"),
         "episode_lengths": result["lengths"].tolist(), "wall_seconds": wall,
         "ms_per_env_step": 1e3 * wall / max(1, env_steps),

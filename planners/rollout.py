@@ -15,6 +15,8 @@ import torch
 
 from planners import build_planner, check_eval_output, check_planner_inputs
 from planners.beam import plan_actions
+from planners.recipe import describe as describe_recipe
+from planners.recipe import resolve_planning
 from planners.report import EpisodeTrace, build_report, summary_line, write_report
 from trajectory.checkpoint import load_checkpoint
 from trajectory.config import EvalConfig
@@ -186,6 +188,9 @@ def rollout(model, discretizer, layout, cfg: EvalConfig, device, progress: bool 
 
 
 def evaluate(cfg: EvalConfig) -> dict:
+    cfg, taken = resolve_planning(cfg)  # planner=recipe: as the run's recipe says
+    if taken:
+        print(describe_recipe(taken), flush=True)
     check_planner_inputs(cfg)  # before any loading or env work
     reuse_freed_memory()  # planning reallocates large state buffers every reorder
     advice = thread_advice(cfg.threads) if cfg.device == "cpu" else None

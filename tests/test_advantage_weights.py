@@ -8,8 +8,7 @@ import pytest
 import torch
 from _faults import refused_before_torch
 
-from trajectory.config import ModelConfig, TrainConfig
-from trajectory.configutil import ConfigError
+from trajectory.config import ModelConfig
 from trajectory.data.dataset import WindowDataset
 from trajectory.data.discretizer import Discretizer
 from trajectory.models.trajectory_model import TokenLayout, TrajectoryModel
@@ -118,8 +117,11 @@ def test_a_model_trained_with_the_weights_proposes_the_good_action_more_often():
 
 
 def test_weighting_without_a_critic_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="name it with train.advantage_critic"):
-        TrainConfig(advantage_beta=1.0)
+    code, torch_loaded, stderr = refused_before_torch(
+        ["train.py", "--config=configs/cpu/halfcheetah_medium_s5.yaml", f"runs_dir={tmp_path}",
+         "train.advantage_beta=1"])  # the run's own critic, not trained yet
+    assert code == 2 and not torch_loaded, stderr
+    assert "is not there yet: train it first" in stderr and "train_critic.py recipe=" in stderr, stderr
     code, torch_loaded, stderr = refused_before_torch(
         ["train.py", "--config=configs/cpu/halfcheetah_medium_s5.yaml", f"runs_dir={tmp_path}",
          "train.advantage_beta=1", f"train.advantage_critic={tmp_path}/none.pt"])
@@ -145,3 +147,31 @@ def test_train_py_weights_a_run_by_the_critic_of_another_run_of_the_same_data(tm
     assert "action tokens weighted by" in result.stdout and "effective sample share" in result.stdout
     other = run_cli(["train.py", *data, "name=other", "data.discount=0.9", *weighting], cwd=tmp_path)
     assert_refused(other, "was trained for discount=0.99 but the run")
+
+
+def test_a_recipe_trains_its_own_critic_first_and_its_model_is_weighted_by_it(tmp_path):
+    from _faults import assert_refused, run_cli
+    from omegaconf import OmegaConf
+    from test_end_to_end import write_halfcheetah_hdf5
+    from test_readme_commands import TINY_TRAINING
+    source = tmp_path / "halfcheetah_tiny.hdf5"
+    write_halfcheetah_hdf5(source, episodes=4, steps=30)
+    recipe = tmp_path / "recipe.yaml"
+    OmegaConf.save(OmegaConf.from_dotlist([
+        f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", *TINY_TRAINING,
+        f"runs_dir={tmp_path / 'runs'}", "name=weighted", "train.advantage_beta=1"]), recipe)
+    run = tmp_path / "runs" / "weighted"
+    assert_refused(run_cli(["train.py", f"--config={recipe}"], cwd=tmp_path), "train it first")
+    critic = run_cli(["train_critic.py", f"recipe={recipe}", "hidden=16", "batch_size=8", "steps=20",
+                      "held_out_every=10", "log_every=5", "save_every=10"], cwd=tmp_path)
+    assert critic.returncode == 0, critic.stderr[-3000:]
+    assert (run / "critic" / "critic.pt").is_file() and not (run / "checkpoint").exists()
+    for extra in ([], ["overwrite=true"]):  # a new run over the old one keeps the critic it needs
+        result = run_cli(["train.py", f"--config={recipe}", *extra], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"action tokens weighted by {run / 'critic' / 'critic.pt'}" in result.stdout
+        assert (run / "checkpoint" / "model.pt").is_file() and (run / "critic" / "critic.pt").is_file()
+    # the critic of the trained run plans it: it was trained on the run's data and discount
+    from planners import check_planner_inputs
+    from trajectory.config import EvalConfig
+    check_planner_inputs(EvalConfig(checkpoints_path=str(run), planner="critic"))

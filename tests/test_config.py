@@ -25,7 +25,7 @@ def test_eval_base_yaml_lists_every_key_with_the_dataclass_defaults():
     path = os.path.join(ROOT, "configs/eval_base.yaml")
     assert set(OmegaConf.to_container(OmegaConf.load(path))) == set(to_dict(EvalConfig()))
     assert build_config(EvalConfig, path) == EvalConfig()
-    assert EvalConfig().planner == "critic"  # the planner of the README's headline
+    assert EvalConfig().planner == "recipe"  # each run plans as its recipe says (the README's headline)
 
 
 def test_retired_settings_load_from_saved_configs_but_are_refused_on_the_command_line(tmp_path):

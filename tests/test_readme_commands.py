@@ -28,6 +28,21 @@ def documented_commands() -> list[list[str]]:
     return [shlex.split(line) for line in lines if line]
 
 
+def tiny_data(tmp_path) -> list[str]:
+    return [f"data.source={tmp_path / 'halfcheetah_tiny.hdf5'}", f"data.cache_dir={tmp_path / 'data'}",
+            *TINY_TRAINING]
+
+
+def tiny_recipe(recipe: str, tmp_path) -> str:
+    """``recipe`` (a train.py config) on the tiny data, with the README run's name, as a file."""
+    from omegaconf import OmegaConf
+    tiny_settings = OmegaConf.from_dotlist([*tiny_data(tmp_path), "runs_dir=runs", f"name={RUN_NAME}"])
+    merged = OmegaConf.merge(OmegaConf.load(os.path.join(ROOT, recipe)), tiny_settings)
+    path = tmp_path / "recipe.yaml"
+    OmegaConf.save(merged, path)
+    return str(path)
+
+
 def tiny(args: list[str], tmp_path, index: int) -> list[str]:
     """A documented command as a subprocess argv, with settings that make it run in seconds."""
     # run from a scratch folder: the configs are read from the repository, the runs land here
@@ -40,12 +55,16 @@ def tiny(args: list[str], tmp_path, index: int) -> list[str]:
     if script == "train.py" and "--resume" in args:
         extra = ["train.max_tokens=2000"]
     elif script == "train.py":
-        source = tmp_path / "halfcheetah_tiny.hdf5"
-        name = RUN_NAME if index == 0 else f"documented-{index}"  # the first makes the README's run
-        extra = [f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", *TINY_TRAINING,
-                 "runs_dir=runs", f"name={name}"]
+        first = not (tmp_path / "runs" / RUN_NAME / "checkpoint").exists()  # makes the README's run
+        name = RUN_NAME if first else f"documented-{index}"
+        extra = [*tiny_data(tmp_path), "runs_dir=runs", f"name={name}"]
+        if not first:  # another run of the same data, weighted by the README run's critic
+            extra.append(f"train.advantage_critic=runs/{RUN_NAME}/critic/critic.pt")
     elif script == "train_critic.py":
         extra = ["hidden=16", "batch_size=8", "steps=20", "held_out_every=10"]
+        recipe = next((a for a in args if a.startswith("recipe=")), None)
+        if recipe:  # the recipe's run, on the tiny data
+            args[args.index(recipe)] = f"recipe={tiny_recipe(recipe.split('=', 1)[1], tmp_path)}"
     elif script == "eval.py":
         extra = [*TINY_PLANNING, f"out={tmp_path / f'eval{index}'}"]
     elif script == "profile.py":

@@ -133,10 +133,11 @@ def remove_left_aside(path: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def clear_run_outputs(run_dir: str) -> list[str]:
-    """Remove what an earlier run left in ``run_dir`` (:data:`RUN_OUTPUTS`, and the checkpoint folders
-    a cut-off save left aside); returns the names removed. A critic being trained in the run is
-    refused first (its folder is locked while it is written), before anything is removed."""
+def clear_run_outputs(run_dir: str, keep: tuple[str, ...] = ()) -> list[str]:
+    """Remove what an earlier run left in ``run_dir`` (:data:`RUN_OUTPUTS` but the names in ``keep``,
+    and the checkpoint folders a cut-off save left aside); returns the names removed. A critic being
+    trained in the run is refused first (its folder is locked while it is written), before anything
+    is removed."""
     from trajectory.run_lock import folder_lock
     critic = os.path.join(run_dir, CRITIC_DIR)
     removed = []
@@ -144,6 +145,8 @@ def clear_run_outputs(run_dir: str) -> list[str]:
     with critic_lock or contextlib.nullcontext():
         for pattern in RUN_OUTPUTS:
             for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), pattern))):
+                if os.path.basename(path) in keep:
+                    continue
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:

@@ -101,7 +101,9 @@ class TrainConfig:
     # advantage-weighted action tokens (trajectory/training/advantage_weights.py): 0 off; beta > 0
     # weights each action token's loss by exp(beta A / std A) under the critic named here
     advantage_beta: float = 0.0
-    advantage_critic: str = ""  # a critic.pt trained on this data (train_critic.py)
+    # a critic.pt trained on this data ('': the run's own, <run>/critic/critic.pt, trained before the
+    # model by `train_critic.py recipe=<this config>`)
+    advantage_critic: str = ""
     advantage_max_weight: float = 20.0
 
     ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)", "lr": "(0, inf)", "betas": "[0, 1)",
@@ -115,9 +117,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_ranges(self, "train")
         check_betas(self.betas)
-        if self.advantage_beta > 0 and not self.advantage_critic:
-            raise ConfigError("train.advantage_beta > 0 weights action tokens by a critic's advantages: "
-                              "name it with train.advantage_critic=<critic.pt trained on this data>")
 
 
 @dataclass
@@ -134,11 +133,35 @@ class TrainRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # how this recipe's runs plan best, as measured (eval.py planner=recipe, the default): eval.py
+    # settings among PLANNING_KEYS, e.g. {planner: beam, plan_value: critic, beam_steps: 3}
+    planning: Dict[str, Any] = field(default_factory=dict)
 
     ranges: ClassVar[Ranges] = {"seed": "[0, inf)"}
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        check_planning(self.planning, "planning")
+
+
+# the eval.py settings a recipe's ``planning`` may fix: how to plan, never where or how long
+PLANNING_KEYS = ("planner", "critic_std_weight", "policy_actions", "beam_width", "beam_steps",
+                 "beam_context", "sample_expand", "plan_value", "k_obs", "k_act", "cdf_obs", "cdf_act",
+                 "average_actions", "discount", "plan_every")
+
+
+def check_planning(planning: dict, origin: str) -> None:
+    """A recipe's planning block: known keys, values eval.py accepts (types, ranges), a concrete
+    planner; else one ConfigError naming the key."""
+    unknown = sorted(set(planning) - set(PLANNING_KEYS))
+    if unknown:
+        raise ConfigError(f"{origin}.{unknown[0]} is not a planning setting; a recipe's planning "
+                          f"takes: {', '.join(PLANNING_KEYS)}")
+    if planning.get("planner") == "recipe":
+        raise ConfigError(f"{origin}.planner names the planner itself (critic, beam or policy), "
+                          f"not 'recipe'")
+    from trajectory.configutil import from_dict
+    from_dict(EvalConfig, dict(planning), f"{origin} (the recipe's planning)")
 
 
 # how planner=policy picks each action token: the most likely one, the distribution's median, or a draw
@@ -154,8 +177,9 @@ ATTENTION_KERNELS = ("auto", "torch", "fused")
 class EvalConfig:
     """Root config of ``eval.py`` and ``profile.py`` (flat keys, as in the TT projects).
 
-    ``configs/eval_base.yaml`` lists every key with these defaults: the planner of the README's
-    headline (the model's candidate actions ranked by the run's critic)."""
+    ``configs/eval_base.yaml`` lists every key with these defaults. ``planner=recipe`` plans as the
+    run's recipe says (its ``planning``, the settings measured best for that recipe: the README's
+    headline); a run whose recipe says nothing plans with the critic planner."""
 
     retired_keys: ClassVar[tuple[str, ...]] = RETIRED_EVAL_KEYS  # saved configs with them still load
 
@@ -165,7 +189,9 @@ class EvalConfig:
     env_id: str = ""  # '': the env of the checkpoint's dataset; another one is refused
     n_episodes: int = 25  # run in parallel, planned in one batch
     max_episode_steps: int = 1000
-    planner: str = "critic"  # critic | beam | policy (no search) (planners.PLANNER_CATALOG)
+    # recipe (the run's own planning settings; keys given on the command line still win) | critic |
+    # beam | policy (no search) (planners.PLANNER_CATALOG)
+    planner: str = "recipe"
     critic: str = ""  # planner=critic: the critic.pt ('': <run>/critic/critic.pt)
     # how the critic's Q members are combined: 0, their minimum (IQL); k > 0, their mean less k
     # standard deviations (pessimism where the ensemble disagrees; train_critic.py members=10)

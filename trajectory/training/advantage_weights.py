@@ -72,9 +72,30 @@ def load_weighting_critic(path: str, data_cfg, run_dir: str):
     return critic.eval()
 
 
-def check_weighting_inputs(train_cfg) -> None:
-    """Torch-free: a weighting that names no critic, or one that is not there, in one line."""
-    if train_cfg.advantage_beta > 0 and not os.path.isfile(train_cfg.advantage_critic):
+def weighting_critic_path(train_cfg, run_dir: str) -> str:
+    """``train.advantage_critic``, or the run's own critic (``<run>/critic/critic.pt``)."""
+    from trajectory.checkpoint_folder import critic_folder
+    return train_cfg.advantage_critic or os.path.join(critic_folder(run_dir), "critic.pt")
+
+
+def uses_own_critic(train_cfg) -> bool:
+    """Weighted by the run's own critic: ``overwrite=true`` must keep that critic."""
+    return train_cfg.advantage_beta > 0 and not train_cfg.advantage_critic
+
+
+def check_weighting_inputs(train_cfg, run_dir: str) -> None:
+    """Torch-free: a weighting critic that is not there, in one line naming how to train it."""
+    if train_cfg.advantage_beta <= 0:
+        return
+    path = weighting_critic_path(train_cfg, run_dir)
+    if os.path.isfile(path):
+        return
+    if uses_own_critic(train_cfg):
+        raise ConfigError(f"train.advantage_beta={train_cfg.advantage_beta:g} weights action tokens by the "
+                          f"run's own critic, and {path} is not there yet: train it first, before the "
+                          f"model (python train_critic.py recipe=<this train.py config> run={run_dir}), or "
+                          f"name another critic of this data with train.advantage_critic=<critic.pt>")
+    if train_cfg.advantage_beta > 0:
         raise ConfigError(f"train.advantage_beta={train_cfg.advantage_beta:g} weights action tokens by a "
                           f"critic's advantages, and train.advantage_critic="
                           f"'{train_cfg.advantage_critic}' is not a file: train one on this data "

@@ -40,6 +40,9 @@ class CriticRunConfig:
     """Root config of ``train_critic.py``."""
 
     run: str = ""  # the trajectory-model run (runs/<name>) whose dataset and discount the critic uses
+    # a train.py config: the critic of the run it trains, before its model exists (a recipe that
+    # weights action tokens by its own critic, train.advantage_beta); run= defaults to its folder
+    recipe: str = ""
     out: str = ""  # where the critic goes ('': <run>/critic, where planner=critic looks)
     steps: int = 200_000  # gradient steps
     budget_minutes: float = 0.0  # stop earlier after this wall time (0: no limit)
@@ -189,14 +192,35 @@ class CriticData:
     record: dict  # critic_provenance.provenance: saved with the critic
 
 
-def _training_data(checkpoint, run_dir: str) -> CriticData:
+def read_recipe(cfg: CriticRunConfig):
+    """``cfg.recipe``'s train.py config (``cfg.run`` set to the folder it trains where not given), or
+    None without one; torch-free."""
+    if not cfg.recipe:
+        return None
+    from trajectory.checkpoint_folder import train_run_dir
+    from trajectory.config import TrainRunConfig
+    from trajectory.configutil import build_config
+    recipe = build_config(TrainRunConfig, cfg.recipe)
+    cfg.run = cfg.run or train_run_dir(recipe, None)
+    checkpoint_config = os.path.join(cfg.run, CHECKPOINT_DIR, "config.yaml")
+    if os.path.isfile(checkpoint_config):  # a trained run: its saved data settings are the truth
+        saved = critic_provenance.run_data_settings(cfg.run)
+        differ = [k for k in critic_provenance.COMPARED if k in saved and saved[k] != getattr(recipe.data, k)]
+        if differ:
+            raise ConfigError(f"{cfg.run} was trained with other data settings ({', '.join(differ)}) than "
+                              f"{cfg.recipe}: drop recipe= to train the run's own critic")
+    return recipe
+
+
+def _training_data(data_cfg, run_dir: str, layout=None) -> CriticData:
+    """The transitions of ``data_cfg``'s dataset; ``layout``: the run's model's, checked against them."""
     from trajectory.data.dataset import held_out_episodes
     from trajectory.data.sources import check_source, load_transitions
 
-    data_cfg = checkpoint.config.data
     check_source(data_cfg.source, download=data_cfg.download, cache_dir=data_cfg.cache_dir)
     transitions = load_transitions(data_cfg.source, download=data_cfg.download, cache_dir=data_cfg.cache_dir)
-    if transitions.obs_dim != checkpoint.layout.obs_dim or transitions.act_dim != checkpoint.layout.act_dim:
+    dims = (transitions.obs_dim, transitions.act_dim)
+    if layout is not None and dims != (layout.obs_dim, layout.act_dim):
         raise ConfigError(f"{data_cfg.source} no longer matches {run_dir}'s model (obs/act dims)")
     _, lengths = transitions.episode_bounds()
     held = held_out_episodes(len(lengths), data_cfg.holdout_fraction)
@@ -215,13 +239,19 @@ def train_critic(cfg: CriticRunConfig) -> dict:
     """Train (or continue) ``<cfg.run>/critic`` (or ``cfg.out``); returns the final metrics. The
     folder is locked while it is written (:mod:`trajectory.run_lock`): a second writer is refused,
     as is a damaged trainer state, before the data loads."""
-    check_run_folder(cfg.run)
+    recipe = read_recipe(cfg)  # with recipe=: the run that recipe will train (run= set from it)
+    if recipe is None:
+        check_run_folder(cfg.run)
     out = cfg.out or critic_folder(cfg.run)
     with folder_lock(out, "train_critic.py"):
         check_critic_folder(cfg, out)
         state = _trainer_state(os.path.join(out, "trainer.pt"), cfg.run) if cfg.resume else None
         torch.set_num_threads(cfg.threads)
-        data = _training_data(_load_run(cfg.run), cfg.run)
+        if recipe is None:
+            checkpoint = _load_run(cfg.run)
+            data = _training_data(checkpoint.config.data, cfg.run, checkpoint.layout)
+        else:
+            data = _training_data(recipe.data, cfg.run)
         if state is not None:
             critic_provenance.check_resumable(state.get("provenance", {}), data.record, out, cfg.run)
         elif cfg.overwrite:

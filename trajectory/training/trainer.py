@@ -18,7 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from trajectory.checkpoint import load_checkpoint, restore_weights, save_checkpoint
-from trajectory.checkpoint_folder import CHECKPOINT_DIR, clear_run_outputs, left_aside, train_run_dir
+from trajectory.checkpoint_folder import (
+    CHECKPOINT_DIR,
+    CRITIC_DIR,
+    clear_run_outputs,
+    left_aside,
+    train_run_dir,
+)
 from trajectory.config import TrainRunConfig
 from trajectory.configutil import ConfigError, to_dict
 from trajectory.io import check_writable_folder, save_text
@@ -311,7 +317,9 @@ def train(cfg: TrainRunConfig, resume_dir: str | None = None, dataset_builder=No
                     print(f"{run_dir}: {done[1]}", flush=True)
                 return {**checkpoint.metrics, "stop_reason": done[0]}
         else:
-            prepare_fresh_run(run_dir, cfg.overwrite, clear=holds_lock)
+            from trajectory.training.advantage_weights import uses_own_critic
+            prepare_fresh_run(run_dir, cfg.overwrite, clear=holds_lock,
+                              keep_critic=uses_own_critic(cfg.train))
         return _train_in(run_dir, cfg, checkpoint, dataset_builder)
 
 
@@ -320,7 +328,8 @@ def weight_action_tokens(dataset, discretizer, layout, cfg: TrainRunConfig, run_
     """Advantage-weighted action tokens of the training windows (held-out windows stay unweighted, so
     held-out losses compare across runs)."""
     from trajectory.training import advantage_weights
-    critic = advantage_weights.load_weighting_critic(cfg.train.advantage_critic, cfg.data, run_dir)
+    path = advantage_weights.weighting_critic_path(cfg.train, run_dir)
+    critic = advantage_weights.load_weighting_critic(path, cfg.data, run_dir)
     o, a = layout.obs_dim, layout.act_dim
     weights = advantage_weights.transition_weights(
         dataset.stream, dataset.valid, np.asarray(discretizer.centres), o, a, critic,
@@ -328,7 +337,7 @@ def weight_action_tokens(dataset, discretizer, layout, cfg: TrainRunConfig, run_
     dataset.weight_actions(weights, slice(o, o + a))
     if report:
         stats = advantage_weights.summary(weights[dataset.valid])
-        print(f"action tokens weighted by {cfg.train.advantage_critic}'s advantages (beta "
+        print(f"action tokens weighted by {path}'s advantages (beta "
               f"{cfg.train.advantage_beta:g}): largest weight {stats['max']:.1f}, effective sample "
               f"share {stats['effective_share']:.2f}", flush=True)
 
@@ -406,18 +415,20 @@ def check_resumable_changes(saved: TrainRunConfig, cfg: TrainRunConfig) -> None:
                           f"with the old value); start a new run with another name=... instead")
 
 
-def prepare_fresh_run(run_dir: str, overwrite: bool, clear: bool = True) -> None:
+def prepare_fresh_run(run_dir: str, overwrite: bool, clear: bool = True, keep_critic: bool = False) -> None:
     """Refuse to train a new run into a folder that holds one (a checkpoint, or the folders a
     cut-off save left beside it), unless asked to replace it; then (where ``clear``: the process
     that holds the run's lock) remove everything the old run produced, its critic and evaluations
-    included: a critic trained for another run must not rank this one's plans."""
+    included: a critic trained for another run must not rank this one's plans. ``keep_critic``: the
+    new run weights its action tokens by that critic (trained for it first, and checked against its
+    data before use), so it stays."""
     checkpoint = os.path.join(run_dir, CHECKPOINT_DIR)
     if os.path.isdir(checkpoint) or left_aside(checkpoint) is not None:
         if not overwrite:
             raise ConfigError(f"{run_dir} already holds a trained run: continue it with --resume "
                               f"{run_dir}, choose another name=..., or replace it with overwrite=true")
     if overwrite and clear:
-        removed = clear_run_outputs(run_dir)
+        removed = clear_run_outputs(run_dir, keep=(CRITIC_DIR,) if keep_critic else ())
         if removed:
             print(f"overwrite=true: removed the previous run's {', '.join(removed)} from {run_dir}",
                   flush=True)
