@@ -382,6 +382,9 @@ def _train_in(run_dir: str, cfg: TrainRunConfig, checkpoint, dataset_builder) ->
                                    f"python train.py --resume {run_dir}"), flush=True)
             print(json.dumps({k: metrics[k] for k in ("step", "loss", "tokens", "stop_reason")
                               if k in metrics}))
+        # every rank done before any tears the group down: a rank destroying it while another still
+        # talks to it can abort the process after a finished run (seen on a busy 2-core machine)
+        distributed.barrier(ctx)
         return metrics
     finally:
         distributed.cleanup()
