@@ -118,7 +118,7 @@ def evaluate_run(args, folder: str) -> None:
 
 
 def run(args) -> None:
-    name = recipe_name(args.config)
+    name = args.name or recipe_name(args.config)
     for seed in args.seeds:
         folder = run_dir(args.runs_dir, name, seed)
         train_run_critic(args, folder, seed)  # first: the model may be weighted by it
@@ -129,7 +129,7 @@ def run(args) -> None:
 
 def combine(args) -> None:
     import scores
-    name = recipe_name(args.config)
+    name = args.name or recipe_name(args.config)
     evals = os.path.join(args.evals_dir, f"{name}_seeds")
     rows = scores.load_rows()
     listed = []  # score_rows.tsv lines, so that `scores.py rebuild` makes the same rows
@@ -172,6 +172,8 @@ def main(argv=None) -> int:
         p.add_argument("--seeds", type=int, nargs="+", required=True)
         p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "seeds"))
         p.add_argument("--eval-seed", type=int, default=1000, help="first episode seed (report seeds)")
+        p.add_argument("--name", default="", help="the runs' name before -seed<S> (default: the recipe's "
+                       "name); also names the reports' folder")
         if command == "run":
             p.add_argument("--max-tokens", type=float, required=True)
             p.add_argument("--critic-steps", type=int, required=True)
