@@ -68,8 +68,8 @@ def action_choice(settings: dict, planner_info: dict | None = None) -> str:
     if settings.get("planner", "beam") == "policy":
         return f"policy, {settings.get('policy_actions', 'greedy')}"
     extras = []
-    if settings.get("cdf_act") != 0.6:
-        extras.append(f"cdf_act {settings.get('cdf_act')}")
+    if settings.get("cdf_act") != 0.6:  # None: the whole distribution, no filter
+        extras.append(f"cdf_act {'off' if settings.get('cdf_act') is None else settings['cdf_act']}")
     if settings.get("average_actions"):
         extras.append(f"first actions averaged (temperature {settings['average_actions']:g})")
     if settings.get("critic_std_weight"):
