@@ -496,15 +496,17 @@ def test_training_seeds_trains_evaluates_and_combines_the_runs_and_resumes_where
     write_halfcheetah_hdf5(source, episodes=4, steps=30)
     runs = tmp_path / "runs"
     common = ["--config", os.path.join(ROOT, "configs/cpu/halfcheetah_medium_s5.yaml"), "--seeds", "1", "2",
-              "--runs-dir", str(runs)]
+              "--runs-dir", str(runs), "--name", "tiny"]
     tiny = [t for t in TINY_TRAINING if not t.startswith("train.max_tokens")]
     run_args = ["run", *common, "--max-tokens", "1000", "--critic-steps", "20", "--processes", "1",
                 "--eval-overrides", "n_episodes=2", "max_episode_steps=3", "beam_width=2", "--",
                 f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", *tiny]
     training_seeds.main(run_args)
-    folders = [runs / f"halfcheetah-medium-s5-cpu-seed{s}" for s in (1, 2)]
+    folders = [runs / f"tiny-seed{s}" for s in (1, 2)]
     for folder in folders:
         assert (folder / "critic" / "critic.pt").is_file()
+        # the recipe weights action tokens by the run's own critic, trained first
+        assert "advantage_beta: 2.0" in (folder / "checkpoint" / "config.yaml").read_text()
         for way in ("planner", "policy"):
             assert (folder / f"eval_{way}_1000" / "report.json").is_file()
     weights = [(f / "checkpoint" / "model.pt").read_bytes() for f in folders]
@@ -528,7 +530,7 @@ def test_training_seeds_trains_evaluates_and_combines_the_runs_and_resumes_where
     assert [r.get("training_seeds", 1) for r in rows] == [1, 1, 2, 1, 1, 2]
     planner_runs, combined = rows[:2], rows[2]
     assert combined["score"]["mean"] == pytest.approx(np.mean([r["score"]["mean"] for r in planner_runs]))
-    assert combined["checkpoint"].endswith("halfcheetah-medium-s5-cpu-seed{1,2}/checkpoint")
+    assert combined["checkpoint"].endswith("tiny-seed{1,2}/checkpoint") and combined["advantage_beta"] == 2.0
     listed = [line.split("\t")[0] for line in rows_tsv.read_text().splitlines()[1:]]
     assert len(listed) == 6 and listed[2] == ";".join(listed[:2])
     # 2 episodes of 3 steps are no score: the pages are rewritten, and their tables leave them out
