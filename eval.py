@@ -32,15 +32,9 @@ def evaluate(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from planners.recipe import command_line_keys
     return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
                lambda cfg: evaluate(cfg, command_line_keys(argv)))
-
-
-def command_line_keys(argv: list[str]) -> set[str]:
-    """The settings named on the command line (they win over a recipe's planning)."""
-    from planners.recipe import given_keys
-    from trajectory.configutil import split_argv
-    return given_keys(split_argv(argv)[1])
 
 
 if __name__ == "__main__":

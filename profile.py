@@ -43,11 +43,10 @@ def profile_job(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
 
 
 def main(argv=None) -> int:
-    from planners.recipe import given_keys
-    from trajectory.configutil import split_argv
+    from planners.recipe import command_line_keys
     argv = list(sys.argv[1:] if argv is None else argv)
     return run(EvalConfig, argv, __doc__.strip().splitlines()[0], EXAMPLES,
-               lambda cfg: profile_job(cfg, given_keys(split_argv(argv)[1])))
+               lambda cfg: profile_job(cfg, command_line_keys(argv)))
 
 
 if __name__ == "__main__":

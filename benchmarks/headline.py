@@ -77,16 +77,15 @@ def default_critic(row: dict) -> bool:
 def recipe_settings(env: str) -> dict | None:
     """How the environment's S5 CPU recipe plans (``planner=recipe`` resolved on
     configs/eval_base.yaml), or None without a recipe."""
-    from planners.recipe import FALLBACK_PLANNER
+    from planners.recipe import with_planning
     from trajectory.config import EvalConfig, TrainRunConfig
     from trajectory.configutil import build_config
     path = os.path.join(ROOT, "configs", "cpu", f"{env}_medium_{DEFAULT_CORE}.yaml")
     if not os.path.isfile(path):
         return None
-    planning = {"planner": FALLBACK_PLANNER, **build_config(TrainRunConfig, path).planning}
-    base = build_config(EvalConfig, os.path.join(ROOT, "configs", "eval_base.yaml"),
-                        [f"{k}={'null' if v is None else v}" for k, v in planning.items()])
-    return {k: getattr(base, k) for k in ("planner", "policy_actions", *PLANNER_KEYS)}
+    base = build_config(EvalConfig, os.path.join(ROOT, "configs", "eval_base.yaml"))
+    resolved, _ = with_planning(base, dict(build_config(TrainRunConfig, path).planning), origin=path)
+    return {k: getattr(resolved, k) for k in ("planner", "policy_actions", *PLANNER_KEYS)}
 
 
 def plans_as(row: dict, settings: dict | None) -> bool:

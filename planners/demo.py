@@ -126,6 +126,7 @@ def demo(cfg: DemoConfig) -> dict:
     from trajectory.score_stats import format_score
 
     summary: dict = {}
+    demo_start = time.time()
     config_path = os.path.join(ROOT, f"configs/cpu/halfcheetah_medium_{cfg.core}.yaml")
     train_overrides = [f"train.budget_minutes={cfg.minutes}", f"device={cfg.device}"]
     if not cfg.critic_minutes:  # no critic: nothing to weight the action tokens by
@@ -184,6 +185,8 @@ def demo(cfg: DemoConfig) -> dict:
     for warning in reports["beam"]["warnings"]:
         print(f"warning: {warning}")
     print("Trajectory Transformer reports 46.9 on halfcheetah-medium-v2 (a GPU-trained model)")
+    summary["seconds"] = round(time.time() - demo_start, 1)  # the whole demo, data to summary
+    print(f"the demo took {summary['seconds'] / 60:.1f} minutes")
     save_json(summary, os.path.join(run_dir, "demo_summary.json"))
     return summary
 

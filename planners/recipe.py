@@ -2,10 +2,10 @@
 
 A training recipe (``configs/cpu/<env>_<core>.yaml``) carries a ``planning`` block, the eval.py
 settings measured best for its runs (``trajectory.config.PLANNING_KEYS``); train.py saves it in the
-run's ``config.yaml``. The best planner differs by task (on halfcheetah the critic ranks wide draws
-of the model's actions; on hopper wide draws let the critic pick actions that fall), so the run, not
-one global default, knows how it plans. Keys given explicitly (on eval.py's command line, or to
-``Agent.from_run``) win over the recipe's; a run whose recipe says nothing plans with the critic
+run's ``config.yaml``. The best planner differs by task (on halfcheetah the critic ranks 32 of the
+model's actions; on hopper a critic-valued beam three steps deep does better), so the run, not one
+global default, knows how it plans. Keys given explicitly (on eval.py's command line, or to
+``Agent.from_checkpoint``) win over the recipe's; a run whose recipe says nothing plans with the critic
 planner. Torch-free: it runs before any check that depends on the planner.
 """
 from __future__ import annotations
@@ -42,12 +42,17 @@ def resolve_planning(cfg, given: Iterable[str] = ()):
     are) -> (the resolved config, the settings taken from the recipe). Any other planner: unchanged."""
     if cfg.planner != RECIPE:
         return cfg, {}
+    return with_planning(cfg, recipe_planning(cfg.checkpoints_path), given,
+                         f"the recipe of {cfg.checkpoints_path}")
+
+
+def with_planning(cfg, planning: dict, given: Iterable[str] = (), origin: str = "a recipe"):
+    """``cfg`` with a recipe's ``planning`` block applied but for the keys in ``given`` (the critic
+    planner where it names none) -> (the new config, the settings taken from the block)."""
     given = set(given)
-    taken = {k: v for k, v in recipe_planning(cfg.checkpoints_path).items() if k not in given}
+    taken = {k: v for k, v in planning.items() if k not in given}
     taken.setdefault("planner", FALLBACK_PLANNER)
-    merged = {**to_dict(cfg), **taken}
-    resolved = from_dict(type(cfg), merged, f"the recipe of {cfg.checkpoints_path}")
-    return resolved, taken
+    return from_dict(type(cfg), {**to_dict(cfg), **taken}, origin), taken
 
 
 def describe(taken: dict) -> str:
@@ -56,10 +61,11 @@ def describe(taken: dict) -> str:
         f"{k}={'null' if v is None else v}" for k, v in taken.items())
 
 
-def given_keys(dotlist: Iterable[str]) -> set[str]:
-    """The keys of ``key=value`` overrides."""
-    return {item.split("=", 1)[0].strip() for item in dotlist}
+def command_line_keys(argv: Iterable[str]) -> set[str]:
+    """The settings named on a command line (they win over a recipe's planning)."""
+    from trajectory.configutil import split_argv
+    return {item.split("=", 1)[0].strip() for item in split_argv(list(argv))[1]}
 
 
-__all__ = ["FALLBACK_PLANNER", "RECIPE", "describe", "given_keys", "recipe_planning",
-           "resolve_planning"]
+__all__ = ["FALLBACK_PLANNER", "RECIPE", "command_line_keys", "describe", "recipe_planning",
+           "resolve_planning", "with_planning"]

@@ -95,8 +95,7 @@ def check_weighting_inputs(train_cfg, run_dir: str) -> None:
                           f"run's own critic, and {path} is not there yet: train it first, before the "
                           f"model (python train_critic.py recipe=<this train.py config> run={run_dir}), or "
                           f"name another critic of this data with train.advantage_critic=<critic.pt>")
-    if train_cfg.advantage_beta > 0:
-        raise ConfigError(f"train.advantage_beta={train_cfg.advantage_beta:g} weights action tokens by a "
-                          f"critic's advantages, and train.advantage_critic="
-                          f"'{train_cfg.advantage_critic}' is not a file: train one on this data "
-                          f"(python train_critic.py run=<a run of the same data>) and pass its critic.pt")
+    raise ConfigError(f"train.advantage_beta={train_cfg.advantage_beta:g} weights action tokens by a "
+                      f"critic's advantages, and train.advantage_critic="
+                      f"'{train_cfg.advantage_critic}' is not a file: train one on this data "
+                      f"(python train_critic.py run=<a run of the same data>) and pass its critic.pt")
