@@ -74,7 +74,7 @@ def test_scan_form_equals_recurrence_with_resets():
     u = torch.randn(3, 17, D)
     resets = torch.rand(3, 17) < 0.2
     y_scan = ssm(u, resets)
-    x = torch.zeros(3, 32, dtype=torch.complex64)
+    x = torch.zeros(3, 64)  # 32 complex states as real halves
     outs = []
     for t in range(17):
         x = torch.where(resets[:, t, None], torch.zeros_like(x), x)
@@ -89,10 +89,42 @@ def test_variants_step_equals_forward(activation):
     core = make_core(activation=activation, mlp_ratio=2, blocks=2)
     x = torch.randn(2, 12, D)
     state = core.init_state(2, "cpu")
-    assert state[0].dtype == torch.complex64 and state[0].shape == (2, 32)
+    assert state[0].dtype == torch.float32 and state[0].shape == (2, 64)  # 32 complex, real halves
     y1, state = core.step(x[:, :5], state)
     y2, _ = core.step(x[:, 5:], state)
     torch.testing.assert_close(torch.cat([y1, y2], dim=1), core(x), atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_real_step_maps_are_the_complex_discretisation():
+    """The one-token step's real maps hold Lambda_bar, B_bar and 2 C~ exactly as discretize() gives
+    them, with clipped eigenvalues too."""
+    ssm = make_core(state_dim=16).blocks[0].ssm
+    ssm.lambda_re.data[:3] = torch.tensor([0.2, -2.0, 1e-6])  # clipped to -1e-4 where positive
+    decay, w_in, w_out = ssm.real_step_maps()
+    lam_bar, B_bar = ssm.discretize()
+    torch.testing.assert_close(torch.complex(decay[0], decay[1]), lam_bar)
+    torch.testing.assert_close(torch.complex(w_in[:8], w_in[8:]), B_bar, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w_out, torch.cat([2 * ssm.C_re, -2 * ssm.C_im], dim=1))
+
+
+@torch.no_grad()
+def test_frozen_step_equals_the_live_step_and_the_parallel_form():
+    core = make_core(activation="half_glu", mlp_ratio=2)
+    x = torch.randn(3, 6, D)
+    live, state = [], core.init_state(3, "cpu")
+    for t in range(6):
+        y, state = core.step(x[:, t:t + 1], state)
+        live.append(y)
+    core.freeze_step()
+    core.freeze_step()  # idempotent
+    assert all(isinstance(b.ssm.step_in, torch.nn.Linear) for b in core.blocks)
+    frozen, state = [], core.init_state(3, "cpu")
+    for t in range(6):
+        y, state = core.step(x[:, t:t + 1], state)
+        frozen.append(y)
+    torch.testing.assert_close(torch.cat(frozen, 1), torch.cat(live, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat(frozen, 1), core(x), atol=1e-5, rtol=0)
 
 
 def test_bad_options_raise():

@@ -134,11 +134,12 @@ def decode_like_a_planner(model: TrajectoryModel, tokens: torch.Tensor) -> torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("core", ["gpt", "hyena"])
+@pytest.mark.parametrize("core", ["gpt", "hyena", "s5"])
 @torch.no_grad()
 def test_compiled_token_step_follows_shared_prefix_states(core):
-    """The typed states of the cores that share a prefix (and a beam's middle) go through the
-    compiled step as the planner drives them, without a graph break."""
+    """The typed states of the cores that share a prefix (and a beam's middle), and S5's real-valued
+    one-token recurrence, go through the compiled step as the planner drives them, without a graph
+    break."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 

@@ -53,6 +53,7 @@ def quantize_compiled(model):
     import torch._inductor.config as inductor_config
     inductor_config.freezing = True  # weights as constants: packed once for the int8 GEMMs
     model = copy.deepcopy(model).cpu().eval()
+    model.core.freeze_step()  # S5: the one-token step's projections become linear maps, int8 too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_(model.core, config())

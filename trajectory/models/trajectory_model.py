@@ -172,8 +172,12 @@ class TrajectoryModel(nn.Module):
         middle level too; empty and growing suffixes; contexts that grow at an episode's start;
         fewer rows after pruning), each a graph of its own. Past dynamo's recompile limit (8 by
         default) the step would silently run eager for the rest of the process, so it is raised
-        to ``STEP_RECOMPILE_LIMIT``."""
+        to ``STEP_RECOMPILE_LIMIT``.
+
+        Planning only: the core's step-form constants are frozen first (``SequenceCore.freeze_step``),
+        so a model compiled here is not trained further."""
         import torch._dynamo
+        self.core.freeze_step()
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, STEP_RECOMPILE_LIMIT)
         self._compiled_token_step = torch.compile(self._step, **options)

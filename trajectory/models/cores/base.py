@@ -121,6 +121,10 @@ class SequenceCore(nn.Module):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def freeze_step(self) -> None:
+        """Precompute what the step form derives from the parameters, for a model that is done
+        training (a planning copy); cores with nothing to precompute keep this no-op."""
+
     def select_state(self, state: State, index: torch.Tensor) -> State:
         return map_state(state, lambda t: t.index_select(0, index))
 

@@ -13,8 +13,11 @@ One multi-input multi-output SSM per layer, diagonalised (Sec. 3):
   B_bar = (Lambda_bar - 1) / Lambda * B~, log Delta initialised uniformly in [log dt_min, log dt_max].
 
 Parallel form: the reset-aware associative scan of ``ops/scan.py`` (Sec. 2.2 / App. H); packed
-episodes cut the state at a reset. Step form: the recurrence itself, or the scan from the carried
-state for a chunk. The SSM runs in its parameters' dtype (fp32 -> complex64), with autocast off.
+episodes cut the state at a reset. Step form: the scan from the carried state for a chunk, and for
+one token the recurrence in real arithmetic (the state as its real and imaginary halves, ``[B, P]``;
+``B_bar`` and ``2 C~`` as two real matrices), so that a compiled planning step is one real graph
+and its two projections are plain linear maps int8 can take (:meth:`S5SSM.freeze_step`). The SSM
+runs in its parameters' dtype (fp32 -> complex64 inside the scan), with autocast off.
 """
 from __future__ import annotations
 
@@ -111,18 +114,70 @@ class S5SSM(nn.Module):
                 xs = linear_scan(lam_bar, bu, resets)  # [B, T, P/2]
             return self._outputs(xs, u)
 
+    def real_step_maps(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The one-token recurrence in real arithmetic: ``decay [2, P/2]`` (Re and Im of Lambda_bar),
+        ``input map [P, H]`` (Re B_bar over Im B_bar) and ``output map [H, P]`` (2 Re C~, -2 Im C~),
+        so that ``y = output map @ [Re x; Im x] + D u``. No complex op: a compiler keeps it in one
+        graph, where ``discretize`` would cut it."""
+        lam_re = self.lambda_re.clamp(max=-1e-4) if self.clip_eigs else self.lambda_re
+        step = self.log_step.exp()
+        magnitude, angle = torch.exp(lam_re * step), self.lambda_im * step
+        bar_re, bar_im = magnitude * torch.cos(angle), magnitude * torch.sin(angle)
+        # (Lambda_bar - 1) / Lambda, the zero-order hold's input gain
+        norm = lam_re ** 2 + self.lambda_im ** 2
+        gain_re = ((bar_re - 1) * lam_re + bar_im * self.lambda_im) / norm
+        gain_im = (bar_im * lam_re - (bar_re - 1) * self.lambda_im) / norm
+        b_re = gain_re[:, None] * self.B_re - gain_im[:, None] * self.B_im
+        b_im = gain_re[:, None] * self.B_im + gain_im[:, None] * self.B_re
+        return (torch.stack([bar_re, bar_im]), torch.cat([b_re, b_im]),
+                torch.cat([2 * self.C_re, -2 * self.C_im], dim=1))
+
+    def freeze_step(self) -> None:
+        """Hold the one-token step's maps as a buffer and two ``nn.Linear`` maps, computed once, for
+        a model that is done training (a planning copy): each step then skips the discretisation,
+        and int8 quantization of the core's linear maps covers its projections. A no-op when frozen."""
+        if hasattr(self, "step_in"):
+            return
+        with torch.no_grad():
+            decay, w_in, w_out = self.real_step_maps()
+        self.register_buffer("step_decay", decay.detach().clone(), persistent=False)
+        self.step_in = nn.Linear(w_in.shape[1], w_in.shape[0], bias=False)
+        self.step_out = nn.Linear(w_out.shape[1], w_out.shape[0], bias=False)
+        self.step_in.weight = nn.Parameter(w_in.detach().clone(), requires_grad=False)
+        self.step_out.weight = nn.Parameter(w_out.detach().clone(), requires_grad=False)
+
+    def _one_token(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``u [B, H]``, state ``x [B, P]`` (real halves) -> (``y [B, H]``, next state)."""
+        if hasattr(self, "step_in"):
+            decay, bu, project = self.step_decay, self.step_in(u), self.step_out
+        else:
+            decay, w_in, w_out = self.real_step_maps()
+            bu = F.linear(u, w_in)
+
+            def project(state):
+                return F.linear(state, w_out)
+        x_re, x_im = x.chunk(2, dim=-1)
+        bu_re, bu_im = bu.chunk(2, dim=-1)
+        with op_group("scan"):  # x_t = Lambda_bar x_{t-1} + B_bar u_t, as real and imaginary parts
+            x = torch.cat([decay[0] * x_re - decay[1] * x_im + bu_re,
+                           decay[0] * x_im + decay[1] * x_re + bu_im], dim=-1)
+        return project(x) + self.D * u, x
+
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``u [B, t, H]``, carried state ``x [B, P/2]`` -> (``y [B, t, H]``, last state)."""
+        """``u [B, t, H]``, carried state ``x [B, P]`` (the P/2 complex states' real parts, then their
+        imaginary parts) -> (``y [B, t, H]``, last state)."""
         u = u.to(self.D.dtype)
         with torch.autocast(u.device.type, enabled=False):
+            if u.shape[1] == 1:
+                y, x = self._one_token(u[:, 0], x)
+                return y.unsqueeze(1), x
             lam_bar, B_bar = self.discretize()
             bu = self._inputs(u, B_bar)  # [B, t, P/2]
+            x_re, x_im = x.chunk(2, dim=-1)
             with op_group("scan"):
-                if u.shape[1] == 1:
-                    xs = (lam_bar * x + bu[:, 0]).unsqueeze(1)  # x_t = Lambda_bar x_{t-1} + B_bar u_t
-                else:
-                    xs = linear_scan(lam_bar, bu, h0=x)
-            return self._outputs(xs, u), xs[:, -1]
+                xs = linear_scan(lam_bar, bu, h0=torch.complex(x_re, x_im))
+            last = xs[:, -1]
+            return self._outputs(xs, u), torch.cat([last.real, last.imag], dim=-1)
 
 
 class S5Block(nn.Module):
@@ -176,8 +231,9 @@ class S5Core(SequenceCore):
     float_ops = {
         "complex diagonal scan (x_t = Lambda_bar x_{t-1} + B_bar u_t)": "complex arithmetic; no "
         "int8 kernel, and the state accumulates rounding error over time",
-        "complex projections B_bar, C": "complex matrices recomputed from the discretization; "
-        "the backend has no complex int8 matmul",
+        "complex projections B_bar, C (dynamic and static)": "complex matrices recomputed from the "
+        "discretization, with no complex int8 matmul; quantize=compiled freezes the one-token step's "
+        "as two real linear maps and takes them to int8",
     }
 
     Options = S5Options
@@ -194,11 +250,15 @@ class S5Core(SequenceCore):
 
     def init_state(self, batch_size: int, device: torch.device | str,
                    dtype: torch.dtype = torch.float32) -> State:
-        # the state follows the SSM's parameters (complex64 for fp32), not the activations' dtype
-        complex_dtype = self.blocks[0].ssm.D.dtype.to_complex()
-        P2 = self.options.state_dim // 2
-        return [torch.zeros(batch_size, P2, dtype=complex_dtype, device=device)
-                for _ in self.blocks]
+        # the state follows the SSM's parameters (fp32), not the activations' dtype: P/2 complex
+        # states as their real parts, then their imaginary parts
+        return [torch.zeros(batch_size, self.options.state_dim, dtype=self.blocks[0].ssm.D.dtype,
+                            device=device) for _ in self.blocks]
+
+    def freeze_step(self) -> None:
+        """See :meth:`S5SSM.freeze_step` (planning copies only)."""
+        for block in self.blocks:
+            block.ssm.freeze_step()
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         new_state = []
