@@ -1,4 +1,4 @@
-"""Profile CPU inference (beam-search planning) of trajectory models and write a readable report.
+"""Profile CPU inference (planning as eval.py plans) of trajectory models and write a readable report.
 
     python profile.py --config=configs/eval_base.yaml --device=cpu checkpoints_path=runs/<name>
 """
@@ -18,13 +18,22 @@ python profile.py --config=configs/eval_base.yaml compare=gpt,hyena,retnet,s5 qu
 
 
 def profile_job(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
-    from planners import check_planner
-    from planners.recipe import describe, resolve_planning
+    import dataclasses
+
+    from planners import check_planner_inputs, needs_critic
+    from planners.recipe import RECIPE, describe, resolve_planning
+    from trajectory.configutil import ConfigError
     from trajectory.models.cores import check_core_config
+    if not cfg.checkpoints_path and cfg.planner == RECIPE:
+        cfg = dataclasses.replace(cfg, planner="beam")  # random weights: no run, no recipe, no critic
     cfg, taken = resolve_planning(cfg, given)  # planner=recipe: the run's own, the command line wins
     if taken:
         print(describe(taken), flush=True)
-    check_planner(cfg.planner)  # torch-free checks first: a mistyped name is reported at once
+    # torch-free checks first: a mistyped name or a missing critic is reported at once
+    check_planner_inputs(cfg)
+    if needs_critic(cfg) and not cfg.checkpoints_path:
+        raise ConfigError(f"planner={cfg.planner} ranks with a run's critic: give checkpoints_path=<run> "
+                          f"(with its critic), or profile planner=beam or planner=policy")
     for core in filter(None, (c.strip() for c in cfg.compare.split(","))):
         check_core_config(core)
     import os

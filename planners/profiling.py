@@ -1,4 +1,5 @@
-"""profile.py: where the time of CPU planning goes, for one or several cores and precisions.
+"""profile.py: where the time of CPU planning goes, for one or several cores and precisions, with
+the planner eval.py would use (``planner=recipe``: the run's own; beam search without a run).
 
 For each (core, precision) pair, in one process so that ratios are measured side by side:
 
@@ -29,7 +30,8 @@ import time
 import numpy as np
 import torch
 
-from planners.beam import BeamPlanner, random_context
+from planners import build_planner
+from planners.beam import random_context
 from trajectory.config import EvalConfig, ModelConfig
 from trajectory.configutil import ConfigError
 from trajectory.cpu_features import read_cpu_features
@@ -146,10 +148,21 @@ def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def decoded_tokens_per_plan(layout: TokenLayout, cfg: EvalConfig) -> int:
-    """Tokens each beam decodes in one plan: actions and reward per planned transition, then value
-    and the next observation between transitions."""
-    return cfg.beam_steps * (layout.act_dim + 1) + (cfg.beam_steps - 1) * (1 + layout.obs_dim)
+def decoded_tokens_per_plan(model, planner, context: torch.Tensor) -> int:
+    """One-token steps the planner takes in one plan (each over all its rows: a beam's tokens, or a
+    candidate's), counted on an untimed plan: the same count for every planner."""
+    steps = []
+    step = model.step
+
+    def counted(tokens, state):
+        steps.append(tokens.shape[1] == 1)
+        return step(tokens, state)
+    model.step = counted
+    try:
+        planner.plan(context)
+    finally:
+        del model.step  # the class's method again
+    return max(1, sum(steps))
 
 
 def count_flops(model: TrajectoryModel, planner, context: torch.Tensor) -> dict:
@@ -230,8 +243,8 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
                     flops_cache: dict) -> dict:
     layout = subject.layout
     context = random_context(layout, cfg, cfg.n_episodes, torch.Generator().manual_seed(cfg.seed))
-    planner = BeamPlanner(subject.model, subject.discretizer, layout, cfg,
-                          torch.Generator().manual_seed(cfg.seed))
+    planner = build_planner(subject.model, subject.discretizer, layout, cfg,
+                            torch.Generator().manual_seed(cfg.seed))
     for _ in range(WARMUP_PLANS):
         planner.plan(context)
     seconds = []
@@ -255,8 +268,8 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
     shutil.copyfile(trace, os.path.join(tb_run, f"{name}.pt.trace.json"))
     parts = breakdown(prof.events())
 
-    float_planner = BeamPlanner(subject.float_model, subject.discretizer, layout, cfg,
-                                torch.Generator().manual_seed(cfg.seed))
+    float_planner = build_planner(subject.float_model, subject.discretizer, layout, cfg,
+                                  torch.Generator().manual_seed(cfg.seed))
     # the same float model serves every precision of a core: count its FLOPs once
     key = id(subject.float_model)
     if key not in flops_cache:
@@ -269,7 +282,7 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
         "bytes": model_bytes(subject.model, scratch),
         "ms_per_env_step": ms_per_step,
         "ms_per_env_step_all": [1e3 * s for s in seconds],
-        "ms_per_decoded_token": ms_per_step / decoded_tokens_per_plan(layout, cfg),
+        "ms_per_decoded_token": ms_per_step / decoded_tokens_per_plan(subject.model, planner, context),
         "profiled_ms_per_env_step": parts["total_ms"] / per_plan,
         "groups_ms_per_env_step": {g: ms / per_plan for g, ms in parts["groups_ms"].items()},
         "top_ops": [{**op, "self_ms": op["self_ms"] / per_plan} for op in parts["top_ops"]],
@@ -281,6 +294,17 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
 
 
 # -- report --------------------------------------------------------------------------------------
+def planner_settings(settings: dict) -> str:
+    """What was planned, in words (reports written before the planner was recorded were beams)."""
+    planner, envs, context = settings.get("planner", "beam"), settings["n_envs"], settings["beam_context"]
+    if planner == "beam":
+        return (f"{envs} envs x beam {settings['beam_width']} x expand {settings['sample_expand']}, "
+                f"{settings['beam_steps']} planned transitions, {context} of context")
+    if planner == "critic":
+        return f"{envs} envs, the critic planner: {settings['beam_width']} candidates, {context} of context"
+    return f"{envs} envs, planner={planner}, {context} of context"
+
+
 def markdown(report: dict) -> str:
     rows = report["results"]
     ceiling = report["machine"]["matmul_flop_s"]
@@ -290,9 +314,7 @@ def markdown(report: dict) -> str:
     lines = [f"# Planning profile ({report['machine']['threads']} threads, "
              f"{features.get('model') or report['machine']['cpu']}; int8 instructions: {int8})",
              "", report["weights_note"], "",
-             f"Settings: {report['settings']['n_envs']} envs x beam {report['settings']['beam_width']}"
-             f" x expand {report['settings']['sample_expand']}, {report['settings']['beam_steps']} "
-             f"planned transitions, {report['settings']['beam_context']} of context; "
+             f"Settings: {planner_settings(report['settings'])}; "
              f"{report['settings']['profile_steps']} timed and {report['settings']['profiled_plans']}"
              f" profiled plan(s) after {WARMUP_PLANS} warm-up. Matmul ceiling (fp32, measured): "
              f"{ceiling / 1e9:.1f} GFLOP/s. GPT's planning attention: "
@@ -375,7 +397,8 @@ def profile_planning(cfg: EvalConfig) -> dict:
                   f"  {result['ms_per_decoded_token']:7.2f} ms/token", flush=True)
     report = {
         "weights_note": note,
-        "settings": {"n_envs": cfg.n_episodes, "beam_width": cfg.beam_width, "beam_steps": cfg.beam_steps,
+        "settings": {"planner": cfg.planner, "n_envs": cfg.n_episodes, "beam_width": cfg.beam_width,
+                     "beam_steps": cfg.beam_steps,
                      "beam_context": cfg.beam_context, "sample_expand": cfg.sample_expand,
                      "profile_steps": cfg.profile_steps, "profiled_plans": PROFILED_PLANS,
                      "warmup_plans": WARMUP_PLANS, "seed": cfg.seed,

@@ -21,8 +21,8 @@ def checkpoint(tmp_path_factory):
 
 
 def settings(**overrides) -> EvalConfig:
-    base = dict(n_episodes=2, beam_width=4, sample_expand=2, beam_steps=2, beam_context=2,
-                profile_steps=2, threads=1)
+    base = dict(planner="beam", n_episodes=2, beam_width=4, sample_expand=2, beam_steps=2,
+                beam_context=2, profile_steps=2, threads=1)
     return EvalConfig(**{**base, **overrides})
 
 
@@ -83,3 +83,33 @@ def test_cli_runs_as_a_subprocess_and_says_when_weights_are_random(tmp_path):
 def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="--device=cpu"):
         profile_planning(settings(device="cuda"))
+
+
+def profile_script():
+    """The repository's profile.py (``import profile`` finds the standard library's)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("profile_script", os.path.join(ROOT, "profile.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_is_profiled_with_the_planner_its_recipe_names(tmp_path):
+    """The shipped halfcheetah run plans with the critic planner: profile.py times that planner (its
+    one-token steps: six action tokens, then the reward), not a beam search."""
+    profile_job = profile_script().profile_job
+    shipped = os.path.join(ROOT, "pretrained", "halfcheetah-medium-s5-cpu")
+    cfg = EvalConfig(checkpoints_path=shipped, n_episodes=2, beam_width=4, beam_context=2, profile_steps=1,
+                     threads=1, out=str(tmp_path))
+    profile_job(cfg)
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert report["settings"]["planner"] == "critic"
+    row = report["results"][0]
+    assert row["ms_per_env_step"] / row["ms_per_decoded_token"] == pytest.approx(6 + 1)
+    assert "the critic planner: 4 candidates" in (tmp_path / "profile.md").read_text()
+
+
+def test_a_critic_planner_without_a_run_is_refused_before_work(tmp_path):
+    profile_job = profile_script().profile_job
+    with pytest.raises(ConfigError, match="checkpoints_path=<run>"):
+        profile_job(EvalConfig(planner="critic", out=str(tmp_path)))
