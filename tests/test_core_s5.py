@@ -127,6 +127,29 @@ def test_frozen_step_equals_the_live_step_and_the_parallel_form():
     torch.testing.assert_close(torch.cat(frozen, 1), core(x), atol=1e-5, rtol=0)
 
 
+def test_planning_steps_follow_a_training_step():
+    """The one-token maps kept between no-grad steps are rebuilt once an optimizer changed the
+    parameters, and the step form still equals the parallel form."""
+    core = make_core()
+    x = torch.randn(2, 4, D)
+
+    def stepped():
+        with torch.no_grad():
+            state, outs = core.init_state(2, "cpu"), []
+            for t in range(4):
+                y, state = core.step(x[:, t:t + 1], state)
+                outs.append(y)
+            return torch.cat(outs, 1)
+    before = stepped()
+    optimizer = torch.optim.SGD(core.parameters(), lr=0.5)
+    core(x).square().sum().backward()
+    optimizer.step()
+    after = stepped()
+    assert (after - before).abs().max() > 1e-3
+    with torch.no_grad():
+        torch.testing.assert_close(after, core(x), atol=1e-5, rtol=0)
+
+
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="state_dim"):
         make_core(state_dim=30, blocks=4)

@@ -132,6 +132,19 @@ class S5SSM(nn.Module):
         return (torch.stack([bar_re, bar_im]), torch.cat([b_re, b_im]),
                 torch.cat([2 * self.C_re, -2 * self.C_im], dim=1))
 
+    def _current_step_maps(self) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`real_step_maps`, computed once per parameter values when no gradient is taken
+        (planning steps token by token: the maps would otherwise be rebuilt at every token); a
+        parameter changed in place (an optimizer step, a load) bumps its version and rebuilds them."""
+        if torch.is_grad_enabled():
+            return self.real_step_maps()
+        key = tuple((p._version, p.data_ptr()) for p in self.parameters())
+        cached = self.__dict__.get("_step_maps_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.real_step_maps())
+            self.__dict__["_step_maps_cache"] = cached
+        return cached[1]
+
     def freeze_step(self) -> None:
         """Hold the one-token step's maps as a buffer and two ``nn.Linear`` maps, computed once, for
         a model that is done training (a planning copy): each step then skips the discretisation,
@@ -151,7 +164,7 @@ class S5SSM(nn.Module):
         if hasattr(self, "step_in"):
             decay, bu, project = self.step_decay, self.step_in(u), self.step_out
         else:
-            decay, w_in, w_out = self.real_step_maps()
+            decay, w_in, w_out = self._current_step_maps()
             bu = F.linear(u, w_in)
 
             def project(state):
