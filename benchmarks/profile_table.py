@@ -1,6 +1,6 @@
 """The profile table of docs/profiling.md, from a ``profile.py`` report (``profile.json``): per core and
-precision, ms per env step and per decoded token, the share of beam reordering, and the three op
-groups that take the most time.
+precision, ms per env step and per decoded token (one-token step of the planner), the share of beam
+reordering, and the three op groups that take the most time.
 
     python profile.py --config=configs/eval_base.yaml compare=gpt,hyena,retnet,s5 n_episodes=5 \\
         threads=2 out=benchmarks/results/profile_tt
@@ -12,6 +12,8 @@ import argparse
 import json
 
 from readme_blocks import markdown_table, replace_block
+
+from planners.profiling import planner_settings
 
 
 def table(report: dict) -> str:
@@ -29,9 +31,8 @@ def table(report: dict) -> str:
                      "n/a" if reorder is None else f"{100 * reorder / total:.1f}%", where,
                      f"{100 * ceiling:.1f}%"])
     s = report["settings"]
-    note = (f"({s['n_envs']} envs x beam {s['beam_width']} x expand {s['sample_expand']}, "
-            f"{s['beam_steps']} steps, {s['beam_context']} transitions of context; "
-            f"{report['machine'].get('threads', '?')} threads; {report['weights_note']})")
+    note = (f"({planner_settings(s)}; {report['machine'].get('threads', '?')} threads; "
+            f"{report['weights_note']})")
     note = note[:-1] + f"; fp32 matmul ceiling {report['machine']['matmul_flop_s'] / 1e9:.0f} GFLOP/s)"
     columns = ["core", "precision", "ms / env step>", "ms / decoded token>", "beam reordering>",
                "the three largest other op groups (% of profiled time)", "of the matmul ceiling>"]

@@ -64,6 +64,7 @@ class ModelState:
 GROUP_NAMES = ("obs", "act", "reward", "value")
 COMPLEX_OPS_NOT_COMPILED = "Torchinductor does not support code generation for complex"
 STEP_RECOMPILE_LIMIT = 64  # graphs of the compiled step: see TrajectoryModel.compile_step
+_COMPILED_STEPS = 0  # models whose step this process compiled
 
 
 class EinLinear(nn.Module):
@@ -172,14 +173,20 @@ class TrajectoryModel(nn.Module):
         middle level too; empty and growing suffixes; contexts that grow at an episode's start;
         fewer rows after pruning), each a graph of its own. Past dynamo's recompile limit (8 by
         default) the step would silently run eager for the rest of the process, so it is raised
-        to ``STEP_RECOMPILE_LIMIT``.
+        to ``STEP_RECOMPILE_LIMIT`` per compiled model.
 
         Planning only: the core's step-form constants are frozen first (``SequenceCore.freeze_step``),
         so a model compiled here is not trained further."""
         import torch._dynamo
+        global _COMPILED_STEPS
         self.core.freeze_step()
+        # every model's graphs are entries of the one code object TrajectoryModel._step, so a
+        # process that compiles several models (a benchmark's routes) needs the limit per model
+        _COMPILED_STEPS += 1
         config = torch._dynamo.config
-        config.recompile_limit = max(config.recompile_limit, STEP_RECOMPILE_LIMIT)
+        config.recompile_limit = max(config.recompile_limit, STEP_RECOMPILE_LIMIT * _COMPILED_STEPS)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
+                                                 4 * STEP_RECOMPILE_LIMIT * _COMPILED_STEPS)
         self._compiled_token_step = torch.compile(self._step, **options)
 
     def step(self, tokens: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
