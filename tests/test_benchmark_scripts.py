@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAME_ACTIONS = {"rel": 1e-3, "abs": 0.05}
 sys.path.append(os.path.join(ROOT, "benchmarks"))  # last: nothing there may shadow anything
 import gpt_decode_floor  # noqa: E402
+import int8_scores  # noqa: E402
 import planning  # noqa: E402
 import profile_table  # noqa: E402
 import sampling  # noqa: E402
@@ -536,3 +537,31 @@ def test_training_seeds_trains_evaluates_and_combines_the_runs_and_resumes_where
     # 2 episodes of 3 steps are no score: the pages are rewritten, and their tables leave them out
     assert not combined["protocol"] and "mean of 2 training runs" in combined["training"]
     assert "old" not in block_text(results_page, "scores") and "old" not in open(readme).read()
+
+
+def score_row(checkpoint, quantize, mean, sem, planner="critic", seeds=(1000, 1024)):
+    settings = {"planner": planner, "beam_width": 32, "quantize": quantize}
+    label = f"{planner} planner" + ("" if quantize == "none" else f", int8 {quantize}")
+    return {"checkpoint": checkpoint, "env": "halfcheetah", "actions": label, "seeds": list(seeds),
+            "planner_settings": settings, "score": {"n": 25, "mean": mean, "sem": sem}, "failed": 0}
+
+
+def test_int8_scores_pair_each_int8_row_with_its_fp32_row(tmp_path):
+    """Rows pair by checkpoint, seeds and planner settings; a group without fp32, or with fp32 only,
+    is left out; the share kept is int8 / fp32 with its standard error."""
+    rows = [score_row("runs/a/checkpoint", "none", 50.0, 0.5),
+            score_row("runs/a/checkpoint", "static", 45.0, 0.9),
+            score_row("runs/a/checkpoint", "dynamic", 50.0, 0.5, planner="beam"),  # no fp32 beam row
+            score_row("runs/a/checkpoint", "none", 40.0, 1.0, seeds=(100, 124)),  # fp32 only
+            score_row("runs/b/checkpoint", "none", 20.0, 1.0),
+            score_row("runs/b/checkpoint", "compiled", 21.0, 1.0)]
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"rows": rows}))
+    readme, out = readme_with(tmp_path, "int8_scores"), tmp_path / "int8.json"
+    text = int8_scores.main(["--scores", str(scores), "--readme", readme, "--json", str(out)])
+    found = json.loads(out.read_text())["comparisons"]
+    assert [(e["checkpoint"], sorted(k for k in e if k in int8_scores.MODES)) for e in found] == [
+        ("runs/a/checkpoint", ["static"]), ("runs/b/checkpoint", ["compiled"])]
+    assert found[0]["static"]["kept"] == pytest.approx(0.9)
+    assert found[0]["static"]["kept_sem"] == pytest.approx(0.9 * np.hypot(0.9 / 45, 0.5 / 50))
+    assert "45.0 ± 0.9 (90 ± 2%)" in text and "| a |" in text and block_text(readme, "int8_scores") == text
