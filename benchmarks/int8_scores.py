@@ -43,7 +43,8 @@ def comparisons(rows: list[dict]) -> list[dict]:
         fp32 = by_mode.get("none")
         if fp32 is None or not any(m in by_mode for m in MODES):
             continue
-        entry = {"env": fp32["env"], "checkpoint": checkpoint, "actions": fp32["actions"],
+        entry = {"env": fp32["env"], "checkpoint": checkpoint, "training": fp32.get("training", ""),
+                 "actions": fp32["actions"],
                  "seeds": list(seeds), "fp32": fp32["score"], "failed": {"fp32": fp32["failed"]}}
         for mode in MODES:
             if mode in by_mode:
@@ -64,10 +65,11 @@ def cell(score: dict | None) -> str:
 
 
 def table(found: list[dict]) -> str:
-    rows = [[e["env"], os.path.basename(os.path.dirname(e["checkpoint"].rstrip("/"))), e["actions"],
+    rows = [[e["env"], e["training"] or os.path.basename(os.path.dirname(e["checkpoint"].rstrip("/"))),
+             e["actions"],
              f"{e['seeds'][0]}-{e['seeds'][-1]}", cell(e["fp32"])] + [cell(e.get(m)) for m in MODES]
             for e in found]
-    columns = ["env", "run", "planner", "seeds", "fp32>"] + [f"int8 {m} (of fp32)>" for m in MODES]
+    columns = ["env", "run (training)", "planner", "seeds", "fp32>"] + [f"int8 {m} (of fp32)>" for m in MODES]
     return (markdown_table(columns, rows) + "\n\n(normalized score ± standard error over 25 episodes "
             "of 1,000 steps; in brackets the int8 score as a share of fp32's, ± its standard error)")
 
