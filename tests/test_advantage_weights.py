@@ -3,6 +3,8 @@ equally often; a critic that values the good one. The weights favour it, only ac
 them, and a model trained with them proposes the good action more often than one trained without."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -159,18 +161,27 @@ def test_a_recipe_trains_its_own_critic_first_and_its_model_is_weighted_by_it(tm
     recipe = tmp_path / "recipe.yaml"
     OmegaConf.save(OmegaConf.from_dotlist([
         f"data.source={source}", f"data.cache_dir={tmp_path / 'data'}", *TINY_TRAINING,
-        f"runs_dir={tmp_path / 'runs'}", "name=weighted", "train.advantage_beta=1"]), recipe)
+        f"runs_dir={tmp_path / 'runs'}", "name=weighted", "train.advantage_beta=1",
+        "train.critic_expectile=0.6"]), recipe)
     run = tmp_path / "runs" / "weighted"
     assert_refused(run_cli(["train.py", f"--config={recipe}"], cwd=tmp_path), "train it first")
     critic = run_cli(["train_critic.py", f"recipe={recipe}", "hidden=16", "batch_size=8", "steps=20",
                       "held_out_every=10", "log_every=5", "save_every=10"], cwd=tmp_path)
     assert critic.returncode == 0, critic.stderr[-3000:]
     assert (run / "critic" / "critic.pt").is_file() and not (run / "checkpoint").exists()
+    assert json.loads((run / "critic" / "metrics.json").read_text())["expectile"] == 0.6  # the recipe's
     for extra in ([], ["overwrite=true"]):  # a new run over the old one keeps the critic it needs
         result = run_cli(["train.py", f"--config={recipe}", *extra], cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"action tokens weighted by {run / 'critic' / 'critic.pt'}" in result.stdout
         assert (run / "checkpoint" / "model.pt").is_file() and (run / "critic" / "critic.pt").is_file()
+    # a trained run's critic follows its saved recipe; the command line wins
+    for extra, expected in (([], 0.6), (["expectile=0.55"], 0.55)):
+        out = tmp_path / f"critic{len(extra)}"
+        result = run_cli(["train_critic.py", f"run={run}", f"out={out}", "hidden=16", "batch_size=8",
+                          "steps=5", "held_out_every=5", "log_every=5", "save_every=5", *extra], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((out / "metrics.json").read_text())["expectile"] == expected
     # the critic of the trained run plans it: it was trained on the run's data and discount
     from planners import check_planner_inputs
     from trajectory.config import EvalConfig

@@ -105,6 +105,9 @@ class TrainConfig:
     # model by `train_critic.py recipe=<this config>`)
     advantage_critic: str = ""
     advantage_max_weight: float = 20.0
+    # the expectile of the run's critic, as `train_critic.py` trains it unless told otherwise (0.5 on
+    # hopper: 0.7's optimism valued the actions that fall; docs/results.md)
+    critic_expectile: float = 0.7
 
     ranges: ClassVar[Ranges] = {"batch_size": "[1, inf)", "lr": "(0, inf)", "betas": "[0, 1)",
                                 "weight_decay": "[0, inf)", "grad_clip": "(0, inf]",
@@ -112,7 +115,8 @@ class TrainConfig:
                                 "min_lr_ratio": "[0, 1]", "epochs": "[1, inf)", "max_tokens": "[0, inf)",
                                 "budget_minutes": "[0, inf)", "log_every": "[1, inf)",
                                 "held_out_every": "[0, inf)", "save_every": "[0, inf)",
-                                "advantage_beta": ("[0, inf)", "0: off"), "advantage_max_weight": "[1, inf)"}
+                                "advantage_beta": ("[0, inf)", "0: off"), "advantage_max_weight": "[1, inf)",
+                                "critic_expectile": "(0, 1)"}
 
     def __post_init__(self) -> None:
         check_ranges(self, "train")

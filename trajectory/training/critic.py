@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -50,7 +51,9 @@ class CriticRunConfig:
     lr: float = 3e-4
     hidden: int = 256
     members: int = 2  # Q networks; a candidate scores the minimum over them
-    expectile: float = 0.7  # of V over the data's actions (0.5: the behaviour policy's Q)
+    # of V over the data's actions (0.5: the behaviour policy's Q); null: the run's (or recipe's)
+    # train.critic_expectile, 0.7 unless its recipe says otherwise
+    expectile: Optional[float] = None
     target_rate: float = 0.005  # Polyak rate of the target Q networks
     seed: int = 0
     threads: int = 1  # torch CPU threads
@@ -62,7 +65,7 @@ class CriticRunConfig:
     overwrite: bool = False  # replace a finished or started critic
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.expectile < 1.0:
+        if self.expectile is not None and not 0.0 < self.expectile < 1.0:
             raise ConfigError(f"expectile must be in (0, 1), got {self.expectile}")
         for name in ("steps", "batch_size", "hidden", "members", "log_every", "save_every"):
             if getattr(self, name) < 1:
@@ -252,6 +255,8 @@ def train_critic(cfg: CriticRunConfig) -> dict:
             data = _training_data(checkpoint.config.data, cfg.run, checkpoint.layout)
         else:
             data = _training_data(recipe.data, cfg.run)
+        if cfg.expectile is None:  # the recipe's choice for its critic
+            cfg.expectile = (recipe or checkpoint.config).train.critic_expectile
         if state is not None:
             critic_provenance.check_resumable(state.get("provenance", {}), data.record, out, cfg.run)
         elif cfg.overwrite:
