@@ -150,7 +150,7 @@ def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
 
 def decoded_tokens_per_plan(model, planner, context: torch.Tensor) -> int:
     """One-token steps the planner takes in one plan (each over all its rows: a beam's tokens, or a
-    candidate's), counted on an untimed plan: the same count for every planner."""
+    candidate's), counted on one untimed plan it runs: the same count for every planner."""
     steps = []
     step = model.step
 
@@ -256,7 +256,7 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
 
     name = f"{subject.core}_{subject.precision}"
     with scopes_enabled():  # a compiled step meets the named scopes here first: compile them untimed
-        planner.plan(context)
+        decode_steps = decoded_tokens_per_plan(subject.model, planner, context)
     from torch.profiler import ProfilerActivity, profile, record_function
     with scopes_enabled(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function(TOP_SCOPE):
@@ -284,7 +284,7 @@ def profile_subject(subject: Subject, cfg: EvalConfig, out: str, scratch: str,
         "bytes": model_bytes(subject.model, scratch),
         "ms_per_env_step": ms_per_step,
         "ms_per_env_step_all": [1e3 * s for s in seconds],
-        "ms_per_decoded_token": ms_per_step / decoded_tokens_per_plan(subject.model, planner, context),
+        "ms_per_decoded_token": ms_per_step / decode_steps,
         "profiled_ms_per_env_step": parts["total_ms"] / per_plan,
         "groups_ms_per_env_step": {g: ms / per_plan for g, ms in parts["groups_ms"].items()},
         "top_ops": [{**op, "self_ms": op["self_ms"] / per_plan} for op in parts["top_ops"]],

@@ -161,20 +161,19 @@ class S5SSM(nn.Module):
 
     def _one_token(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``u [B, H]``, state ``x [B, P]`` (real halves) -> (``y [B, H]``, next state)."""
-        if hasattr(self, "step_in"):
-            decay, bu, project = self.step_decay, self.step_in(u), self.step_out
+        frozen = hasattr(self, "step_in")
+        if frozen:
+            decay, bu = self.step_decay, self.step_in(u)
         else:
             decay, w_in, w_out = self._current_step_maps()
             bu = F.linear(u, w_in)
-
-            def project(state):
-                return F.linear(state, w_out)
         x_re, x_im = x.chunk(2, dim=-1)
         bu_re, bu_im = bu.chunk(2, dim=-1)
         with op_group("scan"):  # x_t = Lambda_bar x_{t-1} + B_bar u_t, as real and imaginary parts
             x = torch.cat([decay[0] * x_re - decay[1] * x_im + bu_re,
                            decay[0] * x_im + decay[1] * x_re + bu_im], dim=-1)
-        return project(x) + self.D * u, x
+        y = self.step_out(x) if frozen else F.linear(x, w_out)
+        return y + self.D * u, x
 
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``u [B, t, H]``, carried state ``x [B, P]`` (the P/2 complex states' real parts, then their
