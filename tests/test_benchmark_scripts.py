@@ -565,3 +565,55 @@ def test_int8_scores_pair_each_int8_row_with_its_fp32_row(tmp_path):
     assert found[0]["static"]["kept"] == pytest.approx(0.9)
     assert found[0]["static"]["kept_sem"] == pytest.approx(0.9 * np.hypot(0.9 / 45, 0.5 / 50))
     assert "45.0 ± 0.9 (90 ± 2%)" in text and "| a |" in text and block_text(readme, "int8_scores") == text
+
+
+def test_imitation_gap_measures_the_median_action_in_the_behaviours_noise_units(
+        halfcheetah_checkpoint, tmp_path, monkeypatch):
+    import behaviour_policy
+    import imitation_gap
+    import torch
+
+    from planners.beam import plan_actions
+    from planners.policy import PolicyPlanner
+    from planners.rollout import load_for_eval
+    from trajectory.behaviour.policy import load_policy
+    from trajectory.behaviour.reproductions import REPRODUCTIONS
+    from trajectory.config import EvalConfig
+    from trajectory.envs import make_env
+
+    # an action at tanh(mean + 2 std) is 2 of the behaviour's standard deviations from its centre
+    mean, std = np.array([[0.3, -1.0]]), np.array([[0.5, 0.2]])
+    assert imitation_gap.noise_units(np.tanh(mean + 2 * std), mean, std)[0] == pytest.approx([2.0, 2.0])
+    assert np.isfinite(imitation_gap.noise_units(np.array([[1.0, -1.0]]), mean, std)).all()
+
+    out = str(tmp_path / "imitation_gap.json")
+    monkeypatch.setattr(imitation_gap, "OUT", out)
+    readme = readme_with(tmp_path, "imitation_gap")
+    imitation_gap.main([halfcheetah_checkpoint, "--episodes", "2", "--steps", "1", "--seed", "5",
+                        "--readme", readme])
+    first = json.load(open(out))[f"{os.path.basename(halfcheetah_checkpoint)}|behaviour|5-6|1"]
+    # one step: the model's median action at each episode's first observation, against the actor
+    cfg = EvalConfig(checkpoints_path=halfcheetah_checkpoint, planner="policy", policy_actions="median")
+    checkpoint, model = load_for_eval(cfg, torch.device("cpu"))
+    repro = REPRODUCTIONS["halfcheetah-medium"]
+    obs = np.stack([make_env(repro.env_id).reset(seed=5 + i)[0] for i in range(2)])
+    tokens = checkpoint.discretizer.encode(obs, dims=slice(0, 17))
+    plan = PolicyPlanner(model, checkpoint.discretizer, checkpoint.layout, cfg).plan(torch.as_tensor(tokens))
+    _, actions = plan_actions(plan, checkpoint.discretizer, 17)
+    with torch.no_grad():
+        mu, log_std = load_policy(repro.policy).distribution(torch.as_tensor(obs, dtype=torch.float32)[None])
+    z = np.abs(np.arctanh(np.clip(actions, -1 + 1e-6, 1 - 1e-6)) - mu[0].numpy()) / log_std[0].exp().numpy()
+    assert first["z_model"] == pytest.approx(z.mean(axis=0).tolist(), rel=1e-4)
+    assert first["z_floor_mean"] < first["z_model_mean"]  # a random model is far from the actor
+
+    # the behaviour drives: its mean-action episodes; the model drives: other episodes
+    imitation_gap.main([halfcheetah_checkpoint, "--episodes", "2", "--steps", "8", "--seed", "5"])
+    saved = json.load(open(out))
+    by_behaviour = saved[f"{os.path.basename(halfcheetah_checkpoint)}|behaviour|5-6|8"]
+    by_model = saved[f"{os.path.basename(halfcheetah_checkpoint)}|model|5-6|8"]
+    policy = behaviour_policy.measure("halfcheetah-medium", "mean action", 5, 2, 8)
+    assert by_behaviour["returns"] == pytest.approx(policy["returns"], rel=2e-3)
+    assert not np.allclose(by_model["returns"], by_behaviour["returns"], rtol=1e-3, atol=0)
+    assert by_behaviour["steps_measured"] == 16
+    lines = block_text(readme, "imitation_gap").splitlines()
+    assert len(lines) == 4 and "| behaviour | 2 x 1 | 5-6 | 2 |" in lines[2] and "| model |" in lines[3]

@@ -1,0 +1,170 @@
+"""How closely a run's median policy copies the behaviour policy that made its data, state by state.
+
+    python benchmarks/imitation_gap.py <run> [<run> ...] [--drives behaviour,model] [--episodes 10] \
+        [--steps 1000] [--seed 100] [--readme docs/results.md]
+    python benchmarks/imitation_gap.py table --readme docs/results.md    # the saved results again
+
+A model trained on a dataset, read at its median action token by token, should act like the
+dataset's SAC actor without its exploration noise: the median of ``tanh(mean + std * noise)`` is
+``tanh(mean)``. Episodes (episode ``i`` reset with ``seed + i``, as eval.py) are driven either by the
+behaviour policy's mean action (``behaviour``: the states its data visits) or by the model's median
+action (``model``: the states the model's own policy reaches). At every step the model reads its
+median action from the real history, as ``eval.py planner=policy policy_actions=median`` does, and
+the behaviour policy gives its pre-squash mean and standard deviation at the same observation.
+Measured per action dimension:
+
+* ``|z|``: the distance of the model's action from the behaviour's mean action in units of the
+  behaviour's own noise, ``|atanh(a_model) - mean| / std`` (the dataset's actions are ``|z|`` = 0.8
+  on average, by construction);
+* the floor: the same for the behaviour's mean action put through the run's action bins (what no
+  model reading tokens can avoid);
+* the share of steps where some dimension is off by more than 2 (a choice the data makes about one
+  time in twenty per dimension).
+
+Results go to ``benchmarks/results/imitation_gap.json`` (one entry per run, driver and seeds) and,
+with ``--readme``, to the block ``imitation_gap`` of that Markdown file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
+    sys.path.append(ROOT)
+from readme_blocks import load_results, markdown_table, publish  # noqa: E402  (the script's folder)
+
+from planners.beam import plan_actions  # noqa: E402
+from planners.policy import PolicyPlanner  # noqa: E402
+from planners.rollout import History, load_for_eval, transition_tokens  # noqa: E402
+from trajectory.behaviour.policy import load_policy  # noqa: E402
+from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
+from trajectory.config import EvalConfig  # noqa: E402
+from trajectory.envs import make_env, normalized_score  # noqa: E402
+
+OUT = os.environ.get("IMITATION_GAP_OUT", os.path.join(ROOT, "benchmarks", "results", "imitation_gap.json"))
+DRIVERS = ("behaviour", "model")
+EDGE = 1.0 - 1e-6  # atanh of a bin centre at +-1 would be infinite
+
+
+def noise_units(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """|atanh(action) - mean| / std: how far ``actions`` lie from the squashed Gaussian's centre,
+    in its own standard deviations (per dimension)."""
+    return np.abs(np.arctanh(np.clip(actions, -EDGE, EDGE)) - mean) / std
+
+
+@torch.no_grad()
+def measure(run: str, driver: str, seed: int, episodes: int, steps: int) -> dict:
+    cfg = EvalConfig(checkpoints_path=run, planner="policy", policy_actions="median")
+    checkpoint, model = load_for_eval(cfg, torch.device("cpu"))
+    source = checkpoint.config.data.source
+    if source not in REPRODUCTIONS:
+        raise SystemExit(f"error: {run} was trained on '{source}', which has no behaviour policy here "
+                         f"(known: {sorted(REPRODUCTIONS)})")
+    repro = REPRODUCTIONS[source]
+    actor = load_policy(repro.policy)
+    discretizer, layout = checkpoint.discretizer, checkpoint.layout
+    o, a = layout.obs_dim, layout.act_dim
+    act_dims = slice(o, o + a)
+    planner = PolicyPlanner(model, discretizer, layout, cfg)
+    envs = [make_env(repro.env_id, max_episode_steps=steps) for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    history = History(episodes, steps, layout)
+    active = np.ones(episodes, dtype=bool)
+    returns = np.zeros(episodes)
+    z_model, z_floor, gap = [], [], []
+    start = time.time()
+    for _ in range(steps):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        obs_tokens = discretizer.encode(obs[rows], dims=slice(0, o))
+        plan = planner.plan(torch.as_tensor(history.context(rows, obs_tokens, planner.context_transitions)))
+        model_tokens, model_actions = plan_actions(plan, discretizer, o)
+        mean, log_std = actor.distribution(torch.as_tensor(obs[rows], dtype=torch.float32)[None])
+        mean, std = mean[0].numpy(), log_std[0].exp().numpy()
+        behaviour_actions = np.tanh(mean).astype(np.float32)
+        binned = discretizer.decode(discretizer.encode(behaviour_actions, dims=act_dims), dims=act_dims)
+        z_model.append(noise_units(model_actions, mean, std))
+        z_floor.append(noise_units(binned, mean, std))
+        gap.append(np.abs(model_actions - behaviour_actions))
+        if driver == "model":
+            taken, taken_tokens = model_actions, model_tokens
+        else:
+            taken, taken_tokens = behaviour_actions, discretizer.encode(behaviour_actions, dims=act_dims)
+        rewards = np.zeros(len(rows))
+        for j, i in enumerate(rows):
+            obs[i], rewards[j], terminated, truncated, _ = envs[i].step(taken[j])
+            active[i] = not (terminated or truncated)
+        returns[rows] += rewards
+        history.append(rows, transition_tokens(discretizer, layout, obs_tokens, taken_tokens, rewards))
+        history.advance()
+    for env in envs:
+        env.close()
+    z_model, z_floor, gap = (np.concatenate(x) for x in (z_model, z_floor, gap))
+    return {"run": run, "name": source, "driver": driver, "seeds": [seed, seed + episodes - 1],
+            "episodes": episodes, "max_episode_steps": steps, "steps_measured": int(len(z_model)),
+            "score": float(normalized_score(repro.env_id, returns).mean()), "returns": returns.tolist(),
+            "z_model": z_model.mean(axis=0).tolist(), "z_floor": z_floor.mean(axis=0).tolist(),
+            "z_model_mean": float(z_model.mean()), "z_floor_mean": float(z_floor.mean()),
+            "off_by_2": float((z_model.max(axis=1) > 2).mean()),
+            "floor_off_by_2": float((z_floor.max(axis=1) > 2).mean()),
+            "action_gap": gap.mean(axis=0).tolist(), "seconds": round(time.time() - start, 1)}
+
+
+def key(entry: dict) -> str:
+    first, last = entry["seeds"]
+    run = os.path.basename(entry["run"].rstrip("/"))
+    return f"{run}|{entry['driver']}|{first}-{last}|{entry['max_episode_steps']}"
+
+
+def table(results: dict) -> str:
+    rows = []
+    for _, r in sorted(results.items()):
+        worst = int(np.argmax(r["z_model"]))
+        rows.append([f"`{r['name']}`", f"`{os.path.basename(r['run'].rstrip('/'))}`", r["driver"],
+                     f"{r['episodes']} x {r['max_episode_steps']:,}", f"{r['seeds'][0]}-{r['seeds'][1]}",
+                     f"{r['steps_measured']:,}", f"{r['score']:.1f}", f"**{r['z_model_mean']:.2f}**",
+                     f"{r['z_floor_mean']:.2f}", f"{r['z_model'][worst]:.2f} (dim {worst})",
+                     f"{100 * r['off_by_2']:.0f}%", f"{100 * r['floor_off_by_2']:.0f}%"])
+    return markdown_table(["dataset", "run", "who acts", "episodes x steps", "seeds", "steps>",
+                           "normalized>", "mean abs z>", "bins alone>", "worst dim>",
+                           "steps with a dim off by > 2>", "bins alone>"], rows)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders, or 'table' to reprint the saved results")
+    parser.add_argument("--drives", default=",".join(DRIVERS), help=f"comma-separated, of {list(DRIVERS)}")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=100, help="first episode seed (tuning seeds)")
+    parser.add_argument("--readme", default=None,
+                        help="the Markdown file whose 'imitation_gap' block to rewrite (docs/results.md)")
+    args = parser.parse_args(argv)
+    drivers = [d.strip() for d in args.drives.split(",") if d.strip()]
+    if set(drivers) - set(DRIVERS) or args.episodes < 1 or args.steps < 1:
+        parser.error(f"--drives takes {list(DRIVERS)}; --episodes and --steps at least 1")
+    results = load_results(OUT)
+    for run in args.runs if args.runs != ["table"] else []:
+        if not os.path.isdir(run):
+            parser.error(f"no run folder {run}")
+        for driver in drivers:
+            entry = measure(run, driver, args.seed, args.episodes, args.steps)
+            results[key(entry)] = entry
+            print(f"{entry['name']} ({driver} acts): mean |z| {entry['z_model_mean']:.2f} (bins alone "
+                  f"{entry['z_floor_mean']:.2f}), a dim off by > 2 on {100 * entry['off_by_2']:.0f}% of "
+                  f"{entry['steps_measured']} steps, score {entry['score']:.1f} ({entry['seconds']} s)",
+                  flush=True)
+    publish(results, OUT, args.readme, "imitation_gap", table)
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
