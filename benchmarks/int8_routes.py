@@ -6,7 +6,10 @@ Routes, for each model and planner:
 * ``fp32, compiled step``: ``model.compile_step()`` (the one-token step through torch.compile);
 * ``quantize=dynamic``: torch.ao's eager int8 linear maps and heads;
 * ``quantize=compiled`` (when torchao is importable): the core's linear maps as torchao's dynamic
-  int8, inside the compiled step with frozen weights (``trajectory/quantize_compiled.py``).
+  int8, inside the compiled step with frozen weights (``trajectory/quantize_compiled.py``);
+* ``model steps free (bound)``: not a route but its ceiling: every model step returns logits made
+  once per shape, so the plan costs only what is not the model (drawing tokens, bookkeeping, the
+  critic). fp32 over it bounds the speed-up any faster model, int8 or other, can give that plan.
 
 Models: a trained run (``--run``; the critic planner too when the run has a critic) and/or random
 TT-size models of ``--cores`` (beam search only: cost does not depend on the weights).
@@ -36,10 +39,11 @@ from trajectory.config import EvalConfig, ModelConfig
 from trajectory.cpu_features import read_cpu_features
 from trajectory.int8_choice import MEASURED_TABLE, read_measured_table, record_entries
 from trajectory.io import save_json
-from trajectory.models.trajectory_model import TrajectoryModel
+from trajectory.models.trajectory_model import ModelState, TrajectoryModel
 from trajectory.quantize import quantize_model
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+FREE_MODEL = "model steps free (bound)"
 
 
 def fp32(model):
@@ -60,10 +64,29 @@ def int8_compiled(model):
     return quantize_model(model, "compiled")
 
 
+class FreeModelSteps:
+    """A model whose steps cost nothing: each returns the logits the real model gave the first call
+    of that shape, and the state it was given, its position advanced. Everything else (initial,
+    selected and branched states, the layout) is the real model's."""
+
+    def __init__(self, model: TrajectoryModel):
+        self.model, self._logits = model, {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def step(self, tokens: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
+        logits = self._logits.get(tuple(tokens.shape))
+        if logits is None:
+            logits = self._logits[tuple(tokens.shape)] = self.model.step(tokens, state)[0]
+        return logits, ModelState(state.core, state.pos + tokens.shape[1])
+
+
 def routes() -> dict:
     found = {"fp32": fp32, "fp32, compiled step": compiled_step, "quantize=dynamic": torch_ao_dynamic}
     if importlib.util.find_spec("torchao") is not None:
         found["quantize=compiled"] = int8_compiled
+    found[FREE_MODEL] = FreeModelSteps
     return found
 
 

@@ -617,3 +617,30 @@ def test_imitation_gap_measures_the_median_action_in_the_behaviours_noise_units(
     assert by_behaviour["steps_measured"] == 16
     lines = block_text(readme, "imitation_gap").splitlines()
     assert len(lines) == 4 and "| behaviour | 2 x 1 | 5-6 | 2 |" in lines[2] and "| model |" in lines[3]
+
+
+def test_int8_routes_bound_plans_with_model_steps_that_cost_one_real_call_per_shape():
+    import torch
+    from int8_routes import FREE_MODEL, FreeModelSteps, planner_call, routes
+    from test_planner import tiny_model
+
+    from planners.profiling import random_discretizer
+    from trajectory.models.trajectory_model import TokenLayout
+
+    layout = TokenLayout(obs_dim=3, act_dim=2, vocab=12, seq_len=10)  # room for a 5-step beam
+    model = tiny_model("s5", layout)
+    calls = []
+    real_step = model.step
+    model.step = lambda tokens, state: calls.append(tuple(tokens.shape)) or real_step(tokens, state)
+    free = routes()[FREE_MODEL](model)
+    assert isinstance(free, FreeModelSteps) and free.layout is model.layout
+    state = free.init_state(2, "cpu")
+    first, after = free.step(torch.zeros(2, 3, dtype=torch.long), state)
+    again, later = free.step(torch.ones(2, 3, dtype=torch.long), after)
+    assert again is first and calls == [(2, 3)]  # one real call for the shape, then none
+    assert (after.pos, later.pos) == (3, 6) and later.core is state.core
+    # a whole beam plan runs through it, one real call per shape it meets
+    plan = planner_call(free, layout, random_discretizer(layout), "beam", None, envs=2)
+    shapes = len(calls)
+    plan()
+    assert len(calls) == shapes
