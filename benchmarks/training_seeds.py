@@ -53,6 +53,14 @@ def trained_to(folder: str) -> dict | None:
         return json.load(f)
 
 
+def stopped_short(what: str, reached: float, budget: float, reason: str | None) -> SystemExit:
+    """A stage that returned before its budget (stopped by a signal, say): the next stage must not
+    build on it (a model weighted by a half-trained critic, scores of a half-trained model)."""
+    why = reason or "no reason saved"
+    return SystemExit(f"error: {what} stopped at {reached:,.0f} of {budget:,.0f} ({why}); run the same "
+                      f"command again to resume it")
+
+
 def train_model(args, folder: str, seed: int) -> None:
     from trajectory.training.distributed import launch
     metrics = trained_to(folder)
@@ -68,6 +76,10 @@ def train_model(args, folder: str, seed: int) -> None:
     print(f"== train {folder}", flush=True)
     if launch(command, args.processes):
         raise SystemExit(f"error: training {folder} failed (its messages are above)")
+    metrics = trained_to(folder) or {}
+    if metrics.get("tokens", 0) < args.max_tokens:
+        raise stopped_short(f"the model of {folder}", metrics.get("tokens", 0), args.max_tokens,
+                            metrics.get("stop_reason"))
 
 
 def resolved_recipe(args, folder: str, seed: int, scratch: str) -> str:
@@ -100,6 +112,11 @@ def train_run_critic(args, folder: str, seed: int) -> None:
         train_critic(CriticRunConfig(run=folder, recipe=resolved_recipe(args, folder, seed, scratch),
                                      steps=args.critic_steps, seed=seed, threads=args.processes,
                                      resume=resume, overwrite=not resume))
+    with open(metrics) as f:
+        saved = json.load(f)
+    if saved.get("step", 0) < args.critic_steps:
+        raise stopped_short(f"the critic of {folder}", saved.get("step", 0), args.critic_steps,
+                            saved.get("stop_reason"))
 
 
 def evaluate_run(args, folder: str) -> None:

@@ -539,6 +539,51 @@ def test_training_seeds_trains_evaluates_and_combines_the_runs_and_resumes_where
     assert "old" not in block_text(results_page, "scores") and "old" not in open(readme).read()
 
 
+def test_training_seeds_stops_when_a_stage_returns_short_of_its_budget(tmp_path, monkeypatch):
+    """A critic or model stopped by a signal saves and returns: the next stage must not build on
+    it (a model weighted by a half-trained critic, the scores of a half-trained model)."""
+    import training_seeds
+
+    import trajectory.training.critic as critic_training
+    import trajectory.training.distributed as distributed
+    from trajectory.training.critic import critic_folder
+    stages = []
+
+    def critic_stopped_by_a_signal(cfg):
+        stages.append("critic")
+        os.makedirs(critic_folder(cfg.run), exist_ok=True)
+        open(os.path.join(critic_folder(cfg.run), "critic.pt"), "wb").close()
+        json.dump({"step": cfg.steps // 4, "stop_reason": "signal"},
+                  open(os.path.join(critic_folder(cfg.run), "metrics.json"), "w"))
+
+    monkeypatch.setattr(critic_training, "train_critic", critic_stopped_by_a_signal)
+    monkeypatch.setattr(distributed, "launch", lambda command, processes: stages.append("model") or 0)
+    monkeypatch.setattr(training_seeds, "resolved_recipe", lambda *a: "recipe.yaml")
+    run_args = ["run", "--config", os.path.join(ROOT, "configs/cpu/hopper_medium_s5.yaml"), "--seeds",
+                "1", "--runs-dir", str(tmp_path), "--name", "short", "--max-tokens", "1000",
+                "--critic-steps", "20"]
+    with pytest.raises(SystemExit, match="critic of .*short-seed1 stopped at 5 of 20 .signal."):
+        training_seeds.main(run_args)
+    assert stages == ["critic"]  # the model was not trained on it
+
+    # the critic done, the model returns short of its tokens: nothing is evaluated
+    critic = critic_folder(str(tmp_path / "short-seed1"))
+    json.dump({"step": 20}, open(os.path.join(critic, "metrics.json"), "w"))
+    checkpoint = tmp_path / "short-seed1" / "checkpoint"
+
+    def model_stopped_by_a_signal(command, processes):
+        stages.append("model")
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (checkpoint / "metrics.json").write_text(json.dumps({"tokens": 400, "stop_reason": "signal"}))
+        return 0
+
+    monkeypatch.setattr(distributed, "launch", model_stopped_by_a_signal)
+    monkeypatch.setattr(training_seeds, "evaluate_run", lambda *a: stages.append("evaluate"))
+    with pytest.raises(SystemExit, match="model of .*short-seed1 stopped at 400 of 1,000 .signal."):
+        training_seeds.main(run_args)
+    assert stages == ["critic", "model"]
+
+
 def score_row(checkpoint, quantize, mean, sem, planner="critic", seeds=(1000, 1024)):
     settings = {"planner": planner, "beam_width": 32, "quantize": quantize}
     label = f"{planner} planner" + ("" if quantize == "none" else f", int8 {quantize}")
