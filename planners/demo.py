@@ -109,12 +109,19 @@ def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int, recipe: str =
     stage(f"2. train the critic: {cfg.critic_minutes:g} minutes on {cfg.device}")
     folder = critic_folder(run_dir)
     if os.path.isfile(os.path.join(folder, "critic.pt")) and not cfg.retrain:
-        print(f"{folder} already has a critic: skipping its training (retrain=true to train again)")
         with open(os.path.join(folder, "metrics.json")) as f:
-            return json.load(f)
+            metrics = json.load(f)
+        if metrics.get("stop_reason") != "signal":
+            print(f"{folder} already has a critic: skipping its training (retrain=true to train again)")
+            return metrics
+        print(f"{folder} holds a critic stopped by a signal at step {metrics.get('step')}: training it again")
     # the time budget ends it (the default step count is more than the demo's minutes allow)
-    return train_critic(CriticRunConfig(run=run_dir, recipe=recipe, budget_minutes=cfg.critic_minutes,
-                                        threads=threads, device=cfg.device, overwrite=True))
+    metrics = train_critic(CriticRunConfig(run=run_dir, recipe=recipe, budget_minutes=cfg.critic_minutes,
+                                           threads=threads, device=cfg.device, overwrite=True))
+    if metrics.get("stop_reason") == "signal":  # the model must not be weighted by a half-trained critic
+        raise SystemExit(f"the critic was stopped by a signal at step {metrics.get('step')}; make demo "
+                         f"again trains it again")
+    return metrics
 
 
 def demo(cfg: DemoConfig) -> dict:
@@ -157,6 +164,10 @@ def demo(cfg: DemoConfig) -> dict:
         train(train_cfg)
     with open(os.path.join(run_dir, CHECKPOINT_DIR, "metrics.json")) as f:
         metrics = json.load(f)
+    if metrics.get("stop_reason") == "signal":  # scores of a half-trained model would mislead
+        raise SystemExit(f"error: the model in {run_dir} was stopped by a signal at "
+                         f"{metrics.get('tokens', 0) / 1e6:.0f}M tokens; train it again with make demo "
+                         f"DEMO_ARGS=retrain=true")
     summary["train"] = {k: metrics.get(k) for k in ("loss", "act", "obs", "reward", "value", "step",
                                                     "tokens", "stop_reason", "held_out")}
 

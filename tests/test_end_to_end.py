@@ -214,3 +214,29 @@ def test_the_demo_trains_the_critic_on_its_budget_and_keeps_an_existing_one(tmp_
     assert len(seen) == 1
     train_demo_critic(DemoConfig(critic_minutes=0.5, retrain=True), str(tmp_path), 2)
     assert len(seen) == 2
+    # a critic stopped by a signal (Ctrl-C): the demo stops before the model; the next demo trains
+    # the critic again instead of keeping it
+    monkeypatch.setattr(critic_training, "train_critic",
+                        lambda cfg: seen.append(cfg) or {"step": 5, "stop_reason": "signal"})
+    with pytest.raises(SystemExit, match="stopped by a signal at step 5"):
+        train_demo_critic(DemoConfig(critic_minutes=0.5), str(tmp_path / "fresh"), 2)
+    (folder / "metrics.json").write_text('{"step": 3, "stop_reason": "signal"}')
+    monkeypatch.setattr(critic_training, "train_critic", lambda cfg: seen.append(cfg) or {"step": 9})
+    assert train_demo_critic(DemoConfig(critic_minutes=0.5), str(tmp_path), 2) == {"step": 9}
+    assert len(seen) == 4
+
+
+def test_the_demo_stops_before_scoring_a_model_stopped_by_a_signal(tmp_path, monkeypatch):
+    import planners.demo as demo_module
+    import trajectory.data.dataset as dataset
+    from planners.demo import DemoConfig, demo
+    monkeypatch.chdir(tmp_path)  # the recipe's runs_dir is relative: runs/<name>
+    monkeypatch.setattr(dataset, "build_dataset", lambda cfg: (None, None, {}))
+    monkeypatch.setattr(dataset, "describe", lambda info: "")
+    monkeypatch.setattr(demo_module, "train_demo_critic", lambda *a: {"step": 9})
+    monkeypatch.setattr(demo_module, "evaluate_all", lambda *a: pytest.fail("a stopped model was scored"))
+    checkpoint = tmp_path / "runs" / "halfcheetah-medium-s5-cpu" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "metrics.json").write_text('{"tokens": 12000000, "stop_reason": "signal"}')
+    with pytest.raises(SystemExit, match="stopped by a signal at 12M tokens.*retrain=true"):
+        demo(DemoConfig())
