@@ -119,8 +119,8 @@ def train_demo_critic(cfg: DemoConfig, run_dir: str, threads: int, recipe: str =
     metrics = train_critic(CriticRunConfig(run=run_dir, recipe=recipe, budget_minutes=cfg.critic_minutes,
                                            threads=threads, device=cfg.device, overwrite=True))
     if metrics.get("stop_reason") == "signal":  # the model must not be weighted by a half-trained critic
-        raise SystemExit(f"the critic was stopped by a signal at step {metrics.get('step')}; make demo "
-                         f"again trains it again")
+        raise SystemExit(f"error: the critic was stopped by a signal at step {metrics.get('step')}; "
+                         f"make demo again trains it again")
     return metrics
 
 
