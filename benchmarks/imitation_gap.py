@@ -37,7 +37,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # appended: the root first would shadow the stdlib profile module
     sys.path.append(ROOT)
-from readme_blocks import load_results, markdown_table, publish  # noqa: E402  (the script's folder)
+from behaviour_policy import Episodes  # noqa: E402  (the script's folder)
+from readme_blocks import load_results, markdown_table, publish  # noqa: E402
 
 from planners.beam import plan_actions  # noqa: E402
 from planners.policy import PolicyPlanner  # noqa: E402
@@ -45,7 +46,7 @@ from planners.rollout import History, load_for_eval, transition_tokens  # noqa: 
 from trajectory.behaviour.policy import load_policy  # noqa: E402
 from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
 from trajectory.config import EvalConfig  # noqa: E402
-from trajectory.envs import make_env, normalized_score  # noqa: E402
+from trajectory.envs import normalized_score  # noqa: E402
 
 OUT = os.environ.get("IMITATION_GAP_OUT", os.path.join(ROOT, "benchmarks", "results", "imitation_gap.json"))
 DRIVERS = ("behaviour", "model")
@@ -58,35 +59,39 @@ def noise_units(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
     return np.abs(np.arctanh(np.clip(actions, -EDGE, EDGE)) - mean) / std
 
 
-@torch.no_grad()
-def measure(run: str, driver: str, seed: int, episodes: int, steps: int) -> dict:
-    cfg = EvalConfig(checkpoints_path=run, planner="policy", policy_actions="median")
-    checkpoint, model = load_for_eval(cfg, torch.device("cpu"))
+def load_subject(run: str) -> tuple:
+    """The run's checkpoint and model (read as eval.py reads them), its data's reproduction and the
+    behaviour policy that made it."""
+    checkpoint, model = load_for_eval(EvalConfig(checkpoints_path=run), torch.device("cpu"))
     source = checkpoint.config.data.source
     if source not in REPRODUCTIONS:
         raise SystemExit(f"error: {run} was trained on '{source}', which has no behaviour policy here "
                          f"(known: {sorted(REPRODUCTIONS)})")
     repro = REPRODUCTIONS[source]
-    actor = load_policy(repro.policy)
+    return checkpoint, model, repro, load_policy(repro.policy)
+
+
+@torch.no_grad()
+def measure(run: str, subject: tuple, driver: str, seed: int, episodes: int, steps: int) -> dict:
+    checkpoint, model, repro, actor = subject
+    cfg = EvalConfig(checkpoints_path=run, planner="policy", policy_actions="median")
     discretizer, layout = checkpoint.discretizer, checkpoint.layout
     o, a = layout.obs_dim, layout.act_dim
     act_dims = slice(o, o + a)
     planner = PolicyPlanner(model, discretizer, layout, cfg)
-    envs = [make_env(repro.env_id, max_episode_steps=steps) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    lockstep = Episodes(repro.env_id, seed, episodes, steps)
     history = History(episodes, steps, layout)
-    active = np.ones(episodes, dtype=bool)
-    returns = np.zeros(episodes)
     z_model, z_floor, gap = [], [], []
     start = time.time()
-    for _ in range(steps):
-        rows = np.flatnonzero(active)
+    for t in range(steps):
+        rows = lockstep.rows()
         if rows.size == 0:
             break
-        obs_tokens = discretizer.encode(obs[rows], dims=slice(0, o))
+        obs = lockstep.obs[rows]
+        obs_tokens = discretizer.encode(obs, dims=slice(0, o))
         plan = planner.plan(torch.as_tensor(history.context(rows, obs_tokens, planner.context_transitions)))
         model_tokens, model_actions = plan_actions(plan, discretizer, o)
-        mean, log_std = actor.distribution(torch.as_tensor(obs[rows], dtype=torch.float32)[None])
+        mean, log_std = actor.distribution(torch.as_tensor(obs, dtype=torch.float32)[None])
         mean, std = mean[0].numpy(), log_std[0].exp().numpy()
         behaviour_actions = np.tanh(mean).astype(np.float32)
         binned = discretizer.decode(discretizer.encode(behaviour_actions, dims=act_dims), dims=act_dims)
@@ -97,17 +102,15 @@ def measure(run: str, driver: str, seed: int, episodes: int, steps: int) -> dict
             taken, taken_tokens = model_actions, model_tokens
         else:
             taken, taken_tokens = behaviour_actions, discretizer.encode(behaviour_actions, dims=act_dims)
-        rewards = np.zeros(len(rows))
-        for j, i in enumerate(rows):
-            obs[i], rewards[j], terminated, truncated, _ = envs[i].step(taken[j])
-            active[i] = not (terminated or truncated)
-        returns[rows] += rewards
+        before = lockstep.returns[rows].copy()
+        lockstep.step(rows, taken, t)
+        rewards = lockstep.returns[rows] - before
         history.append(rows, transition_tokens(discretizer, layout, obs_tokens, taken_tokens, rewards))
         history.advance()
-    for env in envs:
-        env.close()
+    returns = lockstep.close()["returns"]
     z_model, z_floor, gap = (np.concatenate(x) for x in (z_model, z_floor, gap))
-    return {"run": run, "name": source, "driver": driver, "seeds": [seed, seed + episodes - 1],
+    return {"run": run, "name": checkpoint.config.data.source, "driver": driver,
+            "seeds": [seed, seed + episodes - 1],
             "episodes": episodes, "max_episode_steps": steps, "steps_measured": int(len(z_model)),
             "score": float(normalized_score(repro.env_id, returns).mean()), "returns": returns.tolist(),
             "z_model": z_model.mean(axis=0).tolist(), "z_floor": z_floor.mean(axis=0).tolist(),
@@ -129,11 +132,11 @@ def table(results: dict) -> str:
         worst = int(np.argmax(r["z_model"]))
         rows.append([f"`{r['name']}`", f"`{os.path.basename(r['run'].rstrip('/'))}`", r["driver"],
                      f"{r['episodes']} x {r['max_episode_steps']:,}", f"{r['seeds'][0]}-{r['seeds'][1]}",
-                     f"{r['steps_measured']:,}", f"{r['score']:.1f}", f"**{r['z_model_mean']:.2f}**",
+                     f"{r['steps_measured']:,}", f"**{r['z_model_mean']:.2f}**",
                      f"{r['z_floor_mean']:.2f}", f"{r['z_model'][worst]:.2f} (dim {worst})",
                      f"{100 * r['off_by_2']:.0f}%", f"{100 * r['floor_off_by_2']:.0f}%"])
-    return markdown_table(["dataset", "run", "who acts", "episodes x steps", "seeds", "steps>",
-                           "normalized>", "mean abs z>", "bins alone>", "worst dim>",
+    return markdown_table(["dataset", "run", "who acts", "episodes x steps", "seeds", "steps>", "mean abs z>",
+                           "bins alone>", "worst dim>",
                            "steps with a dim off by > 2>", "bins alone>"], rows)
 
 
@@ -154,12 +157,13 @@ def main(argv=None) -> dict:
     for run in args.runs if args.runs != ["table"] else []:
         if not os.path.isdir(run):
             parser.error(f"no run folder {run}")
+        subject = load_subject(run)  # once for both drivers
         for driver in drivers:
-            entry = measure(run, driver, args.seed, args.episodes, args.steps)
+            entry = measure(run, subject, driver, args.seed, args.episodes, args.steps)
             results[key(entry)] = entry
             print(f"{entry['name']} ({driver} acts): mean |z| {entry['z_model_mean']:.2f} (bins alone "
                   f"{entry['z_floor_mean']:.2f}), a dim off by > 2 on {100 * entry['off_by_2']:.0f}% of "
-                  f"{entry['steps_measured']} steps, score {entry['score']:.1f} ({entry['seconds']} s)",
+                  f"{entry['steps_measured']} steps ({entry['seconds']} s)",
                   flush=True)
     publish(results, OUT, args.readme, "imitation_gap", table)
     print(table(results))
