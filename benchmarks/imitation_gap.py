@@ -16,8 +16,9 @@ Measured per action dimension:
 * ``|z|``: the distance of the model's action from the behaviour's mean action in units of the
   behaviour's own noise, ``|atanh(a_model) - mean| / std`` (the dataset's actions are ``|z|`` = 0.8
   on average, by construction);
-* the floor: the same for the behaviour's mean action put through the run's action bins (what no
-  model reading tokens can avoid);
+* the floors: the same for the behaviour's mean action put through the run's action bins, and for
+  the behaviour's mean action at the observation its tokens name (the bin centres) instead of the
+  true one (what a model reading tokens can hardly avoid);
 * the share of steps where some dimension is off by more than 2 (a choice the data makes about one
   time in twenty per dimension).
 
@@ -81,7 +82,7 @@ def measure(run: str, subject: tuple, driver: str, seed: int, episodes: int, ste
     planner = PolicyPlanner(model, discretizer, layout, cfg)
     lockstep = Episodes(repro.env_id, seed, episodes, steps)
     history = History(episodes, steps, layout)
-    z_model, z_floor, gap = [], [], []
+    z_model, z_floor, z_obs, gap = [], [], [], []
     start = time.time()
     for t in range(steps):
         rows = lockstep.rows()
@@ -95,8 +96,11 @@ def measure(run: str, subject: tuple, driver: str, seed: int, episodes: int, ste
         mean, std = mean[0].numpy(), log_std[0].exp().numpy()
         behaviour_actions = np.tanh(mean).astype(np.float32)
         binned = discretizer.decode(discretizer.encode(behaviour_actions, dims=act_dims), dims=act_dims)
+        seen = discretizer.decode(obs_tokens, dims=slice(0, o))  # the observation as its tokens tell it
+        seen_mean = actor.distribution(torch.as_tensor(seen, dtype=torch.float32)[None])[0][0].numpy()
         z_model.append(noise_units(model_actions, mean, std))
         z_floor.append(noise_units(binned, mean, std))
+        z_obs.append(noise_units(np.tanh(seen_mean), mean, std))
         gap.append(np.abs(model_actions - behaviour_actions))
         if driver == "model":
             taken, taken_tokens = model_actions, model_tokens
@@ -108,13 +112,15 @@ def measure(run: str, subject: tuple, driver: str, seed: int, episodes: int, ste
         history.append(rows, transition_tokens(discretizer, layout, obs_tokens, taken_tokens, rewards))
         history.advance()
     returns = lockstep.close()["returns"]
-    z_model, z_floor, gap = (np.concatenate(x) for x in (z_model, z_floor, gap))
+    z_model, z_floor, z_obs, gap = (np.concatenate(x) for x in (z_model, z_floor, z_obs, gap))
     return {"run": run, "name": checkpoint.config.data.source, "driver": driver,
             "seeds": [seed, seed + episodes - 1],
             "episodes": episodes, "max_episode_steps": steps, "steps_measured": int(len(z_model)),
             "score": float(normalized_score(repro.env_id, returns).mean()), "returns": returns.tolist(),
             "z_model": z_model.mean(axis=0).tolist(), "z_floor": z_floor.mean(axis=0).tolist(),
             "z_model_mean": float(z_model.mean()), "z_floor_mean": float(z_floor.mean()),
+            "z_obs_bins": z_obs.mean(axis=0).tolist(), "z_obs_bins_mean": float(z_obs.mean()),
+            "obs_bins_off_by_2": float((z_obs.max(axis=1) > 2).mean()),
             "off_by_2": float((z_model.max(axis=1) > 2).mean()),
             "floor_off_by_2": float((z_floor.max(axis=1) > 2).mean()),
             "action_gap": gap.mean(axis=0).tolist(), "seconds": round(time.time() - start, 1)}
@@ -126,6 +132,11 @@ def key(entry: dict) -> str:
     return f"{run}|{entry['driver']}|{first}-{last}|{entry['max_episode_steps']}"
 
 
+def obs_bins(entry: dict) -> str:
+    """The observation-bin floor, where the entry measured it (older entries did not)."""
+    return f"{entry['z_obs_bins_mean']:.2f}" if "z_obs_bins_mean" in entry else "-"
+
+
 def table(results: dict) -> str:
     rows = []
     for _, r in sorted(results.items()):
@@ -133,11 +144,11 @@ def table(results: dict) -> str:
         rows.append([f"`{r['name']}`", f"`{os.path.basename(r['run'].rstrip('/'))}`", r["driver"],
                      f"{r['episodes']} x {r['max_episode_steps']:,}", f"{r['seeds'][0]}-{r['seeds'][1]}",
                      f"{r['steps_measured']:,}", f"**{r['z_model_mean']:.2f}**",
-                     f"{r['z_floor_mean']:.2f}", f"{r['z_model'][worst]:.2f} (dim {worst})",
+                     f"{r['z_floor_mean']:.2f}", obs_bins(r), f"{r['z_model'][worst]:.2f} (dim {worst})",
                      f"{100 * r['off_by_2']:.0f}%", f"{100 * r['floor_off_by_2']:.0f}%"])
     return markdown_table(["dataset", "run", "who acts", "episodes x steps", "seeds", "steps>", "mean abs z>",
-                           "bins alone>", "worst dim>",
-                           "steps with a dim off by > 2>", "bins alone>"], rows)
+                           "action bins alone>", "observation bins alone>", "worst dim>",
+                           "steps with a dim off by > 2>", "action bins alone>"], rows)
 
 
 def main(argv=None) -> dict:
@@ -161,8 +172,10 @@ def main(argv=None) -> dict:
         for driver in drivers:
             entry = measure(run, subject, driver, args.seed, args.episodes, args.steps)
             results[key(entry)] = entry
-            print(f"{entry['name']} ({driver} acts): mean |z| {entry['z_model_mean']:.2f} (bins alone "
-                  f"{entry['z_floor_mean']:.2f}), a dim off by > 2 on {100 * entry['off_by_2']:.0f}% of "
+            print(f"{entry['name']} ({driver} acts): mean |z| {entry['z_model_mean']:.2f} (action bins "
+                  f"alone {entry['z_floor_mean']:.2f}, observation bins alone "
+                  f"{entry['z_obs_bins_mean']:.2f}), "
+                  f"a dim off by > 2 on {100 * entry['off_by_2']:.0f}% of "
                   f"{entry['steps_measured']} steps ({entry['seconds']} s)",
                   flush=True)
     publish(results, OUT, args.readme, "imitation_gap", table)

@@ -649,6 +649,13 @@ def test_imitation_gap_measures_the_median_action_in_the_behaviours_noise_units(
         mu, log_std = load_policy(repro.policy).distribution(torch.as_tensor(obs, dtype=torch.float32)[None])
     z = np.abs(np.arctanh(np.clip(actions, -1 + 1e-6, 1 - 1e-6)) - mu[0].numpy()) / log_std[0].exp().numpy()
     assert first["z_model"] == pytest.approx(z.mean(axis=0).tolist(), rel=1e-4)
+    # the observation-bin floor: the actor at the bin centres the tokens name, against the actor
+    seen = torch.as_tensor(checkpoint.discretizer.decode(tokens, dims=slice(0, 17)), dtype=torch.float32)
+    with torch.no_grad():
+        mu_seen = load_policy(repro.policy).distribution(seen[None])[0][0].numpy()
+    z_seen = np.abs(np.arctanh(np.tanh(mu_seen)) - mu[0].numpy()) / log_std[0].exp().numpy()
+    assert first["z_obs_bins"] == pytest.approx(z_seen.mean(axis=0).tolist(), rel=1e-3, abs=1e-5)
+    assert first["z_obs_bins_mean"] > 0  # bin centres are not the observations
     assert first["z_floor_mean"] < first["z_model_mean"]  # a random model is far from the actor
 
     # the behaviour drives: its mean-action episodes; the model drives: other episodes
