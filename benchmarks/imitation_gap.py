@@ -20,7 +20,12 @@ Measured per action dimension:
   the behaviour's mean action at the observation its tokens name (the bin centres) instead of the
   true one (what a model reading tokens can hardly avoid);
 * the share of steps where some dimension is off by more than 2 (a choice the data makes about one
-  time in twenty per dimension).
+  time in twenty per dimension);
+* where the run's dataset is on this machine, its held-out action-token cross-entropy (from its
+  metrics.json) above the floor no model can beat: the entropy of the behaviour's own noise put
+  through the run's action bins, on 20,000 of the dataset's observations (a model whose action
+  distribution is the behaviour's, shifted by ``d`` of its standard deviations, pays about
+  ``d**2 / 2`` nats per token above it).
 
 Results go to ``benchmarks/results/imitation_gap.json`` (one entry per run, driver and seeds) and,
 with ``--readme``, to the block ``imitation_gap`` of that Markdown file.
@@ -28,6 +33,7 @@ with ``--readme``, to the block ``imitation_gap`` of that Markdown file.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -47,6 +53,7 @@ from planners.rollout import History, load_for_eval, transition_tokens  # noqa: 
 from trajectory.behaviour.policy import load_policy  # noqa: E402
 from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
 from trajectory.config import EvalConfig  # noqa: E402
+from trajectory.data.sources import load_minari_path  # noqa: E402
 from trajectory.envs import normalized_score  # noqa: E402
 
 OUT = os.environ.get("IMITATION_GAP_OUT", os.path.join(ROOT, "benchmarks", "results", "imitation_gap.json"))
@@ -58,6 +65,42 @@ def noise_units(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
     """|atanh(action) - mean| / std: how far ``actions`` lie from the squashed Gaussian's centre,
     in its own standard deviations (per dimension)."""
     return np.abs(np.arctanh(np.clip(actions, -EDGE, EDGE)) - mean) / std
+
+
+def action_ce_floor(actor, observations: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The cross-entropy no model can go below on the data's action tokens: the entropy of the
+    behaviour's own noise (``tanh(mean + std * noise)``) put through the run's action bins
+    ``edges [A, B + 1]``, at each observation ``[N, O]`` -> per action dimension ``[A]``, nats."""
+    with torch.no_grad():
+        mean, log_std = actor.distribution(torch.as_tensor(observations, dtype=torch.float32)[None])
+    mean, std = mean[0].double(), log_std[0].exp().double()  # [N, A]
+    cuts = torch.atanh(torch.as_tensor(edges, dtype=torch.float64).clamp(-EDGE, EDGE))
+    cuts[:, 0], cuts[:, -1] = -torch.inf, torch.inf  # the end bins take the tails
+    normal = torch.distributions.Normal(mean[..., None], std[..., None])
+    mass = (normal.cdf(cuts[None, :, 1:]) - normal.cdf(cuts[None, :, :-1])).clamp_min(1e-12)  # [N, A, B]
+    return (-(mass * mass.log()).sum(-1)).mean(0).numpy()
+
+
+def ce_above_floor(run: str, checkpoint, repro, actor, states: int = 20_000) -> dict:
+    """The run's held-out action-token cross-entropy (its metrics.json) beside the floor, on
+    ``states`` observations of its dataset; empty where the dataset is not on this machine."""
+    cache_dir = checkpoint.config.data.cache_dir
+    path = os.path.join(cache_dir, "minari", repro.dataset_id, "data", "metadata.json")
+    metrics_path = os.path.join(run, "checkpoint", "metrics.json")
+    if not os.path.isfile(path) or not os.path.isfile(metrics_path):
+        print(f"{run}: no dataset under {cache_dir} (data.cache_dir) or no metrics.json: "
+              "the action cross-entropy floor is left out", flush=True)
+        return {}
+    with open(metrics_path) as f:
+        held_out = json.load(f).get("held_out", {}).get("ce_act")
+    if held_out is None:
+        return {}
+    transitions = load_minari_path(os.path.dirname(os.path.dirname(path)), f"the {repro.name} reproduction")
+    rows = np.random.default_rng(0).choice(len(transitions.observations), states, replace=False)
+    o, a = transitions.observations.shape[1], transitions.actions.shape[1]
+    floor = action_ce_floor(actor, transitions.observations[rows], checkpoint.discretizer.edges[o:o + a])
+    return {"ce_act_held_out": float(held_out), "ce_act_floor": float(floor.mean()),
+            "ce_act_floor_dims": floor.tolist()}
 
 
 def load_subject(run: str) -> tuple:
@@ -137,6 +180,13 @@ def obs_bins(entry: dict) -> str:
     return f"{entry['z_obs_bins_mean']:.2f}" if "z_obs_bins_mean" in entry else "-"
 
 
+def ce_gap(entry: dict) -> str:
+    """Held-out action cross-entropy above the behaviour's noise floor, where measured."""
+    if "ce_act_floor" not in entry:
+        return "-"
+    return f"{entry['ce_act_held_out'] - entry['ce_act_floor']:.2f} ({entry['ce_act_floor']:.2f})"
+
+
 def table(results: dict) -> str:
     rows = []
     for _, r in sorted(results.items()):
@@ -145,10 +195,11 @@ def table(results: dict) -> str:
                      f"{r['episodes']} x {r['max_episode_steps']:,}", f"{r['seeds'][0]}-{r['seeds'][1]}",
                      f"{r['steps_measured']:,}", f"**{r['z_model_mean']:.2f}**",
                      f"{r['z_floor_mean']:.2f}", obs_bins(r), f"{r['z_model'][worst]:.2f} (dim {worst})",
-                     f"{100 * r['off_by_2']:.0f}%", f"{100 * r['floor_off_by_2']:.0f}%"])
+                     f"{100 * r['off_by_2']:.0f}%", f"{100 * r['floor_off_by_2']:.0f}%", ce_gap(r)])
     return markdown_table(["dataset", "run", "who acts", "episodes x steps", "seeds", "steps>", "mean abs z>",
                            "action bins alone>", "observation bins alone>", "worst dim>",
-                           "steps with a dim off by > 2>", "action bins alone>"], rows)
+                           "steps with a dim off by > 2>", "action bins alone>",
+                           "held-out action CE above the noise floor (floor), nats>"], rows)
 
 
 def main(argv=None) -> dict:
@@ -169,8 +220,10 @@ def main(argv=None) -> dict:
         if not os.path.isdir(run):
             parser.error(f"no run folder {run}")
         subject = load_subject(run)  # once for both drivers
+        checkpoint, _, repro, actor = subject
+        fit = ce_above_floor(run, checkpoint, repro, actor)
         for driver in drivers:
-            entry = measure(run, subject, driver, args.seed, args.episodes, args.steps)
+            entry = {**measure(run, subject, driver, args.seed, args.episodes, args.steps), **fit}
             results[key(entry)] = entry
             print(f"{entry['name']} ({driver} acts): mean |z| {entry['z_model_mean']:.2f} (action bins "
                   f"alone {entry['z_floor_mean']:.2f}, observation bins alone "

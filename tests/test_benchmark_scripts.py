@@ -671,6 +671,30 @@ def test_imitation_gap_measures_the_median_action_in_the_behaviours_noise_units(
     assert len(lines) == 4 and "| behaviour | 2 x 1 | 5-6 | 2 |" in lines[2] and "| model |" in lines[3]
 
 
+def test_imitation_gap_action_floor_is_the_entropy_of_the_behaviours_noise_in_the_bins():
+    import torch
+    from imitation_gap import action_ce_floor
+
+    class Actor:  # a squashed Gaussian with fixed centres and spreads
+        def __init__(self, mean, std):
+            self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+        def distribution(self, obs):
+            n = obs.shape[1]
+            return self.mean.expand(1, n, -1), self.std.log().expand(1, n, -1)
+
+    obs = np.zeros((5, 3), dtype=np.float32)
+    # dim 0 split at its centre: two equally likely bins; dim 1 far inside one bin: no entropy
+    edges = np.array([[-1.0, np.tanh(0.3), 1.0], [-1.0, 0.0, 1.0]])
+    floor = action_ce_floor(Actor([0.3, 3.0], [0.5, 0.1]), obs, edges)
+    assert floor == pytest.approx([np.log(2), 0.0], abs=1e-6)
+    # many bins of equal width in atanh space: the differential entropy of the noise less log(width)
+    width = 0.01
+    cuts = np.tanh(np.arange(-4.0, 4.0 + width / 2, width))[None]
+    fine = action_ce_floor(Actor([0.2], [0.5]), obs, cuts)
+    assert fine[0] == pytest.approx(0.5 * np.log(2 * np.pi * np.e * 0.25) - np.log(width), abs=1e-3)
+
+
 def test_int8_routes_bound_plans_with_model_steps_that_cost_one_real_call_per_shape():
     import torch
     from int8_routes import FREE_MODEL, FreeModelSteps, planner_call, routes
