@@ -134,11 +134,29 @@ def evaluate_run(args, folder: str) -> None:
         evaluate(cfg)
 
 
+def critic_needed(args) -> str:
+    """Why the recipe needs each run's own critic ('' where it does not): its action tokens
+    weighted by it, or plans valued by it (a recipe without a planning block plans with one)."""
+    from trajectory.config import TrainRunConfig
+    from trajectory.configutil import build_config
+    cfg = build_config(TrainRunConfig, args.config, list(args.overrides))
+    if cfg.train.advantage_beta > 0 and not cfg.train.advantage_critic:
+        return "its action tokens are weighted by the run's own critic (train.advantage_beta)"
+    planning = cfg.planning or {"planner": "critic"}  # no planning block: the critic planner
+    if planning.get("planner", "critic") == "critic" or planning.get("plan_value") == "critic":
+        return "it plans with the run's critic (its planning block)"
+    return ""
+
+
 def run(args) -> None:
     name = args.name or recipe_name(args.config)
+    if not args.critic_steps and critic_needed(args):
+        raise SystemExit(f"error: --critic-steps 0 trains no critic, but {args.config} needs one: "
+                         f"{critic_needed(args)}; give the critic's steps")
     for seed in args.seeds:
         folder = run_dir(args.runs_dir, name, seed)
-        train_run_critic(args, folder, seed)  # first: the model may be weighted by it
+        if args.critic_steps:  # first: the model may be weighted by it
+            train_run_critic(args, folder, seed)
         train_model(args, folder, seed)
         evaluate_run(args, folder)
     print("ALL RUNS DONE", flush=True)
@@ -193,7 +211,9 @@ def main(argv=None) -> int:
                        "name); also names the reports' folder")
         if command == "run":
             p.add_argument("--max-tokens", type=float, required=True)
-            p.add_argument("--critic-steps", type=int, required=True)
+            p.add_argument("--critic-steps", type=int, required=True,
+                           help="the run's critic's training steps; 0: no critic (a recipe that "
+                                "neither weights its model by one nor plans with one)")
             p.add_argument("--processes", type=int, default=2)
             p.add_argument("--eval-overrides", nargs="*", default=[],
                            help="eval.py overrides (tests: n_episodes=2 max_episode_steps=3)")

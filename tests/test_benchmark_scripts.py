@@ -539,6 +539,31 @@ def test_training_seeds_trains_evaluates_and_combines_the_runs_and_resumes_where
     assert "old" not in block_text(results_page, "scores") and "old" not in open(readme).read()
 
 
+def test_training_seeds_trains_no_critic_where_the_recipe_needs_none(tmp_path, monkeypatch):
+    import training_seeds
+
+    import trajectory.training.critic as critic_training
+    import trajectory.training.distributed as distributed
+    stages = []
+    monkeypatch.setattr(critic_training, "train_critic", lambda cfg: stages.append("critic"))
+    monkeypatch.setattr(distributed, "launch", lambda command, processes: stages.append("model") or 1)
+
+    def run_args(config):
+        return ["run", "--config", os.path.join(ROOT, config), "--seeds", "1", "--runs-dir", str(tmp_path),
+                "--name", "none", "--max-tokens", "1000", "--critic-steps", "0"]
+
+    # walker2d's recipe plans with the median policy and weights nothing: straight to the model
+    with pytest.raises(SystemExit, match="training .*none-seed1 failed"):
+        training_seeds.main(run_args("configs/cpu/walker2d_medium_s5.yaml"))
+    assert stages == ["model"]
+    # halfcheetah's weights its action tokens by the run's critic; hopper's plans with it
+    for config, why in (("configs/cpu/halfcheetah_medium_s5.yaml", "advantage_beta"),
+                        ("configs/cpu/hopper_medium_s5.yaml", "plans with the run's critic")):
+        with pytest.raises(SystemExit, match=f"needs one: .*{why}"):
+            training_seeds.main(run_args(config))
+    assert stages == ["model"]
+
+
 def test_training_seeds_stops_when_a_stage_returns_short_of_its_budget(tmp_path, monkeypatch):
     """A critic or model stopped by a signal saves and returns: the next stage must not build on
     it (a model weighted by a half-trained critic, the scores of a half-trained model)."""
