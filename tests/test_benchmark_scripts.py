@@ -720,6 +720,34 @@ def test_imitation_gap_action_floor_is_the_entropy_of_the_behaviours_noise_in_th
     assert fine[0] == pytest.approx(0.5 * np.log(2 * np.pi * np.e * 0.25) - np.log(width), abs=1e-3)
 
 
+def test_imitation_gap_sets_a_runs_held_out_action_cross_entropy_beside_its_floor(tmp_path):
+    from imitation_gap import action_ce_floor, ce_above_floor
+    from test_planner import save_tiny_run
+
+    from trajectory.behaviour import generate
+    from trajectory.behaviour.policy import load_policy
+    from trajectory.behaviour.reproductions import REPRODUCTIONS
+    from trajectory.checkpoint import load_checkpoint
+    from trajectory.data.sources import load_minari_path
+    from trajectory.models.trajectory_model import TokenLayout
+    repro = REPRODUCTIONS["halfcheetah-medium"]
+    run = save_tiny_run(tmp_path / "run", TokenLayout(obs_dim=17, act_dim=6, vocab=12, seq_len=4),
+                        {"held_out": {"ce_act": 2.2}})
+    checkpoint, actor = load_checkpoint(run), load_policy(repro.policy)
+    checkpoint.config.data.cache_dir = str(tmp_path / "data")
+    assert ce_above_floor(run, checkpoint, repro, actor) == {}  # no dataset on this machine: left out
+
+    generate.generate_dataset(str(tmp_path / "data" / "minari"), repro.dataset_id, steps=120, max_steps=60,
+                              num_envs=2, policy_path=repro.policy, env_id=repro.env_id, progress=False)
+    fit = ce_above_floor(run, checkpoint, repro, actor, states=50)
+    assert fit["ce_act_held_out"] == 2.2 and len(fit["ce_act_floor_dims"]) == 6
+    # the floor of the dataset's own observations, at most the entropy of 12 equally likely bins
+    observations = load_minari_path(str(tmp_path / "data" / "minari" / repro.dataset_id), "test").observations
+    every_state = action_ce_floor(actor, observations, checkpoint.discretizer.edges[17:23])
+    assert 0 < fit["ce_act_floor"] <= np.log(12) and fit["ce_act_floor"] == pytest.approx(every_state.mean(),
+                                                                                          rel=0.2)
+
+
 def test_int8_routes_bound_plans_with_model_steps_that_cost_one_real_call_per_shape():
     import torch
     from int8_routes import FREE_MODEL, FreeModelSteps, planner_call, routes
