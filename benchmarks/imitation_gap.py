@@ -33,7 +33,6 @@ with ``--readme``, to the block ``imitation_gap`` of that Markdown file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -53,7 +52,7 @@ from planners.rollout import History, load_for_eval, transition_tokens  # noqa: 
 from trajectory.behaviour.policy import load_policy  # noqa: E402
 from trajectory.behaviour.reproductions import REPRODUCTIONS  # noqa: E402
 from trajectory.config import EvalConfig  # noqa: E402
-from trajectory.data.sources import load_minari_path  # noqa: E402
+from trajectory.data.sources import find_minari, load_minari_path  # noqa: E402
 from trajectory.envs import normalized_score  # noqa: E402
 
 OUT = os.environ.get("IMITATION_GAP_OUT", os.path.join(ROOT, "benchmarks", "results", "imitation_gap.json"))
@@ -81,21 +80,16 @@ def action_ce_floor(actor, observations: np.ndarray, edges: np.ndarray) -> np.nd
     return (-(mass * mass.log()).sum(-1)).mean(0).numpy()
 
 
-def ce_above_floor(run: str, checkpoint, repro, actor, states: int = 20_000) -> dict:
-    """The run's held-out action-token cross-entropy (its metrics.json) beside the floor, on
+def ce_above_floor(checkpoint, repro, actor, states: int = 20_000) -> dict:
+    """The run's held-out action-token cross-entropy (its saved metrics) beside the floor, on
     ``states`` observations of its dataset; empty where the dataset is not on this machine."""
-    cache_dir = checkpoint.config.data.cache_dir
-    path = os.path.join(cache_dir, "minari", repro.dataset_id, "data", "metadata.json")
-    metrics_path = os.path.join(run, "checkpoint", "metrics.json")
-    if not os.path.isfile(path) or not os.path.isfile(metrics_path):
-        print(f"{run}: no dataset under {cache_dir} (data.cache_dir) or no metrics.json: "
+    held_out = checkpoint.metrics.get("held_out", {}).get("ce_act")
+    folder = find_minari(repro.dataset_id, checkpoint.config.data.cache_dir)
+    if held_out is None or folder is None:
+        print(f"{checkpoint.path}: no {repro.dataset_id} under data.cache_dir, or no held-out metrics: "
               "the action cross-entropy floor is left out", flush=True)
         return {}
-    with open(metrics_path) as f:
-        held_out = json.load(f).get("held_out", {}).get("ce_act")
-    if held_out is None:
-        return {}
-    transitions = load_minari_path(os.path.dirname(os.path.dirname(path)), f"the {repro.name} reproduction")
+    transitions = load_minari_path(folder, f"the {repro.name} reproduction")
     rows = np.random.default_rng(0).choice(len(transitions.observations), states, replace=False)
     o, a = transitions.observations.shape[1], transitions.actions.shape[1]
     floor = action_ce_floor(actor, transitions.observations[rows], checkpoint.discretizer.edges[o:o + a])
@@ -143,7 +137,7 @@ def measure(run: str, subject: tuple, driver: str, seed: int, episodes: int, ste
         seen_mean = actor.distribution(torch.as_tensor(seen, dtype=torch.float32)[None])[0][0].numpy()
         z_model.append(noise_units(model_actions, mean, std))
         z_floor.append(noise_units(binned, mean, std))
-        z_obs.append(noise_units(np.tanh(seen_mean), mean, std))
+        z_obs.append(noise_units(np.tanh(seen_mean), mean, std))  # as the env sees it: squashed
         gap.append(np.abs(model_actions - behaviour_actions))
         if driver == "model":
             taken, taken_tokens = model_actions, model_tokens
@@ -221,7 +215,7 @@ def main(argv=None) -> dict:
             parser.error(f"no run folder {run}")
         subject = load_subject(run)  # once for both drivers
         checkpoint, _, repro, actor = subject
-        fit = ce_above_floor(run, checkpoint, repro, actor)
+        fit = ce_above_floor(checkpoint, repro, actor)
         for driver in drivers:
             entry = {**measure(run, subject, driver, args.seed, args.episodes, args.steps), **fit}
             results[key(entry)] = entry

@@ -150,9 +150,10 @@ def critic_needed(args) -> str:
 
 def run(args) -> None:
     name = args.name or recipe_name(args.config)
-    if not args.critic_steps and critic_needed(args):
-        raise SystemExit(f"error: --critic-steps 0 trains no critic, but {args.config} needs one: "
-                         f"{critic_needed(args)}; give the critic's steps")
+    why = "" if args.critic_steps else critic_needed(args)
+    if why:
+        raise SystemExit(f"error: --critic-steps 0 trains no critic, but {args.config} needs one: {why}; "
+                         f"give the critic's steps")
     for seed in args.seeds:
         folder = run_dir(args.runs_dir, name, seed)
         if args.critic_steps:  # first: the model may be weighted by it

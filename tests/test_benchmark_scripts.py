@@ -735,11 +735,11 @@ def test_imitation_gap_sets_a_runs_held_out_action_cross_entropy_beside_its_floo
                         {"held_out": {"ce_act": 2.2}})
     checkpoint, actor = load_checkpoint(run), load_policy(repro.policy)
     checkpoint.config.data.cache_dir = str(tmp_path / "data")
-    assert ce_above_floor(run, checkpoint, repro, actor) == {}  # no dataset on this machine: left out
+    assert ce_above_floor(checkpoint, repro, actor) == {}  # no dataset on this machine: left out
 
     generate.generate_dataset(str(tmp_path / "data" / "minari"), repro.dataset_id, steps=120, max_steps=60,
                               num_envs=2, policy_path=repro.policy, env_id=repro.env_id, progress=False)
-    fit = ce_above_floor(run, checkpoint, repro, actor, states=50)
+    fit = ce_above_floor(checkpoint, repro, actor, states=50)
     assert fit["ce_act_held_out"] == 2.2 and len(fit["ce_act_floor_dims"]) == 6
     # the floor of the dataset's own observations, at most the entropy of 12 equally likely bins
     observations = load_minari_path(str(tmp_path / "data" / "minari" / repro.dataset_id), "test").observations
